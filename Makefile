@@ -1,0 +1,61 @@
+# make run   — set up .venv and run the whole notebook series (PRESET=workshop by default)
+# make test  — set up .venv and run unit tests + every notebook under the smoke preset
+# make lab   — JupyterLab (localhost only) with the same environment
+PRESET ?= workshop
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PYTHON ?= python3.11
+
+# Linux: MLX's wheel bundles the slow reference BLAS; preload OpenBLAS (15-30x faster matmuls).
+OPENBLAS := /usr/lib/$(shell uname -m)-linux-gnu/openblas-pthread/libblas.so.3
+ifeq ($(shell uname -s),Linux)
+ifneq ($(wildcard $(OPENBLAS)),)
+export LD_PRELOAD := $(OPENBLAS)
+endif
+endif
+
+# Offline copies of hub models and data (CI and workshop machines): ../shared/assets
+ifneq ($(wildcard ../shared/assets),)
+export HUMANIZER_ASSETS ?= $(abspath ../shared/assets)
+endif
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run test lab bench clean blas
+setup: $(VENV)/.installed blas
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name humanizer --display-name "Python (humanizer)" \
+	  $(if $(LD_PRELOAD),--env LD_PRELOAD $(LD_PRELOAD)) \
+	  $(if $(HUMANIZER_ASSETS),--env HUMANIZER_ASSETS $(HUMANIZER_ASSETS))
+	touch $@
+
+blas:
+ifeq ($(shell uname -s),Linux)
+	@if [ ! -e $(OPENBLAS) ]; then \
+	  echo "OpenBLAS is missing: MLX will be very slow on this CPU."; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq libopenblas0-pthread && \
+	    echo "Installed libopenblas0-pthread: run make again to use it."; \
+	  else echo "Fix: sudo apt-get install -y libopenblas0-pthread, then run make again."; fi; \
+	fi
+endif
+
+run: setup
+	$(PY) -m helpers.series --preset $(PRESET)
+
+test: setup
+	HUMANIZER_PRESET=smoke $(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=900 -p no:cacheprovider
+
+lab: setup
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --notebook-dir .
+
+bench: setup
+	$(PY) bench/quant.py
+	$(PY) bench/inference.py
+
+clean:
+	rm -rf runs/$(PRESET)

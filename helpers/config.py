@@ -1,0 +1,120 @@
+"""One configuration object, three presets.
+
+`smoke` is for CI (the whole series in minutes), `workshop` is the default for a laptop CPU,
+`paper` is the reference setting. Every notebook starts with `cfg = get_config(PRESET, **overrides)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PRESET = "workshop"
+
+
+@dataclass
+class Config:
+    preset: str = DEFAULT_PRESET
+    seed: int = 0
+
+    # models (hub ids; HUMANIZER_ASSETS maps them to local copies)
+    model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    embedder: str = "sentence-transformers/all-MiniLM-L6-v2"
+    compute_dtype: str = "float32"  # bf16 matmul is slow on CPU; fp32 everywhere but Metal
+
+    # data: "l2r" (local JSONL from HUMANIZER_ASSETS), "editlens" (hub), or a path to a JSONL file
+    data_source: str = "l2r"
+    drop_low_overlap: bool = True
+    min_words: int = 40
+    max_words: int = 160
+    max_train_pairs: int = 4000  # after cleaning; SFT uses these
+    n_val_paragraphs: int = 40  # held out of the training file for validation loss
+    n_eval: int = 200  # held-out drafts from the dev file, for evaluation only
+    system_prompt: str = (
+        "You rewrite text so it reads like it was written by a person: plain, specific, varied. "
+        "Keep every fact, number and name. Answer with the rewritten text only."
+    )
+
+    # quantization
+    calib_texts: int = 16
+    calib_max_tokens: int = 256
+    candidate_bits: tuple = (4, 8)
+    group_size: int = 64
+    target_bpw: float = 5.0
+    scan_granularity: str = "linear"  # or "block"
+    protect: tuple = ("lm_head",)
+
+    # SFT LoRA
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_layers: int = -1  # -1 = all blocks
+    lora_targets: tuple = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                           "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+    sft_steps: int = 300
+    sft_lr: float = 2e-4
+    batch_size: int = 4
+    max_seq_len: int = 512
+    checkpoint_every: int = 50
+    val_every: int = 50
+
+    # DPO
+    dpo_rank: int = 8
+    dpo_alpha: float = 16.0
+    dpo_steps: int = 150
+    dpo_lr: float = 5e-5
+    dpo_beta: float = 0.1
+    n_dpo_pairs: int = 600
+    on_policy_rejected: bool = True
+
+    # generation
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_len_ratio: float = 1.5
+
+    @property
+    def runs_dir(self) -> Path:
+        return REPO_ROOT / "runs" / self.preset
+
+    def path(self, name: str) -> Path:
+        """A file or folder under runs/<preset>/ (the folder is created)."""
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        return self.runs_dir / name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict] = {
+    "smoke": dict(
+        max_train_pairs=64, n_val_paragraphs=4, n_eval=16, max_words=90,
+        calib_texts=4, calib_max_tokens=96, scan_granularity="block",
+        lora_rank=4, lora_layers=4, sft_steps=6, batch_size=2, max_seq_len=256,
+        checkpoint_every=3, val_every=3,
+        dpo_rank=4, dpo_steps=4, n_dpo_pairs=8, on_policy_rejected=False,
+    ),
+    "workshop": dict(),
+    "paper": dict(
+        model="openbmb/MiniCPM5-1B", data_source="editlens", max_words=300,
+        max_train_pairs=20000, n_val_paragraphs=200, n_eval=200,
+        calib_texts=64, calib_max_tokens=512, candidate_bits=(4, 8), target_bpw=5.0,
+        protect=(), lora_rank=16, lora_alpha=32.0, sft_steps=2000, batch_size=8,
+        max_seq_len=1024, checkpoint_every=200, val_every=200,
+        dpo_rank=16, dpo_alpha=32.0, dpo_steps=600, n_dpo_pairs=4000,
+    ),
+}
+
+
+def get_config(preset: str | None = None, **overrides) -> Config:
+    """The preset's config (default: $HUMANIZER_PRESET or 'workshop') with any field overridden."""
+    preset = preset or os.environ.get("HUMANIZER_PRESET", DEFAULT_PRESET)
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"Unknown config field(s) {sorted(unknown)}; known fields: {sorted(known)}")
+    values = {**PRESETS[preset], **overrides, "preset": preset}
+    return Config(**values)

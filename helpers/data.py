@@ -1,0 +1,265 @@
+"""Paired data: (AI draft -> human text), split by human paragraph, turned into SFT and DPO sets.
+
+Rows look like {"id", "domain", "human", "ai", "ai_model", "low_overlap"} (the L2R files in
+HUMANIZER_ASSETS). Every row carries `group`, a hash of its human paragraph: splits are made on
+groups so that no paragraph is in two splits.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from .io import DataError, ReadReport, iter_jsonl
+from .models import assets_dir
+
+REQUIRED_FIELDS = ("human", "ai")
+L2R_FILES = {"train": "data/l2r/l2r_train.jsonl.gz", "dev": "data/l2r/l2r_dev.jsonl.gz"}
+EDITLENS_ID = "pangram/editlens_iclr"
+
+
+def paragraph_key(text: str) -> str:
+    """Same paragraph, same key, whatever the white space."""
+    normalized = " ".join(text.split()).lower()
+    return hashlib.sha1(normalized.encode("utf-8")).hexdigest()[:16]
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def read_pairs(path: str | Path, strict: bool = False) -> tuple[list[dict], ReadReport]:
+    """Rows with non-empty `human` and `ai` strings from a JSONL(.gz) file, exact duplicates
+    removed. Bad lines raise DataError (strict) or are skipped and listed in the report."""
+    report = ReadReport(str(path))
+    rows, seen = [], set()
+    for line_no, obj in iter_jsonl(path, report, strict=strict):
+        problem = None
+        for name in REQUIRED_FIELDS:
+            value = obj.get(name)
+            if value is None:
+                problem = f"missing field {name!r}"
+            elif not isinstance(value, str):
+                problem = f"field {name!r} is {type(value).__name__}, expected text"
+            elif not value.strip():
+                problem = f"field {name!r} is empty"
+            if problem:
+                break
+        if problem is None:
+            key = (paragraph_key(obj["human"]), paragraph_key(obj["ai"]))
+            if key in seen:
+                problem = "duplicate of an earlier (human, ai) pair"
+            seen.add(key)
+        if problem:
+            if strict and not problem.startswith("duplicate"):
+                raise DataError(f"{path}:{line_no}: {problem}")
+            report.skip(line_no, problem)
+            continue
+        rows.append({
+            "id": str(obj.get("id", f"{Path(path).name}:{line_no}")),
+            "domain": obj.get("domain", "unknown"),
+            "human": obj["human"].strip(),
+            "ai": obj["ai"].strip(),
+            "ai_model": obj.get("ai_model", "unknown"),
+            "low_overlap": bool(obj.get("low_overlap", False)),
+            "group": paragraph_key(obj["human"]),
+        })
+    report.kept = len(rows)
+    return rows, report
+
+
+def load_editlens(split: str) -> list[dict]:
+    """The EditLens corpus from the hub (online users). Rows pair a human source with AI text."""
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(EDITLENS_ID, split="train" if split == "train" else "test")
+    except Exception as err:  # noqa: BLE001 - hub errors come in many types
+        raise DataError(f"Cannot load {EDITLENS_ID!r} from the hub ({err}); offline, use "
+                        "data_source='l2r' with HUMANIZER_ASSETS set") from err
+    columns = set(ds.column_names)
+    human_col = next((c for c in ("human", "source_text", "original_text") if c in columns), None)
+    ai_col = next((c for c in ("ai", "text", "edited_text") if c in columns), None)
+    if not human_col or not ai_col:
+        raise DataError(f"{EDITLENS_ID}: expected human/ai text columns, found {sorted(columns)}")
+    rows = []
+    for i, r in enumerate(ds):
+        if isinstance(r[human_col], str) and isinstance(r[ai_col], str) \
+                and r[human_col].strip() and r[ai_col].strip():
+            rows.append({"id": str(r.get("id", i)), "domain": r.get("domain", "unknown"),
+                         "human": r[human_col].strip(), "ai": r[ai_col].strip(),
+                         "ai_model": r.get("model", "unknown"), "low_overlap": False,
+                         "group": paragraph_key(r[human_col])})
+    return rows
+
+
+def load_split(cfg, split: str) -> tuple[list[dict], ReadReport | None]:
+    """All rows of 'train' or 'dev' for the configured data source (before cleaning)."""
+    if split not in L2R_FILES:
+        raise ValueError(f"split must be 'train' or 'dev', got {split!r}")
+    source = cfg.data_source
+    if source == "editlens":
+        return load_editlens(split), None
+    if source == "l2r":
+        root = assets_dir()
+        if root is None or not (root / L2R_FILES[split]).exists():
+            raise DataError(f"data_source='l2r' needs HUMANIZER_ASSETS pointing at a folder with "
+                            f"{L2R_FILES[split]} (now: {root}); online, use data_source='editlens'")
+        return read_pairs(root / L2R_FILES[split])
+    path = Path(source.format(split=split))
+    return read_pairs(path)
+
+
+def clean(rows: list[dict], cfg) -> tuple[list[dict], dict]:
+    """Keep rows whose pairing is certain and whose texts are of a usable length.
+    Returns the rows and the count dropped for each reason (nothing is cut silently)."""
+    kept, dropped = [], defaultdict(int)
+    for r in rows:
+        if cfg.drop_low_overlap and r["low_overlap"]:
+            dropped["low_overlap"] += 1
+        elif min(word_count(r["human"]), word_count(r["ai"])) < cfg.min_words:
+            dropped[f"shorter than {cfg.min_words} words"] += 1
+        elif max(word_count(r["human"]), word_count(r["ai"])) > cfg.max_words:
+            dropped[f"longer than {cfg.max_words} words"] += 1
+        else:
+            kept.append(r)
+    return kept, dict(dropped)
+
+
+def split_by_paragraph(rows: list[dict], n_holdout: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(rest, holdout): `n_holdout` whole human paragraphs go to holdout, chosen with `seed`."""
+    groups = sorted({r["group"] for r in rows})
+    random.Random(seed).shuffle(groups)
+    held = set(groups[:n_holdout])
+    return [r for r in rows if r["group"] not in held], [r for r in rows if r["group"] in held]
+
+
+def one_per_paragraph(rows: list[dict], n: int, seed: int) -> list[dict]:
+    """`n` rows from `n` different paragraphs (a stable, seeded choice)."""
+    by_group = defaultdict(list)
+    for r in rows:
+        by_group[r["group"]].append(r)
+    rng = random.Random(seed)
+    groups = sorted(by_group)
+    rng.shuffle(groups)
+    return [rng.choice(sorted(by_group[g], key=lambda r: r["id"])) for g in groups[:n]]
+
+
+def prepare(cfg) -> dict:
+    """Everything notebooks need: train / val pairs from the training file, eval drafts from the
+    dev file (evaluation only, never trained on), and the cleaning report."""
+    train_rows, train_report = load_split(cfg, "train")
+    dev_rows, dev_report = load_split(cfg, "dev")
+    train_clean, train_dropped = clean(train_rows, cfg)
+    dev_clean, dev_dropped = clean(dev_rows, cfg)
+    train, val = split_by_paragraph(train_clean, cfg.n_val_paragraphs, cfg.seed)
+    dpo = dpo_pairs(train, cfg.n_dpo_pairs, cfg.seed)
+    rng = random.Random(cfg.seed)
+    rng.shuffle(train)
+    train = train[:cfg.max_train_pairs]
+    evaluation = one_per_paragraph(dev_clean, cfg.n_eval, cfg.seed)
+    return {
+        "train": train, "val": val, "eval": evaluation,
+        "dpo": dpo,
+        "report": {
+            "train_file": train_report.summary() if train_report else "hub",
+            "dev_file": dev_report.summary() if dev_report else "hub",
+            "train_dropped": train_dropped, "dev_dropped": dev_dropped,
+        },
+    }
+
+
+def rewrite_request(draft: str) -> str:
+    """The user turn that asks for a rewrite (the same at training and inference)."""
+    return f"Rewrite this text:\n\n{draft}"
+
+
+def chat_messages(draft: str, system: str, answer: str | None = None) -> list[dict]:
+    messages = [{"role": "system", "content": system},
+                {"role": "user", "content": rewrite_request(draft)}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def sft_examples(rows: list[dict], system: str) -> list[dict]:
+    """mlx-lm chat format; the trainer masks everything but the assistant turn."""
+    return [{"messages": chat_messages(r["ai"], system, r["human"]), "id": r["id"]} for r in rows]
+
+
+def dpo_pairs(rows: list[dict], n: int, seed: int) -> list[dict]:
+    """(prompt draft, chosen = the human text, rejected = another model's rewrite of the same
+    paragraph). Only paragraphs with at least two AI rewrites give pairs."""
+    by_group = defaultdict(list)
+    for r in rows:
+        by_group[r["group"]].append(r)
+    rng = random.Random(seed)
+    pairs = []
+    for group in sorted(by_group):
+        members = sorted(by_group[group], key=lambda r: r["id"])
+        if len(members) < 2:
+            continue
+        draft, other = rng.sample(members, 2)
+        pairs.append({"id": draft["id"], "group": group, "prompt": draft["ai"],
+                      "chosen": draft["human"], "rejected": other["ai"],
+                      "rejected_source": other["ai_model"]})
+    rng.shuffle(pairs)
+    return pairs[:n]
+
+
+_WORD = re.compile(r"\w+(?:'\w+)?")
+
+
+def tokens(text: str) -> list[str]:
+    """Word tokens, the unit of every 'per 1K tokens' rate in this project."""
+    return _WORD.findall(text.lower())
+
+
+def load_slop_phrases(path: str | Path | None = None) -> list[str]:
+    path = Path(path) if path else Path(__file__).resolve().parent.parent / "data" / "slop_phrases.txt"
+    phrases = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip().lower()
+        if line:
+            phrases.append(line)
+    return phrases
+
+
+def slop_hits(text: str, phrases: list[str]) -> int:
+    """Occurrences of the phrases, matched on whole words."""
+    words = " " + " ".join(tokens(text)) + " "
+    return sum(words.count(" " + " ".join(tokens(p)) + " ") for p in phrases)
+
+
+def slop_rate(text: str, phrases: list[str]) -> float:
+    """Slop phrases per 1,000 word tokens."""
+    n = len(tokens(text))
+    return 1000.0 * slop_hits(text, phrases) / n if n else 0.0
+
+
+PREPARED_FILES = ("train", "val", "eval", "dpo")
+
+
+def save_prepared(cfg, prepared: dict) -> Path:
+    """Write notebook 01's output under runs/<preset>/data/ (each file atomically)."""
+    from .io import atomic_write_json, atomic_write_jsonl
+
+    out = cfg.path("data")
+    out.mkdir(exist_ok=True)
+    for name in PREPARED_FILES:
+        atomic_write_jsonl(out / f"{name}.jsonl", prepared[name])
+    atomic_write_json(out / "report.json", prepared["report"])
+    return out
+
+
+def load_prepared(cfg) -> dict:
+    """What notebook 01 wrote: {'train', 'val', 'eval', 'dpo'} lists of rows."""
+    folder = cfg.runs_dir / "data"
+    missing = [n for n in PREPARED_FILES if not (folder / f"{n}.jsonl").exists()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: no {', '.join(missing)} data; run notebook "
+                                f"01_data.ipynb with preset {cfg.preset!r} first")
+    return {name: [obj for _, obj in iter_jsonl(folder / f"{name}.jsonl", strict=True)]
+            for name in PREPARED_FILES}

@@ -1,0 +1,62 @@
+"""Run the notebook series in order for one preset (what `make run` calls).
+
+Executed copies go to runs/<preset>/notebooks/, and the time each notebook took to
+runs/<preset>/series_timing.json.
+
+    python -m helpers.series --preset smoke [--from 04] [--only 07]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .config import PRESETS, REPO_ROOT, get_config
+from .io import atomic_write_json
+
+NOTEBOOKS = REPO_ROOT / "notebooks"
+
+
+def series(start: str = "00", only: str | None = None) -> list[Path]:
+    books = sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        return [p for p in books if p.name.startswith(only)]
+    return [p for p in books if p.name[:2] >= start]
+
+
+def run(preset: str, start: str = "00", only: str | None = None) -> dict:
+    import os
+
+    import papermill
+
+    cfg = get_config(preset)
+    out_dir = cfg.path("notebooks")
+    out_dir.mkdir(exist_ok=True)
+    os.environ["HUMANIZER_PRESET"] = preset
+    timing = {}
+    total = time.perf_counter()
+    for book in series(start, only):
+        print(f"== {book.name} (preset {preset})", flush=True)
+        start_time = time.perf_counter()
+        papermill.execute_notebook(str(book), str(out_dir / book.name), kernel_name="python3",
+                                   cwd=str(NOTEBOOKS), parameters={"PRESET": preset},
+                                   progress_bar=False)
+        timing[book.name] = round(time.perf_counter() - start_time, 1)
+        print(f"   {timing[book.name]:.0f} s", flush=True)
+    timing["total"] = round(time.perf_counter() - total, 1)
+    atomic_write_json(cfg.path("series_timing.json"), timing)
+    print(f"== done in {timing['total'] / 60:.1f} min; executed notebooks in {out_dir}")
+    return timing
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="workshop", choices=sorted(PRESETS))
+    parser.add_argument("--from", dest="start", default="00", help="first notebook number")
+    parser.add_argument("--only", default=None, help="run just this notebook number")
+    args = parser.parse_args()
+    run(args.preset, args.start, args.only)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny random Llama (fast, exact tests) and the real 135M model (slow tests)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_ASSETS = REPO.parent / "shared" / "assets"
+if "HUMANIZER_ASSETS" not in os.environ and SHARED_ASSETS.exists():
+    os.environ["HUMANIZER_ASSETS"] = str(SHARED_ASSETS)
+os.environ.setdefault("HUMANIZER_PRESET", "smoke")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORKSHOP_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+TINY_CONFIG = {
+    "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+    "vocab_size": 49152, "rope_theta": 10000.0, "tie_word_embeddings": True,
+    "max_position_embeddings": 512,
+}
+
+
+def make_tiny_model(seed: int = 0, **overrides):
+    """A random 2-block Llama with the real tokenizer's vocabulary, in fp32."""
+    import mlx.core as mx
+    from mlx_lm.models import llama
+
+    mx.random.seed(seed)
+    config = {**TINY_CONFIG, **overrides}
+    model = llama.Model(llama.ModelArgs.from_dict(config))
+    mx.eval(model.parameters())
+    model.eval()
+    return model, config
+
+
+@pytest.fixture
+def tiny_model():
+    return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def workshop_model():
+    """(model, tokenizer, config) of the real 135M model, kept quantized as stored (Q4_1)."""
+    from helpers.models import load_model
+    return load_model(WORKSHOP_MODEL, keep_quantized=True, return_config=True)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(workshop_model):
+    return workshop_model[1]

@@ -1,0 +1,82 @@
+import math
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from helpers import models
+from conftest import WORKSHOP_MODEL, make_tiny_model
+
+
+def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """What llama.cpp's converter does to attn_q / attn_k rows (convert_hf_to_gguf.py)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def test_unpermute_inverts_llama_cpp_permutation():
+    w = np.arange(8 * 4 * 3).reshape(8 * 4, 3)  # 4 heads of dim 8, 3 columns
+    permuted = llama_cpp_permute(w, 4)
+    assert not np.array_equal(permuted, w)
+    restored = np.array(models.unpermute_rope_rows(mx.array(permuted), 4))
+    np.testing.assert_array_equal(restored, w)
+
+
+def test_quant_params_read_off_packed_shapes():
+    weights = {"x.weight": mx.zeros((16, 64 * 4 // 32), dtype=mx.uint32),
+               "x.scales": mx.zeros((16, 2)), "x.biases": mx.zeros((16, 2))}
+    assert models.quant_params_of(weights, "x", in_features=64) == {"group_size": 32, "bits": 4}
+    assert models.quant_params_of({"y.weight": mx.zeros((2, 2))}, "y", 2) is None
+
+
+def test_resolve_maps_hub_ids_to_assets(monkeypatch, tmp_path):
+    target = tmp_path / models.ASSET_PATHS[WORKSHOP_MODEL]
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"")
+    monkeypatch.setenv("HUMANIZER_ASSETS", str(tmp_path))
+    assert models.resolve(WORKSHOP_MODEL) == str(target)
+    assert models.resolve("someone/unknown-model") == "someone/unknown-model"
+
+
+def test_unavailable_model_error_names_id_and_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("HUMANIZER_ASSETS", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(models.ModelNotAvailable) as err:
+        models.load_model("someone/not-downloaded-model")
+    assert "someone/not-downloaded-model" in str(err.value)
+    assert "HUMANIZER_ASSETS" in str(err.value)
+
+
+def test_gguf_config_rejects_other_architectures():
+    with pytest.raises(ValueError, match="architecture 'qwen2'"):
+        models.gguf_config({"general.architecture": "qwen2"}, {})
+
+
+def test_save_mlx_model_roundtrip_with_mlx_lm(tmp_path, tokenizer):
+    import mlx_lm
+
+    model, config = make_tiny_model(seed=1)
+    out = models.save_mlx_model(model, tokenizer, config, tmp_path / "tiny")
+    reloaded, reloaded_tokenizer = mlx_lm.load(str(out))
+    ids = mx.array([[1, 2, 3, 400, 5000]])
+    assert mx.array_equal(model(ids), reloaded(ids))
+    assert reloaded_tokenizer.encode("hello world") == tokenizer.encode("hello world")
+    assert not (tmp_path / "tiny.tmp").exists()
+
+
+def _perplexity(model, ids):
+    logits = model(ids)[0, :-1]
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    return math.exp(-mx.take_along_axis(logprobs, ids[0, 1:, None], axis=-1).mean().item())
+
+
+@pytest.mark.slow
+def test_gguf_quantized_logits_match_dequantized_load(workshop_model):
+    quantized, tokenizer, config = workshop_model
+    dequantized, _ = models.load_model(WORKSHOP_MODEL, keep_quantized=False)
+    ids = mx.array(tokenizer.encode("The children were playing in the park near their house."))[None]
+    a, b = quantized(ids), dequantized(ids)
+    assert a.dtype == mx.float32 and config["quantization"]["bits"] == 4
+    assert mx.abs(a - b).max().item() < 1e-3
+    # the model really works: simple English has low perplexity (it is ~46 without the unpermute)
+    text = "The quick brown fox jumps over the lazy dog. It was a sunny day and the children were playing."
+    assert _perplexity(dequantized, mx.array(tokenizer.encode(text))[None]) < 25
