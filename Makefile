@@ -46,6 +46,7 @@ endif
 
 run: setup
 	$(PY) -m helpers.series --preset $(PRESET)
+	@if [ "$(PRESET)" = workshop ]; then $(PY) -m helpers.report --preset workshop; fi
 
 test: setup
 	HUMANIZER_PRESET=smoke $(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=900 -p no:cacheprovider

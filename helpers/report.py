@@ -1,0 +1,54 @@
+"""Copy notebook 07's generated results table into README.md (between the results markers).
+
+    python -m helpers.report --preset workshop
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+
+from .config import REPO_ROOT, get_config
+from .io import atomic_write_text
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def readme_section(results_md: str, preset: str, timing: dict | None) -> str:
+    stamp = dt.date.today().isoformat()
+    minutes = f", whole series {timing['total'] / 60:.0f} min" if timing and "total" in timing else ""
+    head = (f"Generated on {stamp} by `PRESET={preset} make run` (notebook 07 → "
+            f"`runs/{preset}/results.md`{minutes}). Do not edit by hand.\n\n")
+    return f"{START}\n{head}{results_md.strip()}\n{END}"
+
+
+def replace_section(text: str, section: str, where="README.md") -> str:
+    if START not in text or END not in text:
+        raise ValueError(f"{where}: results markers {START} / {END} not found")
+    before, rest = text.split(START, 1)
+    return before + section + rest.split(END, 1)[1]
+
+
+def update_readme(preset: str, readme=REPO_ROOT / "README.md") -> bool:
+    from .io import read_json
+
+    cfg = get_config(preset)
+    results = cfg.runs_dir / "results.md"
+    if not results.exists():
+        print(f"{results} does not exist: run notebook 07 first; README unchanged")
+        return False
+    timing_path = cfg.runs_dir / "series_timing.json"
+    timing = read_json(timing_path) if timing_path.exists() else None
+    section = readme_section(results.read_text(encoding="utf-8"), preset, timing)
+    atomic_write_text(readme, replace_section(readme.read_text(encoding="utf-8"), section, readme))
+    print(f"README.md results updated from {results}")
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="workshop")
+    update_readme(parser.parse_args().preset)
+
+
+if __name__ == "__main__":
+    main()

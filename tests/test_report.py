@@ -1,0 +1,18 @@
+import pytest
+
+from helpers import report
+
+
+def test_section_replaced_between_markers_only():
+    readme = f"# Title\n\n{report.START}\nold table\n{report.END}\n\n## Tests\n"
+    section = report.readme_section("| a | b |\n|---|---|\n| 1 | 2 |\n", "workshop", {"total": 3000})
+    new = report.replace_section(readme, section)
+    assert new.startswith("# Title\n\n") and new.endswith("\n\n## Tests\n")
+    assert "old table" not in new and "| 1 | 2 |" in new
+    assert "PRESET=workshop make run" in new and "50 min" in new
+    assert report.replace_section(new, section) == new
+
+
+def test_missing_markers_are_reported():
+    with pytest.raises(ValueError, match="results markers"):
+        report.replace_section("# no markers\n", "x", "README.md")
