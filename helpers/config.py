@@ -44,7 +44,12 @@ class Config:
     group_size: int = 64
     target_bpw: float = 5.0
     scan_granularity: str = "linear"  # or "block"
-    protect: tuple = ("lm_head",)
+    protect: tuple = ("lm_head",)  # any of "lm_head", "embeddings", "first_block", "last_block"
+    scan_bits: tuple = (4,)  # measured; other candidate bits are predicted from the nearest one
+    quant_targets: tuple = (4.5, 5.0, 5.5)  # bpw targets compared in notebook 03
+    quant_eval_texts: int = 16  # held-out human paragraphs (val split) for KL and perplexity
+    quant_eval_max_tokens: int = 128  # each held-out paragraph is cut to this many tokens
+    quant_decode_tokens: int = 32  # tokens generated to time decoding
 
     # SFT LoRA
     lora_rank: int = 8
@@ -59,6 +64,8 @@ class Config:
     max_seq_len: int = 512
     checkpoint_every: int = 50
     val_every: int = 50
+    val_examples: int = 16  # validation loss on this many rows of data['val'] (a fixed subset)
+    fake_quant: bool = True  # compute with dequantize(W_q) in fp32: same numbers, faster on CPU (nb 04)
 
     # DPO
     dpo_rank: int = 8
@@ -68,11 +75,25 @@ class Config:
     dpo_beta: float = 0.1
     n_dpo_pairs: int = 600
     on_policy_rejected: bool = True
+    dpo_batch_size: int = 2  # pairs per step (each pair is two sequences)
+    n_on_policy: int = 16  # on-policy rejected samples from the SFT model (if on_policy_rejected)
 
     # generation
     temperature: float = 0.7
     top_p: float = 0.9
     max_len_ratio: float = 1.5
+    gen_max_tokens: int = 384  # hard cap on new tokens per rewrite
+    gen_batch_size: int = 32  # drafts decoded together (batched decoding is much faster on CPU)
+
+    # evaluation (notebook 07)
+    radar_model: str = "TrustSafeAI/RADAR-Vicuna-7B"
+    scorer_model: str = ""  # Fast-DetectGPT's scoring LM; "" = the preset's model (dequantized)
+    binoculars_models: tuple = ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    detector_max_tokens: int = 512
+    detector_calib_pairs: int = 64  # validation pairs that map zero-shot scores to P(AI)
+    detector_train_pairs: int = 500  # training pairs for the MiniLM + logistic-regression detector
+    target_fpr: float = 0.05
+    n_bootstrap: int = 1000
 
     @property
     def runs_dir(self) -> Path:
@@ -90,12 +111,14 @@ class Config:
 PRESETS: dict[str, dict] = {
     "smoke": dict(
         max_train_pairs=64, n_val_paragraphs=4, n_eval=16, max_words=90,
-        calib_texts=4, calib_max_tokens=96, scan_granularity="block",
+        calib_texts=2, calib_max_tokens=64, scan_granularity="block", candidate_bits=(4, 6, 8),
+        protect=(), quant_targets=(5.0,), quant_eval_texts=4, quant_decode_tokens=8,
         lora_rank=4, lora_layers=4, sft_steps=6, batch_size=2, max_seq_len=256,
-        checkpoint_every=3, val_every=3,
+        checkpoint_every=3, val_every=3, val_examples=2, gen_max_tokens=32, gen_batch_size=16,
         dpo_rank=4, dpo_steps=4, n_dpo_pairs=8, on_policy_rejected=False,
+        binoculars_models=(), detector_calib_pairs=8, detector_train_pairs=64,
     ),
-    "workshop": dict(),
+    "workshop": dict(calib_texts=8, calib_max_tokens=64, candidate_bits=(3, 4, 5, 6, 8), protect=()),
     "paper": dict(
         model="openbmb/MiniCPM5-1B", data_source="editlens", max_words=300,
         max_train_pairs=20000, n_val_paragraphs=200, n_eval=200,
@@ -103,6 +126,7 @@ PRESETS: dict[str, dict] = {
         protect=(), lora_rank=16, lora_alpha=32.0, sft_steps=2000, batch_size=8,
         max_seq_len=1024, checkpoint_every=200, val_every=200,
         dpo_rank=16, dpo_alpha=32.0, dpo_steps=600, n_dpo_pairs=4000,
+        detector_calib_pairs=200, detector_train_pairs=4000,
     ),
 }
 

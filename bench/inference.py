@@ -1,0 +1,146 @@
+"""Prefill and decode speed of base, SFT, stacked (SFT + DPO), merged (one adapter) and fused, in one run.
+
+    python bench/inference.py [--preset workshop] [--prompt-tokens 256] [--decode-tokens 64]
+                              [--batch 32] [--repeats 3]
+
+Uses the preset's trained adapters when they exist, else random adapters of the same shapes (speed
+does not depend on the values). The variants are swapped in and out of one loaded model and
+measured in turns, repeats interleaved, so that a busy machine slows all of them alike; medians
+are reported with the ratio to base. Target: stacked decode >= 0.95 x base (generate.rewrite
+decodes with the fused variant for that reason).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_unflatten
+from mlx_lm.generate import BatchGenerator, generate_step
+from mlx_lm.tuner.utils import load_adapters, remove_lora_layers
+
+from helpers import lora
+from helpers.config import get_config
+from helpers.env import matmul_gflops
+from helpers.io import atomic_write_json
+
+
+def greedy(logprobs):
+    return mx.argmax(logprobs, axis=-1)
+
+
+def prefill_and_decode(model, prompt: mx.array, n_decode: int) -> tuple[float, float]:
+    """(prefill tokens/s, decode tokens/s) for one sequence, through mlx-lm's generate_step."""
+    start = time.perf_counter()
+    steps = generate_step(prompt, model, max_tokens=n_decode + 1, sampler=greedy)
+    next(steps)  # the prompt's forward pass and the first token
+    first = time.perf_counter()
+    for _ in steps:
+        pass
+    end = time.perf_counter()
+    return prompt.size / (first - start), n_decode / (end - first)
+
+
+def batched_decode(model, prompt: mx.array, batch: int, n_decode: int) -> float:
+    """Decode tokens/s over `batch` sequences decoded together (mlx-lm's BatchGenerator)."""
+    generator = BatchGenerator(model, sampler=greedy, completion_batch_size=batch,
+                               prefill_batch_size=batch)
+    generator.insert([prompt.tolist()] * batch, [n_decode] * batch)
+    with generator.stats() as stats:
+        while generator.next_generated():
+            pass
+    generator.close()
+    return stats.generation_tps
+
+
+def ensure_adapters(cfg, model, folder: Path) -> tuple[Path, Path]:
+    """The preset's trained adapters, or random ones of the same shapes written to `folder`."""
+    sft, dpo = cfg.runs_dir / "adapters" / "sft", cfg.runs_dir / "adapters" / "dpo"
+    if (sft / "adapters.safetensors").exists() and (dpo / "adapters.safetensors").exists():
+        return sft, dpo
+    print("no trained adapters for this preset: using random ones of the same shapes")
+    lora.add_lora(model, lora.lora_config(cfg, "sft"), seed=cfg.seed)
+    lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"), seed=cfg.seed)
+    for _, layer in lora.stacked_layers(model):
+        layer.lora_b = 0.01 * mx.random.normal(layer.lora_b.shape)
+        layer.dpo_b = 0.01 * mx.random.normal(layer.dpo_b.shape)
+    lora.save_sft_adapter(model, folder / "sft", lora.lora_config(cfg, "sft"))
+    lora.save_dpo_adapter(model, folder / "dpo", lora.lora_config(cfg, "dpo"))
+    remove_lora_layers(model)
+    return folder / "sft", folder / "dpo"
+
+
+def build_variants(cfg, model, folder: Path) -> dict[str, list]:
+    """{variant: [(module path, module)]} for the target linears of each variant."""
+    sft_dir, dpo_dir = ensure_adapters(cfg, model, folder)
+    names = set()
+    load_adapters(model, str(sft_dir))
+    variants = {"sft": lora.lora_layers(model)}
+    names = {n for n, _ in variants["sft"]}
+    remove_lora_layers(model)
+    variants["base"] = [(n, m) for n, m in model.named_modules() if n in names]
+    lora.load_stacked(model, sft_dir, dpo_dir)
+    variants["stacked (sft+dpo)"] = lora.lora_layers(model)
+    merged_dir = lora.save_merged_adapter(model, folder / "merged", lora.read_adapter_config(sft_dir),
+                                          lora.read_adapter_config(dpo_dir))
+    lora.fuse(model)
+    variants["fused (sft+dpo)"] = [(n, m) for n, m in model.named_modules() if n in names]
+    model.update_modules(tree_unflatten(variants["base"]))
+    load_adapters(model, str(merged_dir))
+    variants["merged (one adapter)"] = lora.lora_layers(model)
+    return variants
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default=None)
+    parser.add_argument("--prompt-tokens", type=int, default=256)
+    parser.add_argument("--decode-tokens", type=int, default=48)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    cfg = get_config(args.preset)
+    gflops_before = matmul_gflops()
+    model, tokenizer = lora.load_base(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = build_variants(cfg, model, Path(tmp))
+    order = ["base", "sft", "stacked (sft+dpo)", "merged (one adapter)", "fused (sft+dpo)"]
+    prompt = mx.random.randint(100, 40000, (args.prompt_tokens,), key=mx.random.key(0))
+    results = {name: {"prefill": [], "decode": [], "batched": []} for name in order}
+    for repeat in range(args.repeats + 1):  # repeat 0 warms up and is discarded
+        for name in order[repeat % len(order):] + order[:repeat % len(order)]:  # rotate the order
+            model.update_modules(tree_unflatten(variants[name]))
+            prefill, decode = prefill_and_decode(model, prompt, args.decode_tokens)
+            batched = batched_decode(model, prompt[:64], args.batch, args.decode_tokens // 2)
+            if repeat:
+                for key, value in (("prefill", prefill), ("decode", decode), ("batched", batched)):
+                    results[name][key].append(value)
+            print(f"  repeat {repeat} {name:22s} prefill {prefill:7.1f}  decode {decode:6.1f}  "
+                  f"batch-{args.batch} decode {batched:7.1f} tok/s", flush=True)
+    gflops_after = matmul_gflops()
+
+    table = {name: {key: statistics.median(values) for key, values in r.items()}
+             for name, r in results.items()}
+    base = table["base"]
+    print(f"\npreset {cfg.preset}, fp32 compute (fake-quant {cfg.fake_quant}); prompt "
+          f"{args.prompt_tokens} tokens, {args.decode_tokens} decoded; median of {args.repeats}; "
+          f"matmul {gflops_before:.0f} GFLOP/s before, {gflops_after:.0f} after (machine load)")
+    print(f"{'variant':22s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'x base':>7s} "
+          f"{'batch-' + str(args.batch) + ' tok/s':>15s} {'x base':>7s}")
+    for name, row in table.items():
+        print(f"{name:22s} {row['prefill']:14.1f} {row['decode']:13.1f} "
+              f"{row['decode'] / base['decode']:7.2f} {row['batched']:15.1f} "
+              f"{row['batched'] / base['batched']:7.2f}")
+    ratio = table["fused (sft+dpo)"]["decode"] / base["decode"]
+    print(f"\nstacked adapters as generate.rewrite runs them (fused): {ratio:.2f} x base decode "
+          f"(target >= 0.95); unfused: {table['stacked (sft+dpo)']['decode'] / base['decode']:.2f} x")
+    atomic_write_json(cfg.path("bench_inference.json"), {
+        "args": vars(args), "gflops": [gflops_before, gflops_after], "tokens_per_s": table})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Rewrite drafts with one of the four systems: base, sft, dpo-only, sft+dpo (or the merged adapter).
+
+Drafts are decoded together with mlx-lm's BatchGenerator (on a CPU a batch of 32 costs little more
+per step than one sequence), sampled with cfg.temperature / cfg.top_p, each capped at
+cfg.max_len_ratio times its source length, and cleaned of chat artefacts ("Sure, here is...").
+
+    python -m helpers.generate --preset workshop --system sft+dpo --text "Draft to rewrite."
+    python -m helpers.generate --preset workshop --system sft --drafts drafts.jsonl --out out.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator
+
+from .data import chat_messages
+from .io import atomic_write_json, atomic_write_jsonl, iter_jsonl
+from .lora import fused_view, load_base, load_stacked, set_adapters, stacked_layers
+
+SYSTEMS = ("base", "sft", "dpo-only", "sft+dpo")
+SWITCHES = {"base": (False, False), "sft": (True, False), "dpo-only": (False, True),
+            "sft+dpo": (True, True)}
+
+
+# ---------------------------------------------------------------- models
+
+def adapter_dir(cfg, name: str) -> Path:
+    return cfg.runs_dir / "adapters" / name
+
+
+def load_system(cfg, which: str = "sft+dpo"):
+    """(model, tokenizer) for base, sft, dpo-only, sft+dpo or merged. For the four stackable
+    systems the model carries both adapters (when trained) and `use_system` switches between them
+    without reloading."""
+    from mlx_lm.tuner.utils import load_adapters
+
+    if which not in SYSTEMS + ("merged",):
+        raise ValueError(f"unknown system {which!r}; choose one of {SYSTEMS + ('merged',)}")
+    model, tokenizer = load_base(cfg)
+    if which == "merged":
+        load_adapters(model, str(adapter_dir(cfg, "merged")))
+    elif which != "base" and (adapter_dir(cfg, "dpo") / "adapters.safetensors").exists():
+        load_stacked(model, adapter_dir(cfg, "sft"), adapter_dir(cfg, "dpo"))
+        use_system(model, which)
+    elif which == "sft":
+        load_adapters(model, str(adapter_dir(cfg, "sft")))
+    elif which != "base":
+        raise FileNotFoundError(f"{adapter_dir(cfg, 'dpo')}: no DPO adapter; run notebook 05")
+    model.eval()  # adapter modules are created in training mode (dropout on)
+    return model, tokenizer
+
+
+def use_system(model, which: str) -> None:
+    """Switch a stacked model (base + SFT + DPO) to one of the four systems."""
+    if which == "base" and not stacked_layers(model):
+        return
+    sft, dpo = SWITCHES[which]
+    set_adapters(model, sft=sft, dpo=dpo)
+
+
+# ---------------------------------------------------------------- cleaning
+
+_META = r"(?:rewrit|revis|version|text|paragraph|passage|human|natural)"
+_PREAMBLE_LINE = re.compile(
+    rf"^\W*(?:(?:sure|certainly|of course|absolutely|okay|ok)\b[^\n]*?|"
+    rf"(?:here(?:'s| is| are)|below is|the following is)\b[^\n]*?{_META}[^\n]*?|"
+    rf"(?:the )?{_META}\w*(?: \w+){{0,3}})\s*[:!.]?\W*$", re.I)
+_PREAMBLE_INLINE = re.compile(
+    rf"^\W*(?:(?:sure|certainly|of course|absolutely|okay|ok)\W+)?"
+    rf"(?:here(?:'s| is| are)|below is)\b[^\n:]{{0,80}}?{_META}[^\n:]{{0,40}}:\s*", re.I)
+_TRAILER = re.compile(r"^\W*(?:i hope|let me know|feel free|note:|this rewrit|this version|"
+                      r"in this (?:rewrit|version)|i (?:have|'ve) (?:rewritten|made|kept))", re.I)
+_QUOTES = {'"': '"', "“": "”", "'": "'"}
+
+
+def clean_output(text: str) -> str:
+    """The rewrite alone: no "Sure, here is the rewritten text:", no closing "I hope this helps",
+    no quotes around the whole answer."""
+    text = text.strip()
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    while len(paragraphs) > 1 and len(paragraphs[0]) < 120 and _PREAMBLE_LINE.match(paragraphs[0]):
+        paragraphs.pop(0)
+    while len(paragraphs) > 1 and _TRAILER.match(paragraphs[-1]):
+        paragraphs.pop()
+    text = "\n\n".join(paragraphs)
+    lines = text.split("\n")
+    if len(lines) > 1 and len(lines[0]) < 120 and _PREAMBLE_LINE.match(lines[0]):
+        text = "\n".join(lines[1:]).strip()
+    text = _PREAMBLE_INLINE.sub("", text, count=1).strip()
+    text = re.sub(r"^\*\*[^*\n]{0,60}\*\*\s*", "", text) if text.startswith("**") else text
+    if len(text) >= 2 and text[0] in _QUOTES and text[-1] == _QUOTES[text[0]] \
+            and text[0] not in text[1:-1] and _QUOTES[text[0]] not in text[1:-1]:
+        text = text[1:-1].strip()
+    return text
+
+
+# ---------------------------------------------------------------- rewriting
+
+def make_nucleus_sampler(temperature: float, top_p: float, top_k: int = 64):
+    """Nucleus (top-p) sampling, as mlx-lm's make_sampler(temp, top_p) does it, but over the top_k
+    most likely tokens: a partial sort of the 49k-token vocabulary instead of a full one (on a CPU
+    the full sort costs more than the model's decode step). The distribution is the same whenever
+    the nucleus has at most top_k tokens; otherwise the tail beyond top_k is dropped."""
+    if temperature == 0:
+        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+
+    def sample(logprobs: mx.array) -> mx.array:
+        k = min(top_k, logprobs.shape[-1])
+        candidates = mx.argpartition(-logprobs, k - 1, axis=-1)[..., :k]
+        top = mx.take_along_axis(logprobs, candidates, axis=-1)
+        order = mx.argsort(-top, axis=-1)
+        top = mx.take_along_axis(top, order, axis=-1)
+        candidates = mx.take_along_axis(candidates, order, axis=-1)
+        probs = mx.exp(top)
+        mass_before = mx.cumsum(probs, axis=-1) - probs  # keep tokens until the mass reaches top_p
+        top = mx.where(mass_before < top_p, top, -mx.inf)  # logprobs are normalized
+        choice = mx.random.categorical(top * (1.0 / temperature), axis=-1)
+        return mx.take_along_axis(candidates, choice[..., None], axis=-1).squeeze(-1)
+
+    return sample
+
+
+
+def prompt_tokens(tokenizer, draft: str, system: str) -> list[int]:
+    """The same chat prefix the adapters were trained on (up to the assistant's turn)."""
+    return tokenizer.apply_chat_template(chat_messages(draft, system), add_generation_prompt=True,
+                                         return_dict=False)
+
+
+def max_new_tokens(tokenizer, draft: str, cfg) -> int:
+    n_source = len(tokenizer.encode(draft, add_special_tokens=False))
+    return min(cfg.gen_max_tokens, max(16, math.ceil(cfg.max_len_ratio * n_source)))
+
+
+def generate_tokens(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
+                    seed: int | None = None, desc: str = "rewriting") -> list[list[int]]:
+    """The answer tokens for every draft (EOS excluded), batched and sampled, in input order."""
+    from tqdm.auto import tqdm
+
+    if not drafts:
+        return []
+    model.eval()
+    mx.random.seed(cfg.seed if seed is None else seed)
+    prompts = [prompt_tokens(tokenizer, d, cfg.system_prompt) for d in drafts]
+    budgets = [max_new_tokens(tokenizer, d, cfg) for d in drafts]
+    with fused_view(model), tqdm(total=len(drafts), disable=not progress, desc=desc) as bar:
+        generator = BatchGenerator(
+            model, stop_tokens=[[t] for t in tokenizer.eos_token_ids],
+            sampler=make_nucleus_sampler(cfg.temperature, cfg.top_p),
+            completion_batch_size=cfg.gen_batch_size,
+            prefill_batch_size=min(8, cfg.gen_batch_size))
+        uids = generator.insert(prompts, budgets)
+        tokens = {uid: [] for uid in uids}
+        while responses := generator.next_generated():
+            for r in responses:
+                if r.finish_reason != "stop":
+                    tokens[r.uid].append(r.token)
+                if r.finish_reason is not None:
+                    bar.update(1)
+        generator.close()
+    return [tokens[uid] for uid in uids]
+
+
+def rewrite(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
+            clean: bool = True, seed: int | None = None, desc: str = "rewriting") -> list[str]:
+    """Rewrite every draft (batched, sampled, length-capped); returns texts in input order."""
+    texts = [tokenizer.decode(t) for t in generate_tokens(model, tokenizer, drafts, cfg, progress,
+                                                          seed, desc)]
+    return [clean_output(t) for t in texts] if clean else texts
+
+
+def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "sft", "sft+dpo"),
+                     out_path: Path | None = None) -> list[dict]:
+    """The contract notebook 07 reads: one row per eval draft with every system's rewrite,
+    written atomically to runs/<preset>/rewrites.jsonl."""
+    outputs = {}
+    for which in systems:
+        use_system(model, which)
+        outputs[which] = rewrite(model, tokenizer, [r["ai"] for r in rows], cfg, desc=which)
+    records = [{"id": r["id"], "domain": r["domain"], "source": r["ai"], "human": r["human"],
+                "outputs": {which: outputs[which][i] for which in systems}}
+               for i, r in enumerate(rows)]
+    atomic_write_jsonl(out_path or cfg.path("rewrites.jsonl"), records)
+    return records
+
+
+def on_policy_samples(cfg, model, tokenizer, drafts: list[str]) -> list[str]:
+    """The SFT model's own rewrites of `drafts`: DPO's on-policy rejected texts. Cached in
+    runs/<preset>/dpo_on_policy.json for this SFT adapter and these sampling settings."""
+    from .train import adapter_fingerprint, ids_digest
+
+    key = {"sft": adapter_fingerprint(cfg), "drafts": ids_digest(drafts),
+           "sampling": [cfg.temperature, cfg.top_p, cfg.max_len_ratio, cfg.gen_max_tokens, cfg.seed]}
+    cache = cfg.path("dpo_on_policy.json")
+    if cache.exists():
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if cached.get("key") == key:
+            return cached["samples"]
+    use_system(model, "sft")
+    try:
+        samples = rewrite(model, tokenizer, drafts, cfg, desc="on-policy samples")
+    finally:
+        use_system(model, "sft+dpo")
+    atomic_write_json(cache, {"key": key, "samples": samples})
+    return samples
+
+
+# ---------------------------------------------------------------- command line
+
+def main() -> None:
+    from .config import get_config
+
+    parser = argparse.ArgumentParser(description="Rewrite drafts with a trained system.")
+    parser.add_argument("--preset", default=None)
+    parser.add_argument("--system", default="sft+dpo", choices=SYSTEMS + ("merged",))
+    parser.add_argument("--text", action="append", default=[], help="a draft (repeatable)")
+    parser.add_argument("--drafts", help="JSONL with a text field per line ('ai', 'source' or 'text')")
+    parser.add_argument("--out", help="write JSONL here instead of printing")
+    args = parser.parse_args()
+
+    cfg = get_config(args.preset)
+    drafts = list(args.text)
+    if args.drafts:
+        for line_no, obj in iter_jsonl(args.drafts, strict=True):
+            text = next((obj[k] for k in ("ai", "source", "text") if isinstance(obj.get(k), str)),
+                        None)
+            if text is None:
+                raise SystemExit(f"{args.drafts}:{line_no}: no 'ai', 'source' or 'text' field")
+            drafts.append(text)
+    if not drafts:
+        raise SystemExit("nothing to rewrite: pass --text or --drafts")
+    model, tokenizer = load_system(cfg, args.system)
+    outputs = rewrite(model, tokenizer, drafts, cfg)
+    if args.out:
+        atomic_write_jsonl(args.out, [{"source": d, "rewrite": o} for d, o in zip(drafts, outputs)])
+    else:
+        for o in outputs:
+            print(json.dumps({"rewrite": o}, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

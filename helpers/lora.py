@@ -1,0 +1,257 @@
+"""LoRA adapters on a frozen base: the SFT adapter, a DPO adapter stacked on it, and their exact merge.
+
+Every adapter is saved in mlx-lm's format (adapters.safetensors + adapter_config.json), so
+`mlx_lm.load(base, adapter_path=...)` and the mlx_lm command-line tools read it unchanged.
+
+A stacked layer computes  y = base(x) + s1·(x·A1)·B1   (SFT: mlx-lm's `lora_a`, `lora_b`)
+                                     + s2·(x·A2)·B2   (DPO: `dpo_a`, `dpo_b`),  each term switchable.
+Since  s1·(x·A1)·B1 + s2·(x·A2)·B2 = (x·[A1 A2])·[s1·B1 ; s2·B2],  the two adapters are exactly one
+LoRA of rank r1 + r2 and scale 1: `merged_adapter_weights` builds it.
+
+Fake quantization: on a CPU, MLX's quantized matmul is several times slower than an fp32 matmul
+through OpenBLAS (notebook 04 measures it). With `cfg.fake_quant` the quantized base is dequantized
+once after loading; dequantize(W_q) holds exactly the values the quantized layer multiplies with, so
+training and inference compute the same function (up to fp32 summation order), faster. What is
+stored on disk stays quantized (notebook 03's model or the GGUF); adapters are small fp32 files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm.tuner.lora import LoRALinear
+from mlx_lm.tuner.utils import linear_to_lora_layers, load_adapters
+
+ADAPTER_FILE = "adapters.safetensors"
+CONFIG_FILE = "adapter_config.json"
+
+
+def load_base(cfg):
+    """(model, tokenizer) of the base the adapters sit on: notebook 03's mixed-precision model if it
+    exists, else the preset's model; dequantized to fp32 when cfg.fake_quant."""
+    from .models import base_model_spec, load_model
+
+    return load_model(base_model_spec(cfg), keep_quantized=not cfg.fake_quant,
+                      dtype=cfg.compute_dtype)
+
+
+def lora_config(cfg, which: str = "sft") -> dict:
+    """mlx-lm's adapter_config.json for the SFT or DPO adapter (mlx-lm wants scale = alpha / rank)."""
+    rank, alpha = (cfg.lora_rank, cfg.lora_alpha) if which == "sft" else (cfg.dpo_rank, cfg.dpo_alpha)
+    return {
+        "fine_tune_type": "lora",
+        "num_layers": cfg.lora_layers,
+        "lora_parameters": {"rank": rank, "scale": alpha / rank, "dropout": cfg.lora_dropout,
+                            "keys": list(cfg.lora_targets)},
+        "base_model": cfg.model,
+        "humanizer_adapter": which,
+    }
+
+
+def add_lora(model: nn.Module, config: dict, seed: int = 0) -> nn.Module:
+    """Freeze the model, then wrap the target linears with mlx-lm's LoRALinear (A random, B zero:
+    the model's output is unchanged until B is trained)."""
+    model.freeze()
+    mx.random.seed(seed)
+    linear_to_lora_layers(model, config["num_layers"], config["lora_parameters"])
+    mx.eval(model.parameters())
+    return model
+
+
+def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def _write_adapter(out_dir: str | Path, weights: dict, config: dict) -> Path:
+    """adapters.safetensors + adapter_config.json, written to a temporary folder then renamed."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    mx.save_safetensors(str(tmp / ADAPTER_FILE), weights)
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def read_adapter_config(path: str | Path) -> dict:
+    path = Path(path) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: train the adapter first (notebook 04 or 05)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def save_sft_adapter(model: nn.Module, out_dir: str | Path, config: dict) -> Path:
+    weights = {f"{name}.{key}": getattr(m, key) for name, m in lora_layers(model)
+               for key in ("lora_a", "lora_b")}
+    return _write_adapter(out_dir, weights, config)
+
+
+class StackedLoRALinear(LoRALinear):
+    """mlx-lm's LoRALinear (the SFT adapter) plus a second LoRA (the DPO adapter).
+    `use_sft` / `use_dpo` switch each term on or off; with use_dpo off it computes exactly what
+    LoRALinear computes."""
+
+    @staticmethod
+    def from_lora(layer: LoRALinear, rank: int, scale: float) -> "StackedLoRALinear":
+        input_dims, sft_rank = layer.lora_a.shape
+        output_dims = layer.lora_b.shape[1]
+        stacked = StackedLoRALinear(input_dims, output_dims, r=sft_rank, scale=layer.scale)
+        stacked.linear, stacked.dropout = layer.linear, layer.dropout
+        stacked.lora_a, stacked.lora_b = layer.lora_a, layer.lora_b
+        bound = 1 / math.sqrt(input_dims)  # the same init as LoRALinear
+        stacked.dpo_a = mx.random.uniform(low=-bound, high=bound, shape=(input_dims, rank))
+        stacked.dpo_b = mx.zeros((rank, output_dims))
+        stacked.dpo_scale = scale
+        return stacked
+
+    use_sft = True
+    use_dpo = True
+
+    def __call__(self, x):
+        y = self.linear(x)
+        x = self.dropout(x)
+        if self.use_sft:
+            y = y + (self.scale * ((x @ self.lora_a) @ self.lora_b)).astype(x.dtype)
+        if self.use_dpo:
+            y = y + (self.dpo_scale * ((x @ self.dpo_a) @ self.dpo_b)).astype(x.dtype)
+        return y
+
+
+def stacked_layers(model: nn.Module) -> list[tuple[str, StackedLoRALinear]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, StackedLoRALinear)]
+
+
+def add_dpo_adapter(model: nn.Module, config: dict, seed: int = 0) -> nn.Module:
+    """Turn every (SFT) LoRALinear into a StackedLoRALinear with a fresh DPO adapter. Only the DPO
+    adapter is trainable: the base and the SFT adapter stay frozen."""
+    params = config["lora_parameters"]
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("The model has no LoRA layers: load the SFT adapter before adding DPO")
+    mx.random.seed(seed)
+    model.update_modules(tree_unflatten(
+        [(name, StackedLoRALinear.from_lora(m, params["rank"], params["scale"]))
+         for name, m in layers]))
+    model.freeze()
+    model.unfreeze(keys=["dpo_a", "dpo_b"], strict=False)
+    mx.eval(model.parameters())
+    return model
+
+
+def set_adapters(model: nn.Module, sft: bool = True, dpo: bool = True) -> None:
+    """Switch the SFT and DPO terms of every stacked layer (both off = the base model)."""
+    layers = stacked_layers(model)
+    if not layers:
+        raise ValueError("The model has no stacked layers (see add_dpo_adapter / load_stacked)")
+    for _, m in layers:
+        m.use_sft, m.use_dpo = sft, dpo
+
+
+def save_dpo_adapter(model: nn.Module, out_dir: str | Path, config: dict) -> Path:
+    """The DPO adapter alone, under mlx-lm's names (lora_a/lora_b): a standard adapter file."""
+    weights = {}
+    for name, m in stacked_layers(model):
+        weights[f"{name}.lora_a"], weights[f"{name}.lora_b"] = m.dpo_a, m.dpo_b
+    return _write_adapter(out_dir, weights, config)
+
+
+def _same_layers(sft_config: dict, dpo_config: dict) -> None:
+    for key in ("num_layers",):
+        if sft_config[key] != dpo_config[key]:
+            raise ValueError(f"SFT and DPO adapters differ in {key}: {sft_config[key]} vs "
+                             f"{dpo_config[key]}; they must sit on the same linears")
+    sft_keys = sorted(sft_config["lora_parameters"]["keys"])
+    dpo_keys = sorted(dpo_config["lora_parameters"]["keys"])
+    if sft_keys != dpo_keys:
+        raise ValueError(f"SFT and DPO adapters target different linears: {sft_keys} vs {dpo_keys}")
+
+
+def load_stacked(model: nn.Module, sft_path: str | Path, dpo_path: str | Path) -> nn.Module:
+    """Base + SFT adapter + DPO adapter, as they were during DPO training (both switched on)."""
+    sft_config, dpo_config = read_adapter_config(sft_path), read_adapter_config(dpo_path)
+    _same_layers(sft_config, dpo_config)
+    load_adapters(model, str(sft_path))
+    add_dpo_adapter(model, dpo_config)
+    weights = mx.load(str(Path(dpo_path) / ADAPTER_FILE))
+    expected = {f"{name}.lora_{ab}" for name, _ in stacked_layers(model) for ab in "ab"}
+    if set(weights) != expected:
+        raise ValueError(f"{dpo_path}: the DPO adapter's tensors do not match the model's LoRA "
+                         f"layers ({len(weights)} tensors, {len(expected)} expected)")
+    model.load_weights([(k.replace(".lora_", ".dpo_"), v) for k, v in weights.items()],
+                       strict=False)
+    model.freeze()
+    model.eval()  # the new LoRA modules were created in training mode (dropout on)
+    mx.eval(model.parameters())
+    return model
+
+
+def merged_adapter_weights(model: nn.Module) -> dict:
+    """One LoRA of rank r1 + r2 and scale 1 equal to the two stacked ones:
+    A = [A1 A2] (side by side), B = [s1·B1 ; s2·B2] (stacked), so (x·A)·B = s1·(x·A1)·B1 + s2·(x·A2)·B2."""
+    weights = {}
+    for name, m in stacked_layers(model):
+        weights[f"{name}.lora_a"] = mx.concatenate([m.lora_a, m.dpo_a], axis=1)
+        weights[f"{name}.lora_b"] = mx.concatenate([m.scale * m.lora_b, m.dpo_scale * m.dpo_b],
+                                                   axis=0)
+    return weights
+
+
+def save_merged_adapter(model: nn.Module, out_dir: str | Path, sft_config: dict,
+                        dpo_config: dict) -> Path:
+    _same_layers(sft_config, dpo_config)
+    rank = sft_config["lora_parameters"]["rank"] + dpo_config["lora_parameters"]["rank"]
+    config = {**sft_config, "humanizer_adapter": "sft+dpo merged",
+              "lora_parameters": {**sft_config["lora_parameters"], "rank": rank, "scale": 1.0,
+                                  "dropout": 0.0}}
+    return _write_adapter(out_dir, merged_adapter_weights(model), config)
+
+
+def fuse(model: nn.Module) -> nn.Module:
+    """Fold the active LoRA terms into fp32 base weights: W' = W + s1·(A1·B1)ᵀ + s2·(A2·B2)ᵀ.
+    Decoding then costs exactly what the base costs. (On a quantized base use mlx-lm's fuse,
+    which re-quantizes W' and so changes the numbers slightly.)"""
+    fused = []
+    for name, m in lora_layers(model):
+        if isinstance(m.linear, nn.QuantizedLinear):
+            raise ValueError("fuse() is for a dequantized (fp32) base; use mlx_lm.fuse instead")
+        weight = m.linear.weight
+        if getattr(m, "use_sft", True):
+            weight = weight + (m.scale * m.lora_b.T) @ m.lora_a.T
+        if isinstance(m, StackedLoRALinear) and m.use_dpo:
+            weight = weight + (m.dpo_scale * m.dpo_b.T) @ m.dpo_a.T
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in m.linear)
+        linear.weight = weight
+        if "bias" in m.linear:
+            linear.bias = m.linear.bias
+        fused.append((name, linear))
+    model.update_modules(tree_unflatten(fused))
+    mx.eval(model.parameters())
+    return model
+
+
+@contextmanager
+def fused_view(model: nn.Module):
+    """Within the block the model's LoRA layers are fused (see fuse): decoding runs at the base's
+    speed. Afterwards the adapters are back in place, switches unchanged."""
+    layers = lora_layers(model)
+    can_fuse = layers and not isinstance(layers[0][1].linear, nn.QuantizedLinear)
+    if can_fuse:
+        fuse(model)
+    try:
+        yield model
+    finally:
+        if can_fuse:
+            model.update_modules(tree_unflatten(layers))
+
+
+def trainable_count(model: nn.Module) -> int:
+    return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))

@@ -1,0 +1,228 @@
+"""Notebook 07's results: every system's texts scored by every detector and metric, summarised
+with 95% CIs into runs/<preset>/results.json, and results.md rendered from that JSON (README
+embeds it through `python -m helpers.report`).
+
+    python -m helpers.results --preset workshop   # re-render results.md from results.json
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+
+from .io import DataError, atomic_write_json, atomic_write_text, iter_jsonl, read_json
+from .metrics import (auroc, bootstrap_ci, fact_preservation, gap_closed, has_chat_artefact,
+                      length_ratio, meaning_similarity, paired_bootstrap_ci, slop_per_1k,
+                      threshold_at_fpr)
+
+SYSTEMS = {"source": "source AI draft", "base": "base zero-shot", "sft": "SFT",
+           "dpo-only": "DPO only", "sft+dpo": "SFT+DPO stacked", "human": "human reference"}
+
+
+def load_rewrites(path: str | Path) -> list[dict]:
+    """Notebook 06's rewrites.jsonl, checked: each row needs text `source`, `human` and an
+    `outputs` object of texts, with the same systems on every row."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no rewrites; run notebook 06_stacked_inference.ipynb "
+                                "with the same preset first")
+    rows, systems = [], None
+    for line_no, row in iter_jsonl(path, strict=True):
+        for name in ("source", "human"):
+            if not isinstance(row.get(name), str):
+                raise DataError(f"{path}:{line_no}: field {name!r} missing or not text")
+        outputs = row.get("outputs")
+        if not isinstance(outputs, dict) or not all(isinstance(v, str) for v in outputs.values()):
+            raise DataError(f"{path}:{line_no}: field 'outputs' must map system names to texts")
+        unknown = set(outputs) - set(SYSTEMS)
+        if unknown:
+            raise DataError(f"{path}:{line_no}: unknown systems {sorted(unknown)} in 'outputs'")
+        if systems is not None and set(outputs) != systems:
+            raise DataError(f"{path}:{line_no}: systems {sorted(outputs)} differ from line 1's "
+                            f"{sorted(systems)}")
+        systems = set(outputs)
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def system_texts(rows: list[dict]) -> dict[str, list[str]]:
+    """{system: texts}, in table order: source draft, each system's rewrite, human reference."""
+    texts = {"source": [r["source"] for r in rows]}
+    for key in SYSTEMS:
+        if key in rows[0]["outputs"]:
+            texts[key] = [r["outputs"][key] for r in rows]
+    texts["human"] = [r["human"] for r in rows]
+    return texts
+
+
+def score_all(texts: dict, detectors: dict) -> dict:
+    """{detector: {system: P(AI) array}}."""
+    return {name: {key: np.asarray(d.score(t)) for key, t in texts.items()}
+            for name, d in detectors.items()}
+
+
+def scores_frame(scores: dict):
+    """Long table (detector, system, P(AI)) for seaborn."""
+    import pandas as pd
+    return pd.DataFrame([{"detector": name, "system": SYSTEMS[key], "P(AI)": p}
+                         for name, by_system in scores.items()
+                         for key, values in by_system.items() for p in values])
+
+
+def plot_scores(scores: dict):
+    """P(AI) per text: one panel per detector, one violin + dots per system."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    frame = scores_frame(scores)
+    fig, axes = plt.subplots(1, len(scores), figsize=(4.6 * len(scores), 3.4), sharey=True,
+                             squeeze=False)
+    for ax, (name, part) in zip(axes[0], frame.groupby("detector", sort=False)):
+        sns.violinplot(data=part, x="P(AI)", y="system", cut=0, inner=None, color="0.9", ax=ax)
+        sns.stripplot(data=part, x="P(AI)", y="system", hue="system", palette="deep", size=3.5,
+                      legend=False, ax=ax)
+        ax.set(title=name, xlim=(0, 1), ylabel="")
+    fig.tight_layout()
+    return fig
+
+
+def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
+              unavailable: dict | None = None) -> dict:
+    """Everything results.md shows, as plain JSON."""
+    boot = dict(n_boot=cfg.n_bootstrap, seed=cfg.seed)
+    human, source = texts["human"], texts["source"]
+    detectors = {}
+    for name, by_system in scores.items():
+        h, s = by_system["human"], by_system["source"]
+        threshold = threshold_at_fpr(h, cfg.target_fpr)
+        detectors[name] = {
+            "auroc": paired_bootstrap_ci(auroc, h, s, **boot),
+            "threshold": threshold,
+            "flagged": {key: float(np.mean(p > threshold)) for key, p in by_system.items()},
+        }
+    # P(AI) averaged over the detectors, item by item: the basis of the one "gap closed" column
+    mean_p = {key: np.nanmean([scores[d][key] for d in scores], axis=0) for key in texts}
+    rows = []
+    for key, outputs in texts.items():
+        compared = key != "source"  # the draft compared with itself tells nothing
+        rows.append({
+            "system": key, "label": SYSTEMS[key],
+            "p_ai": {d: bootstrap_ci(scores[d][key], **boot) for d in scores},
+            "gap_closed": paired_bootstrap_ci(gap_closed, mean_p["source"], mean_p[key],
+                                              mean_p["human"], **boot),
+            "gap_closed_by_detector": {
+                d: paired_bootstrap_ci(gap_closed, scores[d]["source"], scores[d][key],
+                                       scores[d]["human"], **boot) for d in scores},
+            "slop_per_1k": bootstrap_ci(slop_per_1k(outputs, phrases), **boot),
+            "meaning": bootstrap_ci(meaning_similarity(embedder, outputs, source), **boot)
+            if compared else None,
+            "facts": bootstrap_ci([fact_preservation(s, o) for s, o in zip(source, outputs)],
+                                  **boot) if compared else None,
+            "length_ratio": bootstrap_ci([length_ratio(o, s) for s, o in zip(source, outputs)],
+                                         **boot) if compared else None,
+            "chat_artefacts": bootstrap_ci([float(has_chat_artefact(o)) for o in outputs], **boot),
+        })
+    return {
+        "preset": cfg.preset, "model": cfg.model, "date": dt.date.today().isoformat(),
+        "n_items": len(human), "target_fpr": cfg.target_fpr, "n_bootstrap": cfg.n_bootstrap,
+        "detectors": detectors, "unavailable": dict(unavailable or {}), "systems": rows,
+    }
+
+
+def _ci(stat: dict | None, digits: int = 2, percent: bool = False) -> str:
+    """'0.61 [0.55, 0.67]' (or '35% [10, 60]')."""
+    if not stat or stat.get("mean") is None:
+        return "—"
+    if percent:
+        return "{:.0f}% [{:.0f}, {:.0f}]".format(*(100 * stat[k] for k in ("mean", "lo", "hi")))
+    return "{0:.{3}f} [{1:.{3}f}, {2:.{3}f}]".format(stat["mean"], stat["lo"], stat["hi"], digits)
+
+
+def _table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+
+
+def render_markdown(results: dict) -> str:
+    """results.md, from results.json alone (so it can be re-rendered without rerunning)."""
+    names = list(results["detectors"])
+    main = _table(
+        ["System"] + [f"P(AI) {d}" for d in names]
+        + ["Gap closed", "Slop /1K", "Meaning sim.", "Facts kept", "Length ratio",
+           "Chat artefacts"],
+        [[r["label"]] + [_ci(r["p_ai"][d]) for d in names]
+         + [_ci(r["gap_closed"], percent=True), _ci(r["slop_per_1k"], 1), _ci(r["meaning"]),
+            _ci(r["facts"]), _ci(r["length_ratio"]), _ci(r["chat_artefacts"], percent=True)]
+         for r in results["systems"]])
+    labels = {r["system"]: r["label"] for r in results["systems"]}
+    fpr = round(100 * results["target_fpr"])
+    detectors = _table(
+        ["Detector", "AUROC human vs AI draft", f"Threshold at {fpr}% FPR"]
+        + [f"flagged: {labels[k]}" for k in labels],
+        [[d, _ci(info["auroc"]), f"{info['threshold']:.3f}"]
+         + [f"{round(100 * info['flagged'][k])}%" for k in labels]
+         for d, info in results["detectors"].items()])
+    missing = "".join(f"\n- **{d}** not run: {why}" for d, why in results["unavailable"].items())
+    return (
+        f"Preset `{results['preset']}` ({results['model']}), {results['n_items']} held-out drafts "
+        f"from the dev split, {results['date']}. Means with 95% bootstrap CIs "
+        f"({results['n_bootstrap']} resamples).\n\n{main}\n\n"
+        "P(AI): each detector's probability that the text is AI-written. Gap closed: "
+        "(P_source − P_system) / (P_source − P_human) on P(AI) averaged over the detectors "
+        "(0% = still reads like the AI draft, 100% = reads like the human text). Meaning sim.: "
+        "MiniLM cosine with the source draft; facts kept: share of the draft's numbers, dates, "
+        "URLs and names found in the output.\n\n"
+        f"{detectors}\n\nFlagged: share of texts scoring above a threshold set so that at "
+        f"most {fpr}% of the human texts are flagged.\n{missing}\n")
+
+
+def detectors_frame(results: dict):
+    """Per detector: AUROC with CI, threshold at the target FPR, share of each system flagged."""
+    import pandas as pd
+    return pd.DataFrame({name: {"AUROC human vs AI draft": _ci(info["auroc"]),
+                                "threshold": round(info["threshold"], 3),
+                                **{f"flagged: {SYSTEMS[k]}": f"{100 * v:.0f}%"
+                                   for k, v in info["flagged"].items()}}
+                         for name, info in results["detectors"].items()})
+
+
+def headline(results: dict) -> str:
+    """The table in sentences, for the notebook's conclusion (every number comes from results)."""
+    lines = []
+    for name, info in results["detectors"].items():
+        a = info["auroc"]
+        verdict = ("cannot reliably tell human text from AI drafts here (its CI includes 0.5): "
+                   "read its column as noise" if a["lo"] <= 0.5 else "separates them better "
+                   "than chance")
+        lines.append(f"{name}: AUROC {_ci(a)} on human vs AI draft, so it {verdict}.")
+    for r in results["systems"]:
+        if r["system"] in ("source", "human"):
+            continue
+        lines.append(f"{r['label']}: gap closed {_ci(r['gap_closed'], percent=True)}, meaning "
+                     f"similarity {_ci(r['meaning'])}, facts kept {_ci(r['facts'])}, slop "
+                     f"{_ci(r['slop_per_1k'], 1)} per 1K tokens.")
+    return "\n".join(lines)
+
+
+def write_results(cfg, results: dict) -> tuple[Path, Path]:
+    json_path = atomic_write_json(cfg.path("results.json"), results)
+    md_path = atomic_write_text(cfg.path("results.md"), render_markdown(results))
+    return json_path, md_path
+
+
+def main() -> None:
+    from .config import get_config
+    parser = argparse.ArgumentParser(description="Re-render results.md from results.json.")
+    parser.add_argument("--preset", default=None)
+    cfg = get_config(parser.parse_args().preset)
+    path = cfg.runs_dir / "results.json"
+    if not path.exists():
+        raise SystemExit(f"{path} does not exist: run notebook 07 first")
+    print(write_results(cfg, read_json(path))[1])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+import math
+
+import numpy as np
+import pytest
+
+from helpers import detectors
+from helpers.models import ModelNotAvailable
+
+P = np.log([[0.75, 0.25]], dtype=np.float32)  # one position of a 2-token vocabulary
+
+
+def test_sampling_discrepancy_by_hand():
+    # Bernoulli(0.75): observing the likely token, (log .75 - E[log p]) / sd = sqrt(.25 / .75)
+    one = detectors.sampling_discrepancy(P[None], np.array([[0]]), np.ones((1, 1)))
+    assert one == pytest.approx([1 / math.sqrt(3)], rel=1e-5)
+    unlikely = detectors.sampling_discrepancy(P[None], np.array([[1]]), np.ones((1, 1)))
+    assert unlikely == pytest.approx([-math.sqrt(3)], rel=1e-5)
+    # two such positions: sums over positions, so sqrt(2) * 1/sqrt(3); a masked third is ignored
+    logits = np.concatenate([P, P, np.log([[0.5, 0.5]])])[None]
+    two = detectors.sampling_discrepancy(logits, np.array([[0, 0, 1]]), np.array([[1, 1, 0]]))
+    assert two == pytest.approx([math.sqrt(2 / 3)], rel=1e-5)
+
+
+def test_sampling_discrepancy_matches_the_reference_formula():
+    import torch
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(1, 7, 50)).astype(np.float32) * 3
+    labels = rng.integers(0, 50, size=(1, 7))
+    # Fast-DetectGPT's get_sampling_discrepancy_analytic (reference = scoring model)
+    lprobs = torch.log_softmax(torch.tensor(logits), dim=-1)
+    probs = lprobs.exp()
+    ll = lprobs.gather(-1, torch.tensor(labels)[..., None]).squeeze(-1)
+    mean = (probs * lprobs).sum(-1)
+    var = (probs * lprobs.square()).sum(-1) - mean.square()
+    expected = ((ll.sum(-1) - mean.sum(-1)) / var.sum(-1).sqrt()).item()
+    ours = detectors.sampling_discrepancy(logits, labels, np.ones((1, 7)))
+    assert ours == pytest.approx([expected], rel=1e-4)
+
+
+def test_binoculars_score_by_hand():
+    uniform = np.zeros((1, 3, 4), dtype=np.float32)
+    assert detectors.binoculars_score(uniform, uniform, np.array([[1, 2, 3]]),
+                                      np.ones((1, 3))) == pytest.approx([1.0])
+    # same Bernoulli(.75) models, likely token: -log .75 / H(.75)
+    entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert detectors.binoculars_score(P[None], P[None], np.array([[0]]), np.ones((1, 1))) == \
+        pytest.approx([-math.log(0.75) / entropy], rel=1e-5)
+    # observer sure of token 0: cross-perplexity = -log q(0) = -log .75
+    sure = np.log([[0.999999, 0.000001]], dtype=np.float32)[None]
+    assert detectors.binoculars_score(sure, P[None], np.array([[1]]), np.ones((1, 1))) == \
+        pytest.approx([math.log(4) / -math.log(0.75)], rel=1e-3)
+
+
+class CharTokenizer:
+    """Token id = character code: enough to feed a tiny model real sequences."""
+
+    def encode(self, text):
+        return [ord(c) % 1000 for c in text]
+
+
+def test_batched_scores_equal_one_by_one(tiny_model):
+    model, _ = tiny_model
+    texts = ["a short one", "x", "a much longer text than the first one", "medium text", ""]
+    batched = detectors.FastDetectGPT(model, CharTokenizer(), batch_size=3).raw_scores(texts)
+    single = detectors.FastDetectGPT(model, CharTokenizer(), batch_size=1).raw_scores(texts)
+    assert np.isnan(batched[[1, 4]]).all()  # under two tokens: nothing to score
+    np.testing.assert_allclose(batched, single, rtol=1e-4)
+    trimmed = detectors.FastDetectGPT(model, CharTokenizer(), max_tokens=5).raw_scores(texts[2:3])
+    assert trimmed[0] == pytest.approx(
+        detectors.FastDetectGPT(model, CharTokenizer()).raw_scores([texts[2][:5]])[0], rel=1e-4)
+
+
+def test_binoculars_of_a_model_with_itself_is_finite(tiny_model):
+    model, _ = tiny_model
+    det = detectors.Binoculars(model, model, CharTokenizer())
+    scores = det.raw_scores(["some text here", "and more text"])
+    assert np.isfinite(scores).all() and (scores < 0).all()  # -(log-ppl / x-ppl), both positive
+
+
+def test_calibration_is_cached_and_monotone(tiny_model, tmp_path):
+    model, _ = tiny_model
+    det = detectors.FastDetectGPT(model, CharTokenizer())
+    texts = ["aaaa aaaa aaaa", "abcabcabc", "the cat sat", "zq xv jk", "hello there", "mm nn oo"]
+    labels = [0, 0, 0, 1, 1, 1]
+    det.calibrate(texts, labels, tmp_path / "cal.json", key="tiny")
+    assert (tmp_path / "cal.json").exists()
+    again = detectors.FastDetectGPT(model, CharTokenizer())
+    again.raw_scores = lambda _texts: pytest.fail("a cached calibration must not rescore")
+    assert again.calibrate(texts, labels, tmp_path / "cal.json", key="tiny").platt == det.platt
+    raw = det.raw_scores(texts)
+    p = det.score(texts)
+    assert ((p > 0) & (p < 1)).all()
+    # a monotone map: the order of P(AI) is the order of the raw score (reversed if a < 0)
+    assert np.array_equal(np.argsort(det.platt[0] * raw), np.argsort(p))
+
+
+def test_fit_platt_learns_direction():
+    a, b = detectors.fit_platt([0.1, 0.2, 0.3, 0.7, 0.8, 0.9], [0, 0, 0, 1, 1, 1])
+    assert a > 0 and 1 / (1 + math.exp(-(a * 0.5 + b))) == pytest.approx(0.5, abs=0.05)
+
+
+def test_radar_loader_fails_plainly_offline():
+    # conftest sets HF_HUB_OFFLINE=1 and the shared assets have no RADAR copy
+    with pytest.raises(ModelNotAvailable, match=r"RADAR-Vicuna-7B.*not available.*HF_HUB_OFFLINE"):
+        detectors.Radar("TrustSafeAI/RADAR-Vicuna-7B")
+
+
+def test_locate_fails_fast_when_the_hub_is_unreachable(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(detectors, "hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ModelNotAvailable, match="cannot be reached.*huggingface-cli download"):
+        detectors.locate("nobody/no-such-model")
+
+
+def test_locate_prefers_local_paths(tmp_path):
+    assert detectors.locate(str(tmp_path)) == str(tmp_path)
+
+
+class FakeEmbedder:
+    """Two features: does the text say 'human', does it say 'machine'."""
+    spec = "fake"
+
+    def __call__(self, texts):
+        return np.array([[("human" in t) * 1.0, ("machine" in t) * 1.0] for t in texts])
+
+
+def test_embedding_detector_trains_saves_and_reloads(tmp_path):
+    embed = FakeEmbedder()
+    human = [f"human text {i}" for i in range(10)]
+    ai = [f"machine text {i}" for i in range(10)]
+    det = detectors.EmbeddingDetector.train(embed, human + ai, [0] * 10 + [1] * 10,
+                                            human[:3] + ai[:3], [0] * 3 + [1] * 3)
+    p = det.score(["human words", "machine words"])
+    assert p[0] < 0.5 < p[1]
+    det.save(tmp_path, "fp1")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["minilm_lr.json", "minilm_lr.safetensors"]
+    loaded = detectors.EmbeddingDetector.load(tmp_path, embed, "fp1")
+    np.testing.assert_allclose(loaded.score(["human words", "machine words"]), p, rtol=1e-6)
+    assert detectors.EmbeddingDetector.load(tmp_path, embed, "other data") is None
+
+
+def test_binoculars_skips_plainly_without_its_models():
+    with pytest.raises(ModelNotAvailable, match="nobody/observer"):
+        detectors.load_binoculars("nobody/observer", "nobody/performer")
+
+
+def test_radar_scores_with_a_tiny_local_classifier(tmp_path):
+    """The RADAR code path on a random 1-layer RoBERTa saved locally (RADAR's weights need a
+    download): P(AI) is softmax[:, 0], batching and truncation change nothing else."""
+    import torch
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
+    from helpers.models import resolve
+    tokenizer = AutoTokenizer.from_pretrained(resolve("sentence-transformers/all-MiniLM-L6-v2"))
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=32, num_labels=2,
+                           max_position_embeddings=520, pad_token_id=tokenizer.pad_token_id)
+    RobertaForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+
+    radar = detectors.Radar(str(tmp_path), max_tokens=16, batch_size=2)
+    texts = ["short", "a somewhat longer text about rivers", "word " * 100]
+    p = radar.score(texts)
+    with torch.inference_mode():
+        for text, value in zip(texts, p):
+            enc = radar.tokenizer(text, truncation=True, max_length=16, return_tensors="pt")
+            assert value == pytest.approx(torch.softmax(radar.model(**enc).logits, -1)[0, 0].item(),
+                                          abs=1e-5)
+    assert ((p > 0) & (p < 1)).all()

@@ -1,0 +1,94 @@
+"""Rewriting: artefact cleaning, sampling, length caps, batched generation, system switches."""
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from conftest import make_tiny_model
+
+from helpers import generate, lora
+from helpers.config import get_config
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("Sure, here is the rewritten text:\n\nThe mill closed in 1931.", "The mill closed in 1931."),
+    ("Here's a more natural version:\nThe mill closed in 1931.", "The mill closed in 1931."),
+    ("Sure! Here is the rewritten text: The mill closed in 1931.", "The mill closed in 1931."),
+    ("Certainly!\n\nThe mill closed in 1931.", "The mill closed in 1931."),
+    ("Rewritten text:\nThe mill closed in 1931.", "The mill closed in 1931."),
+    ('"The mill closed in 1931."', "The mill closed in 1931."),
+    ("“The mill closed in 1931.”", "The mill closed in 1931."),
+    ("The mill closed in 1931.\n\nI hope this helps! Let me know if you need changes.",
+     "The mill closed in 1931."),
+    ("**Rewritten text:** The mill closed in 1931.", "The mill closed in 1931."),
+    # real text that merely looks like an artefact stays
+    ("Here is what happened: the mill closed in 1931.", "Here is what happened: the mill closed in 1931."),
+    ('He said "no" and left. She said "yes".', 'He said "no" and left. She said "yes".'),
+    ("Sure enough, the mill closed in 1931.", "Sure enough, the mill closed in 1931."),
+    ("The mill closed.\n\nThe town shrank.", "The mill closed.\n\nThe town shrank."),
+])
+def test_clean_output(raw, clean):
+    assert generate.clean_output(raw) == clean
+
+
+def nucleus(logprobs, top_p):
+    order = np.argsort(-logprobs)
+    probs = np.exp(logprobs[order])
+    return set(order[:int(np.searchsorted(np.cumsum(probs), top_p)) + 1].tolist())
+
+
+def test_nucleus_sampler_samples_the_nucleus_with_the_right_frequencies():
+    logits = np.full(49152, -30.0, np.float32)
+    logits[[7, 70, 700, 7000, 40000]] = [3.0, 2.5, 2.0, 1.0, 0.0]
+    logprobs = logits - np.log(np.exp(logits.astype(np.float64)).sum())
+    sampler = generate.make_nucleus_sampler(temperature=0.7, top_p=0.9)
+    mx.random.seed(0)
+    draws = np.array(sampler(mx.array(np.tile(logprobs, (4000, 1)))))
+    allowed = nucleus(logprobs, 0.9)
+    assert set(draws.tolist()) <= allowed and allowed == {7, 70, 700}
+    # within the nucleus: softmax(logits / T), renormalized
+    kept = np.array(sorted(allowed))
+    expected = np.exp(logits[kept] / 0.7) / np.exp(logits[kept] / 0.7).sum()
+    observed = np.array([(draws == k).mean() for k in kept])
+    np.testing.assert_allclose(observed, expected, atol=0.03)
+
+
+def test_greedy_sampler_at_temperature_zero():
+    logprobs = mx.array([[0.1, 0.5, 0.2], [0.9, 0.0, 0.1]])
+    assert generate.make_nucleus_sampler(0.0, 0.9)(logprobs).tolist() == [1, 0]
+
+
+@pytest.mark.slow
+def test_rewrite_batches_in_order_and_caps_length(tokenizer):
+    cfg = get_config("smoke", gen_max_tokens=12, gen_batch_size=2, lora_layers=-1)
+    model, _ = make_tiny_model()
+    lora.add_lora(model, lora.lora_config(cfg), seed=0)
+    lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"))
+    drafts = ["One short draft.", "A second, slightly longer draft about mills.", "Third."]
+    budgets = [generate.max_new_tokens(tokenizer, d, cfg) for d in drafts]
+    assert budgets == [12, 12, 12]  # the cap wins over max_len_ratio x source length
+    tokens = generate.generate_tokens(model, tokenizer, drafts, cfg, progress=False)
+    assert all(1 <= len(t) <= 12 for t in tokens) and max(len(t) for t in tokens) == 12
+    outputs = generate.rewrite(model, tokenizer, drafts, cfg, progress=False, clean=False)
+    assert outputs == [tokenizer.decode(t) for t in tokens]
+    # the same seed gives the same texts; fusing during generation left the adapters in place
+    assert generate.rewrite(model, tokenizer, drafts, cfg, progress=False, clean=False) == outputs
+    assert len(lora.stacked_layers(model)) == 14
+    # one batch or one at a time: each draft is decoded on its own (greedy to compare exactly)
+    greedy = get_config("smoke", gen_max_tokens=12, gen_batch_size=1, temperature=0.0)
+    alone = [generate.rewrite(model, tokenizer, [d], greedy, progress=False, clean=False)[0]
+             for d in drafts]
+    together = generate.rewrite(model, tokenizer, drafts, get_config(
+        "smoke", gen_max_tokens=12, gen_batch_size=3, temperature=0.0), progress=False, clean=False)
+    assert together == alone
+
+
+def test_use_system_switches(tmp_path):
+    cfg = get_config("smoke", lora_layers=-1)
+    model, _ = make_tiny_model()
+    lora.add_lora(model, lora.lora_config(cfg), seed=0)
+    lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"))
+    for which, (sft, dpo) in generate.SWITCHES.items():
+        generate.use_system(model, which)
+        layer = lora.stacked_layers(model)[0][1]
+        assert (layer.use_sft, layer.use_dpo) == (sft, dpo)

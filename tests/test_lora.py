@@ -1,0 +1,200 @@
+"""LoRA adapters: mlx-lm format, stacking, reference policy, exact merge, fusing, fake quantization."""
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+from conftest import make_tiny_model
+from mlx.utils import tree_flatten
+from mlx_lm.tuner.utils import load_adapters
+from mlx_lm.utils import dequantize_model
+
+from helpers import lora
+from helpers.config import get_config
+
+TOKENS = mx.array([[5, 17, 300, 9000, 42, 7, 7, 123, 4000, 11]])
+
+
+@pytest.fixture
+def cfg():
+    return get_config("smoke", lora_layers=-1, lora_rank=4, dpo_rank=2, lora_alpha=8.0,
+                      dpo_alpha=6.0)
+
+
+def randomize(model, names=("lora_b",), scale=0.05, seed=1):
+    """Trained adapters have non-zero B; make them so (A is random already)."""
+    mx.random.seed(seed)
+    for _, layer in lora.lora_layers(model):
+        for name in names:
+            setattr(layer, name, scale * mx.random.normal(getattr(layer, name).shape))
+    mx.eval(model.parameters())
+
+
+def sft_model(cfg):
+    model, config = make_tiny_model()
+    lora.add_lora(model, lora.lora_config(cfg, "sft"), seed=cfg.seed)
+    randomize(model)
+    return model, config
+
+
+def stacked_model(cfg):
+    model, config = sft_model(cfg)
+    lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"), seed=cfg.seed + 1)
+    randomize(model, ("dpo_b",), seed=2)
+    return model, config
+
+
+def max_diff(a, b) -> float:
+    return mx.abs(a - b).max().item()
+
+
+def save_tiny_dir(model, config, folder):
+    """The tiny model as an mlx-lm model folder with a minimal tokenizer, for mlx_lm.load."""
+    from mlx_lm.utils import save_config, save_model
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<eos>": 1, **{w: i + 2 for i, w in enumerate("rewrite this text".split())}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
+                                        eos_token="<eos>")
+    save_model(folder, model)
+    save_config(dict(config), config_path=folder / "config.json")
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def test_new_adapters_start_as_identity(cfg):
+    base, _ = make_tiny_model()
+    reference = base(TOKENS)
+    model, _ = make_tiny_model()
+    lora.add_lora(model, lora.lora_config(cfg), seed=0)
+    assert max_diff(model(TOKENS), reference) == 0.0
+    lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"))
+    assert max_diff(model(TOKENS), reference) == 0.0
+
+
+def test_only_the_adapter_being_trained_is_trainable(cfg):
+    model, _ = stacked_model(cfg)
+    names = {k.rsplit(".", 1)[-1] for k, _ in tree_flatten(model.trainable_parameters())}
+    assert names == {"dpo_a", "dpo_b"}
+
+
+def test_sft_adapter_loads_with_mlx_lm(cfg, tmp_path):
+    import mlx_lm
+
+    base, config = make_tiny_model()
+    save_tiny_dir(base, config, tmp_path / "base")
+    model, _ = sft_model(cfg)
+    lora.save_sft_adapter(model, tmp_path / "sft", lora.lora_config(cfg, "sft"))
+    loaded, _ = mlx_lm.load(str(tmp_path / "base"), adapter_path=str(tmp_path / "sft"))
+    assert max_diff(loaded(TOKENS), model(TOKENS)) <= 1e-6
+    assert max_diff(loaded(TOKENS), base(TOKENS)) > 1e-3  # the adapter does something
+
+
+def test_reference_policy_is_base_plus_sft(cfg, tmp_path):
+    model, _ = sft_model(cfg)
+    lora.save_sft_adapter(model, tmp_path / "sft", lora.lora_config(cfg, "sft"))
+    plain_sft, _ = make_tiny_model()
+    load_adapters(plain_sft, str(tmp_path / "sft"))  # mlx-lm's own LoRALinear
+    lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"))
+    randomize(model, ("dpo_b",), seed=3)
+    lora.set_adapters(model, sft=True, dpo=False)
+    assert max_diff(model(TOKENS), plain_sft(TOKENS)) == 0.0
+    lora.set_adapters(model, sft=True, dpo=True)
+    assert max_diff(model(TOKENS), plain_sft(TOKENS)) > 1e-3
+    base, _ = make_tiny_model()
+    lora.set_adapters(model, sft=False, dpo=False)
+    assert max_diff(model(TOKENS), base(TOKENS)) == 0.0
+
+
+def test_stacked_inference_equals_training_forward(cfg, tmp_path):
+    trained, _ = stacked_model(cfg)
+    lora.save_sft_adapter(trained, tmp_path / "sft", lora.lora_config(cfg, "sft"))
+    lora.save_dpo_adapter(trained, tmp_path / "dpo", lora.lora_config(cfg, "dpo"))
+    trained.train()  # the training-time forward (dropout is 0 in this config)
+    expected = trained(TOKENS)
+    inference, _ = make_tiny_model()
+    lora.load_stacked(inference, tmp_path / "sft", tmp_path / "dpo")
+    assert max_diff(inference(TOKENS), expected) <= 1e-5
+    for sft, dpo in [(False, True), (True, False), (False, False)]:
+        lora.set_adapters(inference, sft, dpo)
+        lora.set_adapters(trained, sft, dpo)
+        assert max_diff(inference(TOKENS), trained(TOKENS)) <= 1e-5
+
+
+def test_dpo_adapter_alone_is_a_standard_adapter(cfg, tmp_path):
+    trained, _ = stacked_model(cfg)
+    lora.save_dpo_adapter(trained, tmp_path / "dpo", lora.lora_config(cfg, "dpo"))
+    dpo_only, _ = make_tiny_model()
+    load_adapters(dpo_only, str(tmp_path / "dpo"))
+    lora.set_adapters(trained, sft=False, dpo=True)
+    assert max_diff(dpo_only(TOKENS), trained(TOKENS)) <= 1e-5
+
+
+def test_merged_adapter_equals_stacked_and_generates(cfg, tmp_path):
+    import mlx_lm
+
+    stacked, config = stacked_model(cfg)
+    path = lora.save_merged_adapter(stacked, tmp_path / "merged", lora.lora_config(cfg, "sft"),
+                                    lora.lora_config(cfg, "dpo"))
+    merged_config = lora.read_adapter_config(path)["lora_parameters"]
+    assert merged_config["rank"] == cfg.lora_rank + cfg.dpo_rank and merged_config["scale"] == 1.0
+    base, _ = make_tiny_model()
+    save_tiny_dir(base, config, tmp_path / "base")
+    merged, tokenizer = mlx_lm.load(str(tmp_path / "base"), adapter_path=str(path))
+    assert max_diff(merged(TOKENS), stacked(TOKENS)) <= 1e-5
+    text = mlx_lm.generate(merged, tokenizer, "rewrite this text", max_tokens=4)
+    assert isinstance(text, str)
+
+
+def test_fused_weights_equal_stacked(cfg):
+    model, _ = stacked_model(cfg)
+    for sft, dpo in [(True, True), (True, False), (False, True)]:
+        lora.set_adapters(model, sft, dpo)
+        expected = model(TOKENS)
+        fused, _ = stacked_model(cfg)
+        lora.set_adapters(fused, sft, dpo)
+        lora.fuse(fused)
+        assert not lora.lora_layers(fused)
+        assert max_diff(fused(TOKENS), expected) <= 1e-5
+
+
+def test_adapters_on_different_linears_are_refused(cfg, tmp_path):
+    model, _ = stacked_model(cfg)
+    lora.save_sft_adapter(model, tmp_path / "sft", lora.lora_config(cfg, "sft"))
+    other = get_config("smoke", lora_layers=-1, lora_targets=("self_attn.q_proj",))
+    lora.save_dpo_adapter(model, tmp_path / "dpo", lora.lora_config(other, "dpo"))
+    fresh, _ = make_tiny_model()
+    with pytest.raises(ValueError, match="different linears"):
+        lora.load_stacked(fresh, tmp_path / "sft", tmp_path / "dpo")
+
+
+def test_fake_quant_computes_what_the_quantized_layers_compute(cfg):
+    """QLoRA on a CPU: LoRA over dequantize(W_q) in fp32 = LoRA over QuantizedLinear."""
+    quantized, _ = make_tiny_model()
+    nn.quantize(quantized, group_size=32, bits=4)
+    fake, _ = make_tiny_model()
+    nn.quantize(fake, group_size=32, bits=4)
+    dequantize_model(fake)
+    for model in (quantized, fake):
+        lora.add_lora(model, lora.lora_config(cfg), seed=0)
+        randomize(model)
+    assert isinstance(lora.lora_layers(quantized)[0][1].linear, nn.QuantizedLinear)
+    assert isinstance(lora.lora_layers(fake)[0][1].linear, nn.Linear)
+    logits = quantized(TOKENS)
+    # same numbers up to fp32 summation order
+    assert max_diff(fake(TOKENS), logits) <= 1e-4 * mx.abs(logits).max().item()
+
+
+def test_loaded_stacks_run_in_eval_mode(tmp_path):
+    cfg = get_config("smoke", lora_layers=-1, lora_dropout=0.5)
+    trained, _ = stacked_model(cfg)
+    lora.save_sft_adapter(trained, tmp_path / "sft", lora.lora_config(cfg, "sft"))
+    lora.save_dpo_adapter(trained, tmp_path / "dpo", lora.lora_config(cfg, "dpo"))
+    loaded, _ = make_tiny_model()
+    lora.load_stacked(loaded, tmp_path / "sft", tmp_path / "dpo")
+    assert not any(m.training for _, m in loaded.named_modules())  # no dropout at inference
+    trained.eval()
+    assert max_diff(loaded(TOKENS), trained(TOKENS)) <= 1e-5

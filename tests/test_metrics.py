@@ -1,0 +1,115 @@
+import math
+
+import numpy as np
+import pytest
+
+from helpers import metrics
+from helpers.data import load_slop_phrases
+
+CRAFTED = ("On March 3, 2021, Dr. Alice Smith paid $1,200 (15%) to Acme Corp in New York; see "
+           "https://example.com/a1. The deal closed on 2021-04-01. However, Bob agreed.")
+
+
+def test_bootstrap_ci_of_a_constant_is_the_constant_and_drops_nans():
+    ci = metrics.bootstrap_ci([0.5, 0.5, float("nan"), 0.5], n_boot=200)
+    assert ci == {"mean": 0.5, "lo": 0.5, "hi": 0.5, "n": 3}
+    assert metrics.bootstrap_ci([float("nan")])["mean"] is None
+
+
+def test_bootstrap_ci_brackets_the_mean():
+    values = np.random.default_rng(1).normal(3.0, 1.0, 400)
+    ci = metrics.bootstrap_ci(values, n_boot=500)
+    assert ci["lo"] < ci["mean"] < ci["hi"]
+    assert ci["hi"] - ci["lo"] == pytest.approx(2 * 1.96 / 20, rel=0.25)  # 2 * 1.96 * sd / sqrt(n)
+
+
+def test_auroc_perfect_reversed_and_tied():
+    assert metrics.auroc([0.1, 0.2, 0.3], [0.7, 0.8]) == 1.0
+    assert metrics.auroc([0.7, 0.8], [0.1, 0.2, 0.3]) == 0.0
+    assert metrics.auroc([0.5, 0.5], [0.5]) == 0.5
+    assert metrics.auroc([0.1, 0.6], [0.5, 0.9]) == 0.75
+    ci = metrics.paired_bootstrap_ci(metrics.auroc, [0.1, 0.2, 0.3], [0.7, 0.8, 0.9], n_boot=100)
+    assert (ci["mean"], ci["lo"], ci["hi"]) == (1.0, 1.0, 1.0)
+
+
+def test_threshold_at_fpr():
+    human = np.arange(1, 11) / 10  # 0.1 ... 1.0
+    assert metrics.threshold_at_fpr(human, 0.05) == 1.0  # 0 of 10 humans may be flagged
+    t = metrics.threshold_at_fpr(human, 0.2)
+    assert t == 0.8 and np.mean(human > t) == 0.2
+
+
+def test_gap_closed():
+    assert metrics.gap_closed([0.9, 0.9], [0.5, 0.5], [0.1, 0.1]) == pytest.approx(0.5)
+    assert metrics.gap_closed([0.9], [0.9], [0.1]) == 0.0
+    assert metrics.gap_closed([0.9], [0.1], [0.1]) == 1.0
+    assert metrics.gap_closed([0.4], [0.2], [0.4]) is None  # no gap to close
+
+
+def test_slop_rate_counts_phrases_per_1k_tokens():
+    phrases = load_slop_phrases()
+    text = "We delve into the data. It is important to note the results."  # 12 word tokens
+    assert metrics.slop_per_1k([text, "Plain words only."], phrases) == [
+        pytest.approx(1000 * 2 / 12), 0.0]
+
+
+def test_fact_extraction_on_a_crafted_sentence():
+    facts = metrics.extract_facts(CRAFTED)
+    assert facts == {
+        "urls": {"https://example.com/a1"},
+        "dates": {"March 3, 2021", "2021-04-01"},
+        "numbers": {"1200", "15"},
+        "names": {"Alice Smith", "Acme Corp", "New York", "Bob"},
+    }
+
+
+def test_fact_preservation():
+    assert metrics.fact_preservation(CRAFTED, CRAFTED) == 1.0
+    kept = "Alice Smith paid 1200 dollars to Acme Corp on March 3, 2021."
+    # survive: the first date, 1200, Alice Smith, Acme Corp = 4 of 9 facts
+    assert metrics.fact_preservation(CRAFTED, kept) == pytest.approx(4 / 9)
+    assert math.isnan(metrics.fact_preservation("no facts here at all.", "anything"))
+
+
+def test_sentence_initial_words_are_not_names():
+    assert metrics.extract_facts("However, the plan worked. Then it rained.")["names"] == set()
+    assert metrics.extract_facts("The LORD spoke to Balaam.")["names"] == {"LORD", "Balaam"}
+
+
+def test_length_ratio():
+    assert metrics.length_ratio("one two three", "one two three four five six") == 0.5
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Sure! Here is the rewritten text: the river rose.", True),
+    ("Here's a more natural version.\n\nThe river rose.", True),
+    ("The river rose. I hope this helps!", True),
+    ("<|im_start|>assistant\nThe river rose.", True),
+    ("**Rewrite:** The river rose.", True),
+    ("The river rose two metres overnight, and nobody was surprised.", False),
+    ("Surely the river rose.", False),
+])
+def test_chat_artefacts(text, expected):
+    assert metrics.has_chat_artefact(text) is expected
+
+
+def test_meaning_similarity_with_a_fake_embedder():
+    vectors = {"a": [1.0, 0.0], "b": [0.0, 2.0], "c": [3.0, 3.0]}
+    embed = lambda texts: np.array([vectors[t] for t in texts])  # noqa: E731
+    assert metrics.meaning_similarity(embed, ["a", "a", "c"], ["a", "b", "b"]) == pytest.approx(
+        [1.0, 0.0, math.sqrt(0.5)])
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from helpers.detectors import Embedder
+    return Embedder("sentence-transformers/all-MiniLM-L6-v2")
+
+
+def test_minilm_similarity_of_identical_texts_is_one(embedder):
+    texts = ["The bridge at Elm Street closed at 6 a.m.", "A cat sat on the mat."]
+    sims = metrics.meaning_similarity(embedder, texts, list(texts))
+    assert sims == pytest.approx([1.0, 1.0], abs=1e-5)
+    related, unrelated = metrics.meaning_similarity(
+        embedder, ["The Elm Street bridge was shut at six in the morning."] * 2, texts)
+    assert related > unrelated + 0.2

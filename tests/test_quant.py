@@ -1,0 +1,202 @@
+"""Sensitivity scan, allocation and mlx-lm-format saving, on the tiny random Llama."""
+import json
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from helpers import quant
+from helpers.models import load_model, save_mlx_model, set_compute_dtype
+from conftest import make_tiny_model
+
+GROUP = 64
+
+
+def random_tokens(shape=(2, 24), seed=0):
+    return mx.random.randint(0, 49152, shape, key=mx.random.key(seed))
+
+
+def test_kl_is_zero_unquantized_and_grows_with_more_quantized_layers(tiny_model):
+    model, _ = tiny_model
+    ref = quant.Reference(model, random_tokens())
+    for start in (-1, 0, 1, 2):
+        assert np.all(ref.kl_from(model, start) == 0.0)
+
+    units = quant.quant_units(model, "linear", GROUP)
+    block0 = [p for u in units.values() if u["block"] == 0 for p in u["paths"]]
+    nested = [[], ["model.layers.0.mlp.down_proj"], block0, [p for u in units.values()
+                                                             for p in u["paths"]]]
+    means = []
+    for paths in nested:
+        with quant.fake_quantized(model, {p: 2 for p in paths}, GROUP):
+            means.append(float(ref.kl_from(model, -1).mean()))
+    assert means[0] == 0.0
+    assert means[1] > 0 and means == sorted(means) and len(set(means)) == 4
+    # more bits, smaller KL
+    with quant.fake_quantized(model, {p: 4 for p in nested[-1]}, GROUP):
+        assert 0 < ref.kl_from(model, -1).mean() < means[-1]
+
+
+def test_restarting_at_a_block_gives_the_full_forward_kl(tiny_model):
+    model, _ = tiny_model
+    tokens = random_tokens()
+    ref = quant.Reference(model, tokens)
+    units = quant.quant_units(model, "linear", GROUP)
+    for name in ("model.layers.1.self_attn.v_proj", "model.embed_tokens"):
+        scan = quant.measure_units(model, ref, {name: units[name]}, 3, GROUP, progress=False)
+        with quant.fake_quantized(model, {name: 3}, GROUP):
+            full = quant.token_kl(ref.dist, model(tokens))
+        assert scan[name]["mean"] == pytest.approx(float(full.mean()), rel=1e-4)
+        assert scan[name]["median"] <= scan[name]["p95"]
+
+
+def test_scan_cache_is_reused(tiny_model, tmp_path):
+    model, _ = tiny_model
+    ref = quant.Reference(model, random_tokens())
+    units = quant.quant_units(model, "block", GROUP)
+    cache = tmp_path / "cache.json"
+    first = quant.measure_units(model, ref, units, 4, GROUP, cache, "key", progress=False)
+    stored = json.loads(cache.read_text())["key"]
+    assert set(stored) == set(units) == {"model.embed_tokens", "model.layers.0", "model.layers.1"}
+    stored["model.layers.1"]["mean"] = 123.0  # a cached entry is read back, not recomputed
+    cache.write_text(json.dumps({"key": stored}))
+    again = quant.measure_units(model, ref, units, 4, GROUP, cache, "key", progress=False)
+    assert again["model.layers.1"]["mean"] == 123.0
+    assert again["model.layers.0"] == first["model.layers.0"]
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
+@pytest.mark.parametrize("group_size", [32, 64])
+def test_stored_bits_match_the_quantized_arrays(bits, group_size):
+    model, config = make_tiny_model()
+    path = "model.layers.0.mlp.down_proj"  # (64, 128)
+    quant.quantize_model(model, config, {path: bits}, group_size)
+    layer = model.layers[0].mlp.down_proj
+    assert isinstance(layer, nn.QuantizedLinear) and layer.scales.dtype == mx.float16
+    actual = 8 * (layer.weight.nbytes + layer.scales.nbytes + layer.biases.nbytes)
+    assert actual == quant.stored_bits((64, 128), bits, group_size)
+    assert quant.stored_bits((64, 128), 4, 64) == 64 * 128 * 4.5
+
+
+def synthetic_sensitivity():
+    """Units shaped like a small 4-block model with made-up KLs: KL(b) = s * 4**-b, s growing
+    with depth and largest for the (tied) embedding."""
+    shapes = {"self_attn.q_proj": [64, 64], "self_attn.k_proj": [32, 64],
+              "mlp.down_proj": [64, 128]}
+    units = {"model.embed_tokens": {"paths": ["model.embed_tokens"], "shapes": [[128, 64]],
+                                    "block": -1, "kind": "embedding", "n_weights": 128 * 64}}
+    for block in range(4):
+        for name, shape in shapes.items():
+            path = f"model.layers.{block}.{name}"
+            units[path] = {"paths": [path], "shapes": [shape], "block": block, "kind": "block",
+                           "n_weights": shape[0] * shape[1]}
+    kl = {}
+    for i, (name, unit) in enumerate(units.items()):
+        s = 50.0 if unit["kind"] == "embedding" else 1.0 + i
+        kl[name] = {str(b): {"mean": s * 4.0 ** -b} for b in (2, 3, 4, 5, 6, 8)}
+    return {"units": units, "kl": kl, "group_size": GROUP}
+
+
+def test_allocation_respects_budget_and_spends_it_where_kl_drops_most():
+    sens = synthetic_sensitivity()
+    units = sens["units"]
+    previous = float("inf")
+    for target in (3.5, 4.0, 4.5, 5.0, 6.0, 8.5):
+        bits = quant.allocate(sens, target, (3, 4, 5, 6, 8))
+        bpw = quant.bits_per_weight(bits, units, GROUP)
+        assert bpw <= target + 1e-12
+        assert target - bpw < 0.25  # the greedy fills the budget to within a small step
+        kl = quant.predicted_kl(sens, bits)
+        assert kl <= previous
+        previous = kl
+    # at the budget of uniform 4-bit, mixing beats uniform on the KL it optimises
+    mixed = quant.allocate(sens, 4.5, (3, 4, 5, 6, 8))
+    assert quant.predicted_kl(sens, mixed) < quant.predicted_kl(sens, quant.uniform_bits(units, 4))
+    # the most sensitive unit gets the most bits, the least sensitive the fewest
+    assert mixed["model.embed_tokens"] == max(mixed.values())
+    assert mixed["model.layers.0.self_attn.q_proj"] == min(mixed.values())
+    with pytest.raises(ValueError, match="below"):
+        quant.allocate(sens, 3.4, (3, 4, 5, 6, 8))
+    with pytest.raises(ValueError, match="bit-width"):
+        quant.allocate(sens, 5.0, (4, 7))
+
+
+def test_allocation_keeps_protected_units_at_the_highest_bits():
+    sens = synthetic_sensitivity()
+    units = sens["units"]
+    bits = quant.allocate(sens, 6.0, (3, 4, 8), protect=("first_block", "last_block"))
+    assert quant.bits_per_weight(bits, units, GROUP) <= 6.0
+    edge = [p for u in units.values() if u["block"] in (0, 3) for p in u["paths"]]
+    assert len(edge) == 6 and all(bits[p] == 8 for p in edge)
+    assert min(bits.values()) < 8
+    with pytest.raises(ValueError, match="below"):  # the protected blocks alone need more
+        quant.allocate(sens, 4.5, (3, 4, 8), protect=("first_block", "last_block"))
+    # tied embeddings: protecting the lm_head protects the embedding matrix
+    assert quant.protected_units(units, ("lm_head",)) == {"model.embed_tokens"}
+    assert quant.protected_units(units, ("embeddings",)) == {"model.embed_tokens"}
+    untied = quant.quant_units(make_tiny_model(tie_word_embeddings=False)[0], "linear", GROUP)
+    assert quant.protected_units(untied, ("lm_head",)) == {"lm_head"}
+    with pytest.raises(ValueError, match="Unknown protection"):
+        quant.protected_units(units, ("attention",))
+
+
+def test_rule_based_baseline_follows_mlx_lm_recipe():
+    model, _ = make_tiny_model(num_hidden_layers=8)
+    units = quant.quant_units(model, "linear", GROUP)
+    bits = quant.rule_based_bits(model, units, "mixed_3_6", GROUP, protect=("lm_head",))
+    # more bits for v_proj and down_proj in the first and last eighth and every third block
+    assert [bits[f"model.layers.{i}.mlp.down_proj"] for i in range(8)] == [6, 3, 3, 6, 3, 3, 6, 6]
+    assert bits["model.layers.0.self_attn.v_proj"] == 6
+    assert bits["model.layers.0.self_attn.q_proj"] == 3
+    assert bits["model.embed_tokens"] == 8  # protected
+
+
+def test_calibration_mix_and_rows(tokenizer):
+    rows = [{"human": f"Human paragraph {i}.", "ai": f"AI paragraph {i}."} for i in range(4)]
+    texts = quant.calibration_texts(rows)
+    assert texts[:2] == ["Human paragraph 0.", "AI paragraph 0."]
+    assert len(texts) == 4 * 2 + 2  # one prose paragraph after every second row
+    assert texts[4].startswith("The bakery")
+    tokens = quant.calibration_tokens(texts, tokenizer, rows=2, row_tokens=8)
+    assert tokens.shape == (2, 8)
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    first = encode("Human paragraph 0.") + [tokenizer.eos_token_id] + encode("AI paragraph 0.")
+    assert tokens[0].tolist() == first[:8]  # a short document continues into the next one
+    assert tokens[1, :3].tolist() == encode("Human paragraph 1.")[:3]  # each row starts anew
+    with pytest.raises(ValueError, match="lower calib_texts"):
+        quant.calibration_tokens(texts, tokenizer, rows=100, row_tokens=100)
+
+
+def test_saved_model_loads_with_mlx_lm_and_gives_identical_logits(tmp_path, tokenizer):
+    import mlx_lm
+
+    model, config = make_tiny_model(seed=2)
+    units = quant.quant_units(model, "linear", GROUP)
+    bits = {p: [3, 4, 5, 6, 8][i % 5] for i, p in enumerate(quant.shapes_by_path(units))}
+    reference = quant.clone_model(model)
+    tokens = random_tokens((1, 12), seed=3)
+    with quant.fake_quantized(reference, bits, GROUP):
+        fake_logits = reference(tokens)
+
+    qmodel, qconfig = quant.quantize_model(model, config, bits, GROUP)
+    out = save_mlx_model(qmodel, tokenizer, qconfig, tmp_path / "mixed")
+    saved = json.loads((out / "config.json").read_text())["quantization"]
+    assert saved["model.layers.1.mlp.up_proj"] == {"group_size": GROUP,
+                                                   "bits": bits["model.layers.1.mlp.up_proj"],
+                                                   "mode": "affine"}
+    loaded, loaded_tokenizer = mlx_lm.load(str(out))
+    assert isinstance(loaded.layers[1].mlp.up_proj, nn.QuantizedLinear)
+    assert loaded.layers[1].mlp.up_proj.bits == bits["model.layers.1.mlp.up_proj"]
+    np.testing.assert_array_equal(np.array(loaded(tokens)), np.array(qmodel(tokens)))
+    # computing in float32 (how helpers.models.load_model loads it) is also reproduced exactly,
+    # and matches the fake-quantized float32 model that scans and evaluations use
+    set_compute_dtype(qmodel, "float32")
+    np.testing.assert_array_equal(np.array(load_model(str(out))[0](tokens)),
+                                  np.array(qmodel(tokens)))
+    np.testing.assert_allclose(np.array(qmodel(tokens)), np.array(fake_logits), atol=1e-4)
+    # the file holds exactly the accounted bytes plus a small safetensors header
+    extra = quant.file_bytes(out) - quant.expected_bytes(qmodel, units, bits, GROUP)
+    assert 0 < extra < 64 * 1024
+    text = mlx_lm.generate(loaded, loaded_tokenizer, "Hello", max_tokens=3)
+    assert isinstance(text, str)
