@@ -76,7 +76,6 @@ def ensure_adapters(cfg, model, folder: Path) -> tuple[Path, Path]:
 def build_variants(cfg, model, folder: Path) -> dict[str, list]:
     """{variant: [(module path, module)]} for the target linears of each variant."""
     sft_dir, dpo_dir = ensure_adapters(cfg, model, folder)
-    names = set()
     load_adapters(model, str(sft_dir))
     variants = {"sft": lora.lora_layers(model)}
     names = {n for n, _ in variants["sft"]}
@@ -105,7 +104,7 @@ def main() -> None:
 
     cfg = get_config(args.preset)
     gflops_before = matmul_gflops()
-    model, tokenizer = lora.load_base(cfg)
+    model, _ = lora.load_base(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         variants = build_variants(cfg, model, Path(tmp))
     order = ["base", "sft", "stacked (sft+dpo)", "merged (one adapter)", "fused (sft+dpo)"]

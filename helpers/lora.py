@@ -41,6 +41,21 @@ def load_base(cfg):
                       dtype=cfg.compute_dtype)
 
 
+def base_fingerprint(cfg) -> str:
+    """Which base the adapters are trained on (path, sizes and times of its files): a checkpoint
+    or cache made on another base (say, before notebook 03 wrote its model) is not reused."""
+    import hashlib
+
+    from .models import base_model_spec, resolve
+
+    spec = base_model_spec(cfg)
+    path = Path(resolve(spec))
+    files = sorted(path.iterdir()) if path.is_dir() else [path] if path.exists() else []
+    stamp = [spec, cfg.fake_quant] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                                      for f in files if f.is_file()]
+    return hashlib.sha1(json.dumps(stamp).encode()).hexdigest()[:16]
+
+
 def lora_config(cfg, which: str = "sft") -> dict:
     """mlx-lm's adapter_config.json for the SFT or DPO adapter (mlx-lm wants scale = alpha / rank)."""
     rank, alpha = (cfg.lora_rank, cfg.lora_alpha) if which == "sft" else (cfg.dpo_rank, cfg.dpo_alpha)

@@ -44,7 +44,7 @@ PROTECTIONS = ("lm_head", "embeddings", "first_block", "last_block")
 # 1. units and storage
 
 def quant_units(model: nn.Module, granularity: str = "linear", group_size: int = 64) -> dict:
-    """{unit name: {"paths", "shapes", "block", "kind", "n_weights"}} in forward order.
+    """{unit name: {"paths", "shapes", "block", "kind", "n_weights"}}, ordered by block.
 
     A unit is one linear layer (granularity "linear") or all linears of a block ("block"): kind
     "block". The token embedding is its own unit, kind "embedding", block -1 (with tied weights
@@ -599,13 +599,10 @@ def compare(model, held: HeldOut, sens: dict, configs: dict, progress: bool = Tr
     return pd.DataFrame(rows)
 
 
-def speed_prompt(cfg, tokenizer, words: int = 30) -> str:
-    """A short rewrite request (no system prompt): quantized prefill is slow on CPU, and decode
-    speed barely depends on the prompt's length at these sizes."""
-    from .data import rewrite_request
-    from .models import chat_prompt
-
-    return chat_prompt(tokenizer, rewrite_request(" ".join(heldout_texts(cfg)[0].split()[:words])))
+def speed_prompt(cfg, tokenizer, words: int = 20) -> str:
+    """The start of a held-out paragraph, as plain text to continue: quantized prefill is slow
+    on CPU, and decode speed barely depends on the prompt at these lengths."""
+    return " ".join(heldout_texts(cfg)[0].split()[:words])
 
 
 def decode_speed(model, tokenizer, prompt: str, max_tokens: int) -> dict:

@@ -29,8 +29,8 @@ from mlx_lm.tuner.datasets import ChatDataset
 
 from .data import chat_messages, sft_examples
 from .io import atomic_write_json, atomic_write_text
-from .lora import (lora_config, save_dpo_adapter, save_sft_adapter, set_adapters,
-                   stacked_layers)
+from .lora import (base_fingerprint, lora_config, save_dpo_adapter, save_sft_adapter,
+                   set_adapters, stacked_layers)
 
 PAD_TO = 32  # pad batches to a multiple of this: fewer distinct shapes to compile
 
@@ -341,7 +341,9 @@ def train_sft(model, tokenizer, cfg, data: dict, on_log=None, compile: bool = Tr
     val_set = sft_dataset(data["val"][:cfg.val_examples], tokenizer, cfg)
     lengths = [len(t) for t, _ in train_set]
     config = lora_config(cfg, "sft")
-    settings = RunSettings("sft", cfg.sft_steps, cfg.sft_lr, cfg.batch_size, cfg.seed, config)
+    settings = RunSettings("sft", cfg.sft_steps, cfg.sft_lr, cfg.batch_size, cfg.seed,
+                           {**config, "base": base_fingerprint(cfg), "data": ids_digest(
+                               [r["id"] for r in data["train"]]), "max_seq_len": cfg.max_seq_len})
 
     def batch_at(step):
         return pad_batch([train_set[i] for i in batch_order(lengths, cfg.batch_size, step, cfg.seed)])
@@ -361,7 +363,7 @@ def dpo_reference(model, tokenizer, cfg, pairs: list[dict], progress: bool = Tru
         raise ValueError("DPO needs a model with the SFT adapter and a DPO adapter on top "
                          "(lora.add_dpo_adapter)")
     dataset = dpo_dataset(pairs, tokenizer, cfg)[:cfg.dpo_steps * cfg.dpo_batch_size]
-    ids, sft = [d["id"] for d in dataset], adapter_fingerprint(cfg)
+    ids, sft = [d["id"] for d in dataset], adapter_fingerprint(cfg) + base_fingerprint(cfg)
     cache = cfg.path("dpo_reference.json")
     cached = json.loads(cache.read_text()) if cache.exists() else {}
     if cached.get("ids") == ids and cached.get("sft") == sft:
@@ -381,6 +383,7 @@ def train_dpo(model, cfg, reference: dict, on_log=None, compile: bool = True) ->
     config = lora_config(cfg, "dpo")
     settings = RunSettings("dpo", cfg.dpo_steps, cfg.dpo_lr, cfg.dpo_batch_size, cfg.seed,
                            {**config, "beta": cfg.dpo_beta, "sft": reference["sft"],
+                            "max_seq_len": cfg.max_seq_len,
                             "pairs": ids_digest([d["id"] for d in dataset])})
 
     def batch_at(step):

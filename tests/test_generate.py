@@ -83,7 +83,7 @@ def test_rewrite_batches_in_order_and_caps_length(tokenizer):
     assert together == alone
 
 
-def test_use_system_switches(tmp_path):
+def test_use_system_switches():
     cfg = get_config("smoke", lora_layers=-1)
     model, _ = make_tiny_model()
     lora.add_lora(model, lora.lora_config(cfg), seed=0)

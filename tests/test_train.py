@@ -234,3 +234,13 @@ def test_dpo_checkpoint_is_a_standard_adapter_and_resumes(cfg, tmp_path):
     lora.set_adapters(model, sft=False, dpo=True)
     tokens = mx.array([[3, 4, 5, 6, 7]])
     assert mx.abs(dpo_only(tokens) - model(tokens)).max().item() <= 1e-5
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(cfg, tmp_path):
+    model, _ = run_training(cfg, tmp_path, steps=2)
+    config = lora.lora_config(cfg)
+    same = train.RunSettings("sft", 2, 1e-2, 2, cfg.seed, config)
+    other_base = train.RunSettings("sft", 2, 1e-2, 2, cfg.seed, {**config, "base": "another"})
+    optimizer = train.make_optimizer(1e-2, 2)
+    assert train.load_checkpoint(tmp_path / "ckpt", model, optimizer, same)["step"] == 2
+    assert train.load_checkpoint(tmp_path / "ckpt", model, optimizer, other_base) is None
