@@ -70,6 +70,8 @@ _PREAMBLE_LINE = re.compile(
     rf"^\W*(?:(?:sure|certainly|of course|absolutely|okay|ok)\b[^\n]*?|"
     rf"(?:here(?:'s| is| are)|below is|the following is)\b[^\n]*?{_META}[^\n]*?|"
     rf"(?:the )?{_META}\w*(?: \w+){{0,3}})\s*[:!.]?\W*$", re.I)
+_PREAMBLE_COLON = re.compile(r"^\W*(?:to rewrite|in rewriting|i'll|i will|let me|i've|i have)\b"
+                             r"[^\n]*:\W*$", re.I)
 _PREAMBLE_INLINE = re.compile(
     rf"^\W*(?:(?:sure|certainly|of course|absolutely|okay|ok)\W+)?"
     rf"(?:here(?:'s| is| are)|below is)\b[^\n:]{{0,80}}?{_META}[^\n:]{{0,40}}:\s*", re.I)
@@ -83,13 +85,15 @@ def clean_output(text: str) -> str:
     no quotes around the whole answer."""
     text = text.strip()
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-    while len(paragraphs) > 1 and len(paragraphs[0]) < 120 and _PREAMBLE_LINE.match(paragraphs[0]):
+    while len(paragraphs) > 1 and len(paragraphs[0]) < 120 and (
+            _PREAMBLE_LINE.match(paragraphs[0]) or _PREAMBLE_COLON.match(paragraphs[0])):
         paragraphs.pop(0)
     while len(paragraphs) > 1 and _TRAILER.match(paragraphs[-1]):
         paragraphs.pop()
     text = "\n\n".join(paragraphs)
     lines = text.split("\n")
-    if len(lines) > 1 and len(lines[0]) < 120 and _PREAMBLE_LINE.match(lines[0]):
+    if len(lines) > 1 and len(lines[0]) < 120 and (_PREAMBLE_LINE.match(lines[0])
+                                                   or _PREAMBLE_COLON.match(lines[0])):
         text = "\n".join(lines[1:]).strip()
     text = _PREAMBLE_INLINE.sub("", text, count=1).strip()
     text = re.sub(r"^\*\*[^*\n]{0,60}\*\*\s*", "", text) if text.startswith("**") else text

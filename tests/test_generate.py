@@ -21,6 +21,10 @@ from helpers.config import get_config
     ("The mill closed in 1931.\n\nI hope this helps! Let me know if you need changes.",
      "The mill closed in 1931."),
     ("**Rewritten text:** The mill closed in 1931.", "The mill closed in 1931."),
+    ("To rewrite this text, I'll make the following changes:\n\nThe mill closed in 1931.",
+     "The mill closed in 1931."),
+    ("I will keep every fact:\nThe mill closed in 1931.", "The mill closed in 1931."),
+    ("I will not go: the mill closed in 1931.", "I will not go: the mill closed in 1931."),
     # real text that merely looks like an artefact stays
     ("Here is what happened: the mill closed in 1931.", "Here is what happened: the mill closed in 1931."),
     ('He said "no" and left. She said "yes".', 'He said "no" and left. She said "yes".'),
