@@ -167,14 +167,19 @@ def test_dropout_makes_steps_differ_but_reproducibly(cfg, tmp_path):
     assert train_losses(a) != train_losses(c)
 
 
-def test_dpo_training_raises_reward_accuracy(cfg, tmp_path):
+def tiny_dpo_setup(cfg, seed):
+    """A tiny model with SFT + DPO adapters, 4 synthetic pairs and their reference log-probs."""
     model, _ = make_tiny_model()
     lora.add_lora(model, lora.lora_config(cfg), seed=0)
     lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"))
-    items = synthetic_items(8, seed=1)
+    items = synthetic_items(8, seed=seed)
     dataset = [{"id": str(i), "chosen": items[i], "rejected": items[i + 4]} for i in range(4)]
     ref_c, ref_r = train.reference_logprobs(model, dataset, 4, progress=False)
-    config = lora.lora_config(cfg, "dpo")
+    return model, dataset, ref_c, ref_r, lora.lora_config(cfg, "dpo")
+
+
+def test_dpo_training_raises_reward_accuracy(cfg, tmp_path):
+    model, dataset, ref_c, ref_r, config = tiny_dpo_setup(cfg, seed=1)
     settings = train.RunSettings("dpo", 12, 1e-2, 4, 0, config)
 
     def batch_at(step):
@@ -202,13 +207,7 @@ def test_dpo_checkpoint_is_a_standard_adapter_and_resumes(cfg, tmp_path):
     from mlx_lm.tuner.utils import load_adapters
 
     def dpo_run(stop_at=None):
-        model, _ = make_tiny_model()
-        lora.add_lora(model, lora.lora_config(cfg), seed=0)
-        lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"))
-        items = synthetic_items(8, seed=2)
-        dataset = [{"id": str(i), "chosen": items[i], "rejected": items[i + 4]} for i in range(4)]
-        ref_c, ref_r = train.reference_logprobs(model, dataset, 4, progress=False)
-        config = lora.lora_config(cfg, "dpo")
+        model, dataset, ref_c, ref_r, config = tiny_dpo_setup(cfg, seed=2)
         lengths = [len(d["chosen"][0]) for d in dataset]
 
         def batch_at(step):
