@@ -119,7 +119,12 @@ PRESETS: dict[str, dict] = {
         dpo_rank=4, dpo_steps=4, n_dpo_pairs=8, on_policy_rejected=False,
         binoculars_models=(), detector_calib_pairs=8, detector_train_pairs=64,
     ),
-    "workshop": dict(calib_texts=8, calib_max_tokens=64, candidate_bits=(3, 4, 5, 6, 8), protect=()),
+    # Sized so that `make run` finishes within an hour on a 2-core laptop CPU (measured: README).
+    "workshop": dict(
+        calib_texts=8, calib_max_tokens=64, candidate_bits=(3, 4, 5, 6, 8), protect=(),
+        lora_layers=16, sft_steps=48, sft_lr=4e-4, checkpoint_every=16, val_every=24,
+        val_examples=8, dpo_steps=16, dpo_lr=1e-4, n_on_policy=16,
+    ),
     "paper": dict(
         model="openbmb/MiniCPM5-1B", data_source="editlens", max_words=300,
         max_train_pairs=20000, n_val_paragraphs=200, n_eval=200,

@@ -124,12 +124,63 @@ def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
             "length_ratio": bootstrap_ci([length_ratio(o, s) for s, o in zip(source, outputs)],
                                          **boot) if compared else None,
             "chat_artefacts": bootstrap_ci([float(has_chat_artefact(o)) for o in outputs], **boot),
+            "empty": int(sum(not o.strip() for o in outputs)),
         })
+    differences = {d: {f"{a} - {b}": paired_bootstrap_ci(_mean_difference, by_system[a],
+                                                        by_system[b], **boot)
+                       for a, b in COMPARISONS if a in by_system and b in by_system}
+                   for d, by_system in scores.items()}
     return {
         "preset": cfg.preset, "model": cfg.model, "date": dt.date.today().isoformat(),
         "n_items": len(human), "target_fpr": cfg.target_fpr, "n_bootstrap": cfg.n_bootstrap,
         "detectors": detectors, "unavailable": dict(unavailable or {}), "systems": rows,
+        "differences": differences,
     }
+
+
+# P(AI) differences on the same items (paired): what the workshop targets compare
+COMPARISONS = (("sft+dpo", "human"), ("sft+dpo", "source"), ("sft+dpo", "sft"), ("sft", "base"))
+
+
+def _mean_difference(a, b) -> float:
+    return float(np.mean(a - b))
+
+
+def target_rows(results: dict) -> list[list[str]]:
+    """[target, measured, verdict] for each target of the workshop preset (issue 6), from the
+    summary alone. A difference "< 0" is met when its mean is below 0; the CI says how sure."""
+    by_key = {r["system"]: r for r in results["systems"]}
+    out = []
+
+    def add(target, measured, met):
+        out.append([target, measured, "—" if met is None else ("met" if met else "**not met**")])
+
+    def below(stat, limit=0.0, sure=False):  # sure: the whole CI, not just the mean
+        return None if not stat or stat["mean"] is None else stat["hi" if sure else "mean"] <= limit
+
+    for d, diffs in results.get("differences", {}).items():
+        for key, target in (("sft+dpo - human", "SFT+DPO P(AI) ≤ human reference"),
+                            ("sft+dpo - source", "SFT+DPO P(AI) clearly < source draft (CI < 0)"),
+                            ("sft+dpo - sft", "SFT+DPO P(AI) < SFT"),
+                            ("sft - base", "SFT P(AI) < base zero-shot")):
+            if key in diffs:
+                add(f"{d}: {target}", f"difference {_ci(diffs[key], 3)}",
+                    below(diffs[key], sure=key == "sft+dpo - source"))
+    final = by_key.get("sft+dpo")
+    if final:
+        meaning, facts = final["meaning"], final["facts"]
+        add("meaning similarity ≥ 0.85", _ci(meaning),
+            None if not meaning or meaning["mean"] is None else meaning["mean"] >= 0.85)
+        add("facts kept ≥ 0.95", _ci(facts),
+            None if not facts or facts["mean"] is None else facts["mean"] >= 0.95)
+        human_slop = by_key["human"]["slop_per_1k"]
+        add("slop per 1K ≤ human reference", f"{_ci(final['slop_per_1k'], 1)} vs "
+            f"{_ci(human_slop, 1)}", below(final["slop_per_1k"], human_slop["mean"]))
+        add("chat artefacts ≤ 1%", _ci(final["chat_artefacts"], percent=True),
+            below(final["chat_artefacts"], 0.01))
+        if "empty" in final:
+            add("no empty outputs", f"{final['empty']} of {results['n_items']}", final["empty"] == 0)
+    return out
 
 
 def _ci(stat: dict | None, digits: int = 2, percent: bool = False) -> str:
@@ -166,6 +217,10 @@ def render_markdown(results: dict) -> str:
          + [f"{round(100 * info['flagged'][k])}%" for k in labels]
          for d, info in results["detectors"].items()])
     missing = "".join(f"\n- **{d}** not run: {why}" for d, why in results["unavailable"].items())
+    checks = target_rows(results)
+    targets = ("\nTargets for the SFT+DPO stacked rewrites (differences in mean P(AI) on the same "
+               "items, 95% paired bootstrap CI):\n\n"
+               + _table(["Target", "Measured", "Verdict"], checks) + "\n") if checks else ""
     return (
         f"Preset `{results['preset']}` ({results['model']}), {results['n_items']} held-out drafts "
         f"from the dev split, {results['date']}. Means with 95% bootstrap CIs "
@@ -176,7 +231,7 @@ def render_markdown(results: dict) -> str:
         "MiniLM cosine with the source draft; facts kept: share of the draft's numbers, dates, "
         "URLs and names found in the output.\n\n"
         f"{detectors}\n\nFlagged: share of texts scoring above a threshold set so that at "
-        f"most {fpr}% of the human texts are flagged.\n{missing}\n")
+        f"most {fpr}% of the human texts are flagged.\n{missing}\n{targets}")
 
 
 def detectors_frame(results: dict):

@@ -54,7 +54,13 @@ def test_summary_and_markdown(tmp_path):
     md = results.render_markdown(json.loads(json.dumps(summary)))  # survives a JSON round trip
     assert "| source AI draft |" in md and "| SFT+DPO stacked |" in md
     assert "P(AI) Length" in md and "**RADAR** not run: offline" in md
-    assert md.count("\n| ") == 6 + 1 + 1  # 5 systems + header rows, detector table header + 1 row
+    assert md.count("\n| ") == 6 + 1 + 1 + 1 + 4 + 5  # + targets table: header, 4 + 5 rows
+    length = summary["differences"]["Length"]
+    assert length["sft - base"]["mean"] < 0 and length["sft+dpo - human"]["mean"] < 0
+    checks = {row[0]: row[2] for row in results.target_rows(summary)}
+    assert checks["Length: SFT+DPO P(AI) ≤ human reference"] == "met"  # the shortest texts
+    assert checks["facts kept ≥ 0.95"] == "**not met**"  # "Council met, money went."
+    assert checks["chat artefacts ≤ 1%"] == "met" and checks["no empty outputs"] == "met"
 
 
 def test_load_rewrites_errors_name_file_line_and_field(tmp_path):
