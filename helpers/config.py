@@ -30,6 +30,7 @@ class Config:
     min_words: int = 40
     max_words: int = 160
     max_train_pairs: int = 4000  # after cleaning; SFT uses these
+    min_train_facts: float = 0.0  # SFT/DPO keep pairs whose human text keeps this share of facts
     n_val_paragraphs: int = 40  # held out of the training file for validation loss
     n_eval: int = 200  # held-out drafts from the dev file, for evaluation only
     system_prompt: str = (
@@ -77,10 +78,13 @@ class Config:
     on_policy_rejected: bool = True
     dpo_batch_size: int = 2  # pairs per step (each pair is two sequences)
     n_on_policy: int = 16  # on-policy rejected samples from the SFT model (if on_policy_rejected)
+    on_policy_temperature: float = 0.7  # sampled, as the SFT model writes when not greedy
 
     # generation
     temperature: float = 0.7
     top_p: float = 0.9
+    repetition_penalty: float = 1.0  # >1 discourages repeating the last repetition_context tokens
+    repetition_context: int = 20
     max_len_ratio: float = 1.5
     gen_max_tokens: int = 384  # hard cap on new tokens per rewrite
     gen_batch_size: int = 32  # drafts decoded together (batched decoding is much faster on CPU)
@@ -124,6 +128,7 @@ PRESETS: dict[str, dict] = {
         calib_texts=8, calib_max_tokens=64, candidate_bits=(3, 4, 5, 6, 8), protect=(),
         lora_layers=16, sft_steps=48, sft_lr=4e-4, checkpoint_every=16, val_every=24,
         val_examples=8, dpo_steps=16, dpo_lr=1e-4, n_on_policy=16,
+        temperature=0.0, repetition_penalty=1.2,
     ),
     "paper": dict(
         model="openbmb/MiniCPM5-1B", data_source="editlens", max_words=300,

@@ -149,26 +149,45 @@ def one_per_paragraph(rows: list[dict], n: int, seed: int) -> list[dict]:
 
 def prepare(cfg) -> dict:
     """Everything notebooks need: train / val pairs from the training file, eval drafts from the
-    dev file (evaluation only, never trained on), and the cleaning report."""
+    dev file (evaluation only, never trained on), and the cleaning report. `train` and the DPO
+    prompts keep only faithful pairs (cfg.min_train_facts); `detector` is the MiniLM detector's
+    share of the training file, chosen before that filter so the detector does not depend on it."""
     train_rows, train_report = load_split(cfg, "train")
     dev_rows, dev_report = load_split(cfg, "dev")
     train_clean, train_dropped = clean(train_rows, cfg)
     dev_clean, dev_dropped = clean(dev_rows, cfg)
     train, val = split_by_paragraph(train_clean, cfg.n_val_paragraphs, cfg.seed)
-    dpo = dpo_pairs(train, cfg.n_dpo_pairs, cfg.seed)
+    dpo = dpo_pairs(train, cfg.n_dpo_pairs, cfg.seed, cfg.min_train_facts)
     rng = random.Random(cfg.seed)
     rng.shuffle(train)
-    train = train[:cfg.max_train_pairs]
+    detector = train[:cfg.detector_train_pairs]
+    faithful_train = [r for r in train if faithful(r, cfg.min_train_facts)]
+    if len(faithful_train) < len(train):
+        train_dropped[f"human text keeps < {cfg.min_train_facts:.0%} of the draft's facts"] = \
+            len(train) - len(faithful_train)
+    train = faithful_train[:cfg.max_train_pairs]
     evaluation = one_per_paragraph(dev_clean, cfg.n_eval, cfg.seed)
     return {
         "train": train, "val": val, "eval": evaluation,
-        "dpo": dpo,
+        "dpo": dpo, "detector": detector,
         "report": {
             "train_file": train_report.summary() if train_report else "hub",
             "dev_file": dev_report.summary() if dev_report else "hub",
             "train_dropped": train_dropped, "dev_dropped": dev_dropped,
         },
     }
+
+
+def faithful(row: dict, min_facts: float) -> bool:
+    """Does the human text keep at least `min_facts` of the draft's numbers, dates, URLs and
+    names? (Drafts without any pass.) Training on pairs where the person dropped or changed facts
+    teaches the model to drop them too."""
+    from .metrics import fact_preservation  # metrics imports this module
+
+    if min_facts <= 0:
+        return True
+    kept = fact_preservation(row["ai"], row["human"])
+    return kept != kept or kept >= min_facts  # NaN: no facts to keep
 
 
 def rewrite_request(draft: str) -> str:
@@ -189,9 +208,10 @@ def sft_examples(rows: list[dict], system: str) -> list[dict]:
     return [{"messages": chat_messages(r["ai"], system, r["human"]), "id": r["id"]} for r in rows]
 
 
-def dpo_pairs(rows: list[dict], n: int, seed: int) -> list[dict]:
+def dpo_pairs(rows: list[dict], n: int, seed: int, min_facts: float = 0.0) -> list[dict]:
     """(prompt draft, chosen = the human text, rejected = another model's rewrite of the same
-    paragraph). Only paragraphs with at least two AI rewrites give pairs."""
+    paragraph). Only paragraphs with at least two AI rewrites give pairs; the prompt is a draft
+    whose human text is faithful to it (`faithful`)."""
     by_group = defaultdict(list)
     for r in rows:
         by_group[r["group"]].append(r)
@@ -199,9 +219,14 @@ def dpo_pairs(rows: list[dict], n: int, seed: int) -> list[dict]:
     pairs = []
     for group in sorted(by_group):
         members = sorted(by_group[group], key=lambda r: r["id"])
-        if len(members) < 2:
+        prompts = [m for m in members if faithful(m, min_facts)]
+        if len(members) < 2 or not prompts:
             continue
-        draft, other = rng.sample(members, 2)
+        if len(prompts) == len(members):
+            draft, other = rng.sample(members, 2)
+        else:
+            draft = rng.choice(prompts)
+            other = rng.choice([m for m in members if m is not draft])
         pairs.append({"id": draft["id"], "group": group, "prompt": draft["ai"],
                       "chosen": draft["human"], "rejected": other["ai"],
                       "rejected_source": other["ai_model"]})
@@ -239,7 +264,7 @@ def slop_rate(text: str, phrases: list[str]) -> float:
     return 1000.0 * slop_hits(text, phrases) / n if n else 0.0
 
 
-PREPARED_FILES = ("train", "val", "eval", "dpo")
+PREPARED_FILES = ("train", "val", "eval", "dpo", "detector")
 
 
 def save_prepared(cfg, prepared: dict) -> Path:
@@ -255,7 +280,7 @@ def save_prepared(cfg, prepared: dict) -> Path:
 
 
 def load_prepared(cfg) -> dict:
-    """What notebook 01 wrote: {'train', 'val', 'eval', 'dpo'} lists of rows."""
+    """What notebook 01 wrote: {'train', 'val', 'eval', 'dpo', 'detector'} lists of rows."""
     folder = cfg.runs_dir / "data"
     missing = [n for n in PREPARED_FILES if not (folder / f"{n}.jsonl").exists()]
     if missing:

@@ -10,6 +10,7 @@ cfg.max_len_ratio times its source length, and cleaned of chat artefacts ("Sure,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -130,6 +131,17 @@ def make_nucleus_sampler(temperature: float, top_p: float, top_k: int = 64):
 
 
 
+def repetition_processors(cfg) -> list:
+    """mlx-lm's repetition penalty over the answer's last tokens: small models fall into loops
+    ("his voice, his voice, ...") that sampling alone does not break."""
+    from mlx_lm.sample_utils import make_logits_processors
+
+    if cfg.repetition_penalty == 1.0:
+        return []
+    return make_logits_processors(repetition_penalty=cfg.repetition_penalty,
+                                  repetition_context_size=cfg.repetition_context)
+
+
 def prompt_tokens(tokenizer, draft: str, system: str) -> list[int]:
     """The same chat prefix the adapters were trained on (up to the assistant's turn)."""
     return tokenizer.apply_chat_template(chat_messages(draft, system), add_generation_prompt=True,
@@ -156,6 +168,7 @@ def generate_tokens(model, tokenizer, drafts: list[str], cfg, progress: bool = T
         generator = BatchGenerator(
             model, stop_tokens=[[t] for t in tokenizer.eos_token_ids],
             sampler=make_nucleus_sampler(cfg.temperature, cfg.top_p),
+            logits_processors=repetition_processors(cfg),
             completion_batch_size=cfg.gen_batch_size,
             prefill_batch_size=min(8, cfg.gen_batch_size))
         uids = generator.insert(prompts, budgets)
@@ -194,10 +207,14 @@ def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "
 
 
 def on_policy_samples(cfg, model, tokenizer, drafts: list[str]) -> list[str]:
-    """The SFT model's own rewrites of `drafts`: DPO's on-policy rejected texts. Cached in
+    """The SFT model's own rewrites of `drafts`, sampled at cfg.on_policy_temperature: DPO's
+    on-policy rejected texts. Cached in
     runs/<preset>/dpo_on_policy.json for this SFT adapter and these sampling settings."""
     from .train import adapter_fingerprint, ids_digest
 
+    # plain sampling, no repetition penalty: the rejected texts should show the SFT model's own
+    # failure modes (loops included), so that DPO learns to move away from them
+    cfg = dataclasses.replace(cfg, temperature=cfg.on_policy_temperature, repetition_penalty=1.0)
     key = {"sft": adapter_fingerprint(cfg), "drafts": ids_digest(drafts),
            "sampling": [cfg.temperature, cfg.top_p, cfg.max_len_ratio, cfg.gen_max_tokens, cfg.seed]}
     cache = cfg.path("dpo_on_policy.json")

@@ -1,4 +1,5 @@
-"""Copy notebook 07's generated results table into README.md (between the results markers).
+"""Copy generated tables into README.md, each between its markers: notebook 07's results table
+and, when it was run, the decoding experiment on validation drafts (experiments/decoding.py).
 
     python -m helpers.report --preset workshop
 """
@@ -13,6 +14,10 @@ from .io import atomic_write_text
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
 def readme_section(results_md: str, preset: str, timing: dict | None) -> str:
     stamp = dt.date.today().isoformat()
     minutes = f", whole series {timing['total'] / 60:.0f} min" if timing and "total" in timing else ""
@@ -21,11 +26,12 @@ def readme_section(results_md: str, preset: str, timing: dict | None) -> str:
     return f"{START}\n{head}{results_md.strip()}\n{END}"
 
 
-def replace_section(text: str, section: str, where="README.md") -> str:
-    if START not in text or END not in text:
-        raise ValueError(f"{where}: results markers {START} / {END} not found")
-    before, rest = text.split(START, 1)
-    return before + section + rest.split(END, 1)[1]
+def replace_section(text: str, section: str, where="README.md", name: str = "results") -> str:
+    start, end = markers(name)
+    if start not in text or end not in text:
+        raise ValueError(f"{where}: {name} markers {start} / {end} not found")
+    before, rest = text.split(start, 1)
+    return before + section + rest.split(end, 1)[1]
 
 
 def update_readme(preset: str, readme=REPO_ROOT / "README.md") -> bool:
@@ -38,9 +44,17 @@ def update_readme(preset: str, readme=REPO_ROOT / "README.md") -> bool:
         return False
     timing_path = cfg.runs_dir / "series_timing.json"
     timing = read_json(timing_path) if timing_path.exists() else None
-    section = readme_section(results.read_text(encoding="utf-8"), preset, timing)
-    atomic_write_text(readme, replace_section(readme.read_text(encoding="utf-8"), section, readme))
-    print(f"README.md results updated from {results}")
+    text = readme.read_text(encoding="utf-8")
+    text = replace_section(text, readme_section(results.read_text(encoding="utf-8"), preset,
+                                                timing), readme)
+    experiment = cfg.runs_dir / "experiments" / "decoding.md"
+    if experiment.exists():
+        start, end = markers("decoding")
+        text = replace_section(text, f"{start}\n{experiment.read_text(encoding='utf-8').strip()}"
+                                     f"\n{end}", readme, "decoding")
+    atomic_write_text(readme, text)
+    print(f"README.md updated from {results}" + (f" and {experiment}" if experiment.exists()
+                                                  else ""))
     return True
 
 

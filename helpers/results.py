@@ -164,26 +164,26 @@ def target_rows(results: dict) -> list[list[str]]:
                             ("sft+dpo - sft", "SFT+DPO P(AI) < SFT"),
                             ("sft - base", "SFT P(AI) < base zero-shot")):
             if key in diffs:
-                add(f"{d}: {target}", f"difference {_ci(diffs[key], 3)}",
+                add(f"{d}: {target}", f"difference {format_ci(diffs[key], 3)}",
                     below(diffs[key], sure=key == "sft+dpo - source"))
     final = by_key.get("sft+dpo")
     if final:
         meaning, facts = final["meaning"], final["facts"]
-        add("meaning similarity ≥ 0.85", _ci(meaning),
+        add("meaning similarity ≥ 0.85", format_ci(meaning),
             None if not meaning or meaning["mean"] is None else meaning["mean"] >= 0.85)
-        add("facts kept ≥ 0.95", _ci(facts),
+        add("facts kept ≥ 0.95", format_ci(facts),
             None if not facts or facts["mean"] is None else facts["mean"] >= 0.95)
         human_slop = by_key["human"]["slop_per_1k"]
-        add("slop per 1K ≤ human reference", f"{_ci(final['slop_per_1k'], 1)} vs "
-            f"{_ci(human_slop, 1)}", below(final["slop_per_1k"], human_slop["mean"]))
-        add("chat artefacts ≤ 1%", _ci(final["chat_artefacts"], percent=True),
+        add("slop per 1K ≤ human reference", f"{format_ci(final['slop_per_1k'], 1)} vs "
+            f"{format_ci(human_slop, 1)}", below(final["slop_per_1k"], human_slop["mean"]))
+        add("chat artefacts ≤ 1%", format_ci(final["chat_artefacts"], percent=True),
             below(final["chat_artefacts"], 0.01))
         if "empty" in final:
             add("no empty outputs", f"{final['empty']} of {results['n_items']}", final["empty"] == 0)
     return out
 
 
-def _ci(stat: dict | None, digits: int = 2, percent: bool = False) -> str:
+def format_ci(stat: dict | None, digits: int = 2, percent: bool = False) -> str:
     """'0.61 [0.55, 0.67]' (or '35% [10, 60]')."""
     if not stat or stat.get("mean") is None:
         return "—"
@@ -192,7 +192,7 @@ def _ci(stat: dict | None, digits: int = 2, percent: bool = False) -> str:
     return "{0:.{3}f} [{1:.{3}f}, {2:.{3}f}]".format(stat["mean"], stat["lo"], stat["hi"], digits)
 
 
-def _table(header: list[str], body: list[list[str]]) -> str:
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
 
@@ -200,27 +200,27 @@ def _table(header: list[str], body: list[list[str]]) -> str:
 def render_markdown(results: dict) -> str:
     """results.md, from results.json alone (so it can be re-rendered without rerunning)."""
     names = list(results["detectors"])
-    main = _table(
+    main = markdown_table(
         ["System"] + [f"P(AI) {d}" for d in names]
         + ["Gap closed", "Slop /1K", "Meaning sim.", "Facts kept", "Length ratio",
            "Chat artefacts"],
-        [[r["label"]] + [_ci(r["p_ai"][d]) for d in names]
-         + [_ci(r["gap_closed"], percent=True), _ci(r["slop_per_1k"], 1), _ci(r["meaning"]),
-            _ci(r["facts"]), _ci(r["length_ratio"]), _ci(r["chat_artefacts"], percent=True)]
+        [[r["label"]] + [format_ci(r["p_ai"][d]) for d in names]
+         + [format_ci(r["gap_closed"], percent=True), format_ci(r["slop_per_1k"], 1), format_ci(r["meaning"]),
+            format_ci(r["facts"]), format_ci(r["length_ratio"]), format_ci(r["chat_artefacts"], percent=True)]
          for r in results["systems"]])
     labels = {r["system"]: r["label"] for r in results["systems"]}
     fpr = round(100 * results["target_fpr"])
-    detectors = _table(
+    detectors = markdown_table(
         ["Detector", "AUROC human vs AI draft", f"Threshold at {fpr}% FPR"]
         + [f"flagged: {labels[k]}" for k in labels],
-        [[d, _ci(info["auroc"]), f"{info['threshold']:.3f}"]
+        [[d, format_ci(info["auroc"]), f"{info['threshold']:.3f}"]
          + [f"{round(100 * info['flagged'][k])}%" for k in labels]
          for d, info in results["detectors"].items()])
     missing = "".join(f"\n- **{d}** not run: {why}" for d, why in results["unavailable"].items())
     checks = target_rows(results)
     targets = ("\nTargets for the SFT+DPO stacked rewrites (differences in mean P(AI) on the same "
                "items, 95% paired bootstrap CI):\n\n"
-               + _table(["Target", "Measured", "Verdict"], checks) + "\n") if checks else ""
+               + markdown_table(["Target", "Measured", "Verdict"], checks) + "\n") if checks else ""
     return (
         f"Preset `{results['preset']}` ({results['model']}), {results['n_items']} held-out drafts "
         f"from the dev split, {results['date']}. Means with 95% bootstrap CIs "
@@ -237,7 +237,7 @@ def render_markdown(results: dict) -> str:
 def detectors_frame(results: dict):
     """Per detector: AUROC with CI, threshold at the target FPR, share of each system flagged."""
     import pandas as pd
-    return pd.DataFrame({name: {"AUROC human vs AI draft": _ci(info["auroc"]),
+    return pd.DataFrame({name: {"AUROC human vs AI draft": format_ci(info["auroc"]),
                                 "threshold": round(info["threshold"], 3),
                                 **{f"flagged: {SYSTEMS[k]}": f"{100 * v:.0f}%"
                                    for k, v in info["flagged"].items()}}
@@ -252,13 +252,13 @@ def headline(results: dict) -> str:
         verdict = ("cannot reliably tell human text from AI drafts here (its CI includes 0.5): "
                    "read its column as noise" if a["lo"] <= 0.5 else "separates them better "
                    "than chance")
-        lines.append(f"{name}: AUROC {_ci(a)} on human vs AI draft, so it {verdict}.")
+        lines.append(f"{name}: AUROC {format_ci(a)} on human vs AI draft, so it {verdict}.")
     for r in results["systems"]:
         if r["system"] in ("source", "human"):
             continue
-        lines.append(f"{r['label']}: gap closed {_ci(r['gap_closed'], percent=True)}, meaning "
-                     f"similarity {_ci(r['meaning'])}, facts kept {_ci(r['facts'])}, slop "
-                     f"{_ci(r['slop_per_1k'], 1)} per 1K tokens.")
+        lines.append(f"{r['label']}: gap closed {format_ci(r['gap_closed'], percent=True)}, meaning "
+                     f"similarity {format_ci(r['meaning'])}, facts kept {format_ci(r['facts'])}, slop "
+                     f"{format_ci(r['slop_per_1k'], 1)} per 1K tokens.")
     return "\n".join(lines)
 
 

@@ -86,6 +86,23 @@ def test_dpo_pairs_reject_another_rewrite_of_the_same_paragraph():
         assert p["rejected"].startswith(f"ai {p['group'][1:]}/") and p["rejected"] != p["prompt"]
 
 
+def test_faithful_pairs_keep_the_drafts_facts():
+    draft = {"ai": "Anna Berg paid 40 euros in Oslo.", "human": "Anna Berg paid 40 euros there."}
+    assert data.faithful(draft, 0.5) and not data.faithful(draft, 1.0)  # keeps 2 of 3 facts
+    assert data.faithful({"ai": "no facts here at all", "human": "none"}, 1.0)
+    assert data.faithful(draft, 0.0)
+
+
+def test_dpo_prompts_are_faithful_drafts():
+    rows = rows_for(3, per_group=2)
+    for r in rows:
+        r["human"] = "A report by Jane Roe."
+        r["ai"] = "A report by Jane Roe" + (" in Paris." if r["id"].endswith("-1") else ".")
+    pairs = data.dpo_pairs(rows, n=10, seed=0, min_facts=1.0)  # "-1" drafts add a place
+    assert sorted(p["id"] for p in pairs) == ["g0-0", "g1-0", "g2-0"]
+    assert all(p["rejected"].endswith("Paris.") for p in pairs)
+
+
 def test_clean_counts_every_drop():
     cfg = get_config("smoke", min_words=3, max_words=5)
     rows = [{"human": "one two three", "ai": "a b c d", "low_overlap": False},
@@ -120,6 +137,7 @@ def test_prepare_from_a_local_file_splits_cleanly(tmp_path):
     assert not train_groups & {r["group"] for r in prepared["val"]}
     assert not train_groups & {r["group"] for r in prepared["eval"]}
     assert len(prepared["dpo"]) == 10
+    assert prepared["detector"] == prepared["train"][:cfg.detector_train_pairs]
 
 
 def test_atomic_json_roundtrip_leaves_no_temp_files(tmp_path):

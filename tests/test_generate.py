@@ -96,3 +96,19 @@ def test_use_system_switches():
         generate.use_system(model, which)
         layer = lora.stacked_layers(model)[0][1]
         assert (layer.use_sft, layer.use_dpo) == (sft, dpo)
+
+
+@pytest.mark.slow
+def test_repetition_penalty_breaks_greedy_loops(tokenizer):
+    model, _ = make_tiny_model()
+    drafts = ["The mill closed in 1931 and the town shrank."]
+
+    def answer(**overrides):
+        cfg = get_config("smoke", gen_max_tokens=16, temperature=0.0, **overrides)
+        return generate.generate_tokens(model, tokenizer, drafts, cfg, progress=False)[0]
+
+    assert generate.repetition_processors(get_config("smoke")) == []  # 1.0: nothing added
+    plain = answer()
+    assert len(set(plain)) < len(plain)  # this random model loops when greedy
+    penalized = answer(repetition_penalty=1e6, repetition_context=16)
+    assert len(penalized) == 16 and len(set(penalized)) == 16

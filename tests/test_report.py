@@ -16,3 +16,20 @@ def test_section_replaced_between_markers_only():
 def test_missing_markers_are_reported():
     with pytest.raises(ValueError, match="results markers"):
         report.replace_section("# no markers\n", "x", "README.md")
+
+
+def test_update_readme_copies_results_and_the_decoding_experiment(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    runs = tmp_path / "runs"
+    (runs / "experiments").mkdir(parents=True)
+    (runs / "results.md").write_text("| results |\n")
+    (runs / "experiments" / "decoding.md").write_text("| decoding |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.START}\n{report.END}\nmiddle\n<!-- decoding:start -->\nold\n"
+                      "<!-- decoding:end -->\n")
+    monkeypatch.setattr(report, "get_config", lambda preset: SimpleNamespace(runs_dir=runs))
+    assert report.update_readme("workshop", readme)
+    text = readme.read_text()
+    assert "| results |" in text and "| decoding |" in text and "old" not in text
+    assert text.index("| results |") < text.index("middle") < text.index("| decoding |")
