@@ -83,8 +83,9 @@ def main() -> None:
     atomic_write_json(out / "decoding.json", {"command": command, "n": len(items), "rows": rows})
     metrics = [k for k in rows[0] if k not in ("system", "setting")]
     table = markdown_table(["system", "decoding"] + metrics,
-                   [[r["system"], r["setting"].replace(",", ", ") or "—"]
-                    + [format_ci(r[k], 1 if k == "slop/1K" else 2) for k in metrics] for r in rows])
+                           [[r["system"], r["setting"].replace(",", ", ") or "—"]
+                            + [format_ci(r[k], 1 if k == "slop/1K" else 2) for k in metrics]
+                            for r in rows])
     caption = (f"Preset `{cfg.preset}`, {len(items)} validation drafts (held-out training "
                f"paragraphs, not the evaluation items), {dt.date.today().isoformat()}, generated "
                f"by `{command}`. Means with 95% bootstrap CIs.\n\n")

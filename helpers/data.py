@@ -222,7 +222,7 @@ def dpo_pairs(rows: list[dict], n: int, seed: int, min_facts: float = 0.0) -> li
         prompts = [m for m in members if faithful(m, min_facts)]
         if len(members) < 2 or not prompts:
             continue
-        if len(prompts) == len(members):
+        if len(prompts) == len(members):  # unfiltered: the same pairs as without the filter
             draft, other = rng.sample(members, 2)
         else:
             draft = rng.choice(prompts)

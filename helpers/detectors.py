@@ -321,9 +321,9 @@ class EmbeddingDetector:
 
 def trained_detector(cfg, embedder: Embedder, data: dict) -> EmbeddingDetector:
     """Train on `cfg.detector_train_pairs` training pairs (human vs AI; data['detector']: chosen
-    before the SFT data filter), calibrate on validation
-    pairs; reuse runs/<preset>/detectors/minilm_lr.* when trained on the same data."""
-    train = data.get("detector", data["train"])[:cfg.detector_train_pairs]
+    before the SFT data filter), calibrate on validation pairs; reuse
+    runs/<preset>/detectors/minilm_lr.* when trained on the same data."""
+    train = data["detector"][:cfg.detector_train_pairs]
     texts, labels = calibration_pairs(train, len(train))
     calib_texts, calib_labels = calibration_pairs(data["val"], len(data["val"]))
     fingerprint = _fingerprint(embedder.spec, cfg.seed, texts, calib_texts)

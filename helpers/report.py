@@ -11,11 +11,17 @@ import datetime as dt
 from .config import REPO_ROOT, get_config
 from .io import atomic_write_text
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
-
-
 def markers(name: str) -> tuple[str, str]:
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def section(name: str, body: str) -> str:
+    """`body` between the README markers called `name`."""
+    start, end = markers(name)
+    return f"{start}\n{body.strip()}\n{end}"
+
+
+START, END = markers("results")
 
 
 def readme_section(results_md: str, preset: str, timing: dict | None) -> str:
@@ -23,7 +29,7 @@ def readme_section(results_md: str, preset: str, timing: dict | None) -> str:
     minutes = f", whole series {timing['total'] / 60:.0f} min" if timing and "total" in timing else ""
     head = (f"Generated on {stamp} by `PRESET={preset} make run` (notebook 07 → "
             f"`runs/{preset}/results.md`{minutes}). Do not edit by hand.\n\n")
-    return f"{START}\n{head}{results_md.strip()}\n{END}"
+    return section("results", head + results_md)
 
 
 def replace_section(text: str, section: str, where="README.md", name: str = "results") -> str:
@@ -49,9 +55,8 @@ def update_readme(preset: str, readme=REPO_ROOT / "README.md") -> bool:
                                                 timing), readme)
     experiment = cfg.runs_dir / "experiments" / "decoding.md"
     if experiment.exists():
-        start, end = markers("decoding")
-        text = replace_section(text, f"{start}\n{experiment.read_text(encoding='utf-8').strip()}"
-                                     f"\n{end}", readme, "decoding")
+        text = replace_section(text, section("decoding", experiment.read_text(encoding="utf-8")),
+                               readme, "decoding")
     atomic_write_text(readme, text)
     print(f"README.md updated from {results}" + (f" and {experiment}" if experiment.exists()
                                                   else ""))

@@ -205,8 +205,9 @@ def render_markdown(results: dict) -> str:
         + ["Gap closed", "Slop /1K", "Meaning sim.", "Facts kept", "Length ratio",
            "Chat artefacts"],
         [[r["label"]] + [format_ci(r["p_ai"][d]) for d in names]
-         + [format_ci(r["gap_closed"], percent=True), format_ci(r["slop_per_1k"], 1), format_ci(r["meaning"]),
-            format_ci(r["facts"]), format_ci(r["length_ratio"]), format_ci(r["chat_artefacts"], percent=True)]
+         + [format_ci(r["gap_closed"], percent=True), format_ci(r["slop_per_1k"], 1),
+            format_ci(r["meaning"]), format_ci(r["facts"]), format_ci(r["length_ratio"]),
+            format_ci(r["chat_artefacts"], percent=True)]
          for r in results["systems"]])
     labels = {r["system"]: r["label"] for r in results["systems"]}
     fpr = round(100 * results["target_fpr"])
@@ -220,7 +221,8 @@ def render_markdown(results: dict) -> str:
     checks = target_rows(results)
     targets = ("\nTargets for the SFT+DPO stacked rewrites (differences in mean P(AI) on the same "
                "items, 95% paired bootstrap CI):\n\n"
-               + markdown_table(["Target", "Measured", "Verdict"], checks) + "\n") if checks else ""
+               + markdown_table(["Target", "Measured", "Verdict"], checks) + "\n") \
+        if checks else ""
     return (
         f"Preset `{results['preset']}` ({results['model']}), {results['n_items']} held-out drafts "
         f"from the dev split, {results['date']}. Means with 95% bootstrap CIs "
@@ -256,9 +258,9 @@ def headline(results: dict) -> str:
     for r in results["systems"]:
         if r["system"] in ("source", "human"):
             continue
-        lines.append(f"{r['label']}: gap closed {format_ci(r['gap_closed'], percent=True)}, meaning "
-                     f"similarity {format_ci(r['meaning'])}, facts kept {format_ci(r['facts'])}, slop "
-                     f"{format_ci(r['slop_per_1k'], 1)} per 1K tokens.")
+        lines.append(f"{r['label']}: gap closed {format_ci(r['gap_closed'], percent=True)}, "
+                     f"meaning similarity {format_ci(r['meaning'])}, facts kept "
+                     f"{format_ci(r['facts'])}, slop {format_ci(r['slop_per_1k'], 1)} per 1K tokens.")
     return "\n".join(lines)
 
 
