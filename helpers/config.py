@@ -17,6 +17,7 @@ DEFAULT_PRESET = "workshop"
 @dataclass
 class Config:
     preset: str = DEFAULT_PRESET
+    experiment: str = ""  # a name: this run's artifacts go to runs/<preset>/<experiment>/
     seed: int = 0
 
     # models (hub ids; HUMANIZER_ASSETS maps them to local copies)
@@ -142,9 +143,14 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def get_config(preset: str | None = None, **overrides) -> Config:
-    """The preset's config (default: $HUMANIZER_PRESET or 'workshop') with any field overridden."""
+def get_config(preset: str | None = None, experiment: str | None = None, notebook: str | None = None,
+               **overrides) -> Config:
+    """The preset's config (default: $HUMANIZER_PRESET or 'workshop') with any field overridden.
+    `experiment` names the run (default: $HUMANIZER_EXPERIMENT or none); `notebook` ("04") is the
+    notebook asking, so that overrides it and the later notebooks never read can be flagged."""
     preset = preset or os.environ.get("HUMANIZER_PRESET", DEFAULT_PRESET)
+    experiment = experiment if experiment is not None else os.environ.get("HUMANIZER_EXPERIMENT", "")
+    overrides["experiment"] = experiment
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     known = {f.name for f in dataclasses.fields(Config)}
