@@ -89,13 +89,25 @@ def load_model(spec: str, keep_quantized: bool = True, dtype: str = "float32",
                 raise
             raise _hub_error(spec, err) from err
         if not keep_quantized:
-            from mlx_lm.utils import dequantize_model
-            model = dequantize_model(model)
+            model = dequantize_exactly(model)
             config = {k: v for k, v in config.items()
                       if k not in ("quantization", "quantization_config")}
     set_compute_dtype(model, dtype)
     model.eval()
     return (model, tokenizer, config) if return_config else (model, tokenizer)
+
+
+def dequantize_exactly(model: nn.Module) -> nn.Module:
+    """mlx-lm's dequantize_model, after widening float16 scales and biases to float32: dequantizing
+    with float16 scales returns float16 weights, rounded away from what the quantized layer
+    computes once its scales are float32 (up to 5e-3 in the logits of a small model)."""
+    from mlx_lm.utils import dequantize_model
+
+    wide = [(name, value.astype(mx.float32)) for name, value in tree_flatten(model.parameters())
+            if name.endswith((".scales", ".biases")) and value.dtype in (mx.float16, mx.bfloat16)]
+    if wide:
+        model.load_weights(wide, strict=False)
+    return dequantize_model(model)
 
 
 def set_compute_dtype(model: nn.Module, dtype: str) -> None:
@@ -199,8 +211,7 @@ def load_gguf(path: str, keep_quantized: bool = True):
         config["quantization"] = {**first, **per_layer}
     model.load_weights(list(weights.items()), strict=True)
     if not keep_quantized:
-        from mlx_lm.utils import dequantize_model
-        model = dequantize_model(model)
+        model = dequantize_exactly(model)
         config.pop("quantization", None)
     mx.eval(model.parameters())
 

@@ -36,6 +36,23 @@ def make_tiny_model(seed: int = 0, **overrides):
     return model, config
 
 
+def save_tiny_dir(model, config, folder):
+    """The tiny model as an mlx-lm model folder with a minimal tokenizer, for mlx_lm.load."""
+    from mlx_lm.utils import save_config, save_model
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<eos>": 1, **{w: i + 2 for i, w in enumerate("rewrite this text".split())}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
+                                        eos_token="<eos>")
+    save_model(folder, model)
+    save_config(dict(config), config_path=folder / "config.json")
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
 @pytest.fixture
 def tiny_model():
     return make_tiny_model()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
-from conftest import make_tiny_model
+from conftest import make_tiny_model, save_tiny_dir
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import dequantize_model
@@ -46,23 +46,6 @@ def stacked_model(cfg):
 
 def max_diff(a, b) -> float:
     return mx.abs(a - b).max().item()
-
-
-def save_tiny_dir(model, config, folder):
-    """The tiny model as an mlx-lm model folder with a minimal tokenizer, for mlx_lm.load."""
-    from mlx_lm.utils import save_config, save_model
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<eos>": 1, **{w: i + 2 for i, w in enumerate("rewrite this text".split())}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
-                                        eos_token="<eos>")
-    save_model(folder, model)
-    save_config(dict(config), config_path=folder / "config.json")
-    tokenizer.save_pretrained(str(folder))
-    return folder
 
 
 def test_new_adapters_start_as_identity(cfg):

@@ -1,11 +1,12 @@
 import math
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 
 from helpers import models
-from conftest import WORKSHOP_MODEL, make_tiny_model
+from conftest import WORKSHOP_MODEL, make_tiny_model, save_tiny_dir
 
 
 def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -61,6 +62,25 @@ def test_save_mlx_model_roundtrip_with_mlx_lm(tmp_path, tokenizer):
     assert mx.array_equal(model(ids), reloaded(ids))
     assert reloaded_tokenizer.encode("hello world") == tokenizer.encode("hello world")
     assert not (tmp_path / "tiny.tmp").exists()
+
+
+def test_dequantized_load_of_a_saved_mixed_model_computes_what_its_quantized_layers_compute(tmp_path):
+    """Notebook 03's saved model (float16 scales, 4 and 8 bits): the fp32 dequantized load that
+    training uses must compute the quantized model's numbers, not float16-rounded ones."""
+    from helpers.quant import quantize_model
+
+    model, config = make_tiny_model(seed=3)
+    bits = {name: 8 if ".layers.1." in name else 4 for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and module.weight.shape[-1] % 32 == 0}
+    model, config = quantize_model(model, config, bits, group_size=32)
+    folder = save_tiny_dir(model, config, tmp_path / "mixed")
+    quantized, _ = models.load_model(str(folder), keep_quantized=True)
+    dequantized, _ = models.load_model(str(folder), keep_quantized=False)
+    assert not any(isinstance(m, nn.QuantizedLinear) for _, m in dequantized.named_modules())
+    ids = mx.array([[1, 2, 3, 400, 5000, 7, 7, 123]])
+    expected = quantized(ids)
+    assert expected.dtype == mx.float32
+    assert mx.abs(dequantized(ids) - expected).max().item() <= 1e-5 * mx.abs(expected).max().item()
 
 
 def _perplexity(model, ids):
