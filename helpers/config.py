@@ -1,17 +1,31 @@
 """One configuration object, three presets.
 
 `smoke` is for CI (the whole series in minutes), `workshop` is the default for a laptop CPU,
-`paper` is the reference setting. Every notebook starts with `cfg = get_config(PRESET, **overrides)`.
+`paper` is the reference setting. Every notebook starts with
+`cfg = get_config(PRESET, experiment=EXPERIMENT, notebook="04", **OVERRIDES)`.
+
+A named experiment writes its artifacts to runs/<preset>/<experiment>/ and reads what it has not
+made itself from the default run's runs/<preset>/ (`Config.input_path`); every notebook's config is
+recorded in that folder's config.json.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
+import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+RUNS_ROOT = REPO_ROOT / "runs"
 DEFAULT_PRESET = "workshop"
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# what the default run writes directly under runs/<preset>/: an experiment may not take these names
+RESERVED_NAMES = {"adapters", "checkpoints", "data", "detectors", "experiments", "figures",
+                  "notebooks", "quantized_model"}
 
 
 @dataclass
@@ -102,12 +116,27 @@ class Config:
 
     @property
     def runs_dir(self) -> Path:
-        return REPO_ROOT / "runs" / self.preset
+        """runs/<preset>/<experiment>/ for a named experiment, runs/<preset>/ for the default run."""
+        default = RUNS_ROOT / self.preset
+        return default / self.experiment if self.experiment else default
 
     def path(self, name: str) -> Path:
-        """A file or folder under runs/<preset>/ (the folder is created)."""
+        """Where this run writes `name`: a file or folder under runs_dir (the folder is created)."""
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         return self.runs_dir / name
+
+    def input_path(self, name: str) -> Path:
+        """Where this run reads `name` that an earlier notebook wrote: the experiment's own copy
+        when it has one, else the default run's (an experiment started at notebook 04 reuses the
+        default run's data/ and quantized_model/)."""
+        own = self.runs_dir / name
+        default = RUNS_ROOT / self.preset / name
+        if own.exists() or not self.experiment or not default.exists():
+            return own
+        if (self.experiment, name) not in _FALLBACKS_SHOWN:
+            _FALLBACKS_SHOWN.add((self.experiment, name))
+            print(f"experiment {self.experiment!r} has no {name}: reading the default run's {default}")
+        return default
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -143,19 +172,113 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# Config fields each notebook reads, recorded from a real smoke run of the series (Config reads
+# traced per notebook by tests/test_notebooks_rerun.py, which fails when this map is out of date).
+# get_config(notebook=) warns about overrides that this notebook and the later ones never read.
+FIELDS_READ: dict[str, tuple[str, ...]] = {}
+
+
 def get_config(preset: str | None = None, experiment: str | None = None, notebook: str | None = None,
                **overrides) -> Config:
     """The preset's config (default: $HUMANIZER_PRESET or 'workshop') with any field overridden.
-    `experiment` names the run (default: $HUMANIZER_EXPERIMENT or none); `notebook` ("04") is the
-    notebook asking, so that overrides it and the later notebooks never read can be flagged."""
+    `experiment` names the run (default: $HUMANIZER_EXPERIMENT or none): its artifacts go to
+    runs/<preset>/<experiment>/. `notebook` ("04") is the notebook asking: its config is recorded
+    in runs_dir/config.json, and overrides that it and the later notebooks never read are flagged."""
     preset = preset or os.environ.get("HUMANIZER_PRESET", DEFAULT_PRESET)
-    experiment = experiment if experiment is not None else os.environ.get("HUMANIZER_EXPERIMENT", "")
-    overrides["experiment"] = experiment
+    if experiment is None:
+        experiment = os.environ.get("HUMANIZER_EXPERIMENT", "")
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    check_experiment_name(experiment)
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = set(overrides) - known
     if unknown:
         raise ValueError(f"Unknown config field(s) {sorted(unknown)}; known fields: {sorted(known)}")
-    values = {**PRESETS[preset], **overrides, "preset": preset}
-    return Config(**values)
+    cfg = Config(**{**PRESETS[preset], **overrides, "preset": preset, "experiment": experiment})
+    if notebook is not None:
+        for name in unread_overrides(notebook, overrides):
+            readers = [nb for nb, fields in FIELDS_READ.items() if name in fields]
+            warnings.warn(f"notebook {notebook}: override {name}={overrides[name]!r} has no effect: "
+                          f"this notebook and the later ones never read {name!r}"
+                          + (f" (notebook {', '.join(readers)} does: set it there)" if readers
+                             else ""), stacklevel=2)
+        record_config(cfg, notebook, overrides)
+    return cfg
+
+
+def check_experiment_name(name: str) -> None:
+    if not name:
+        return
+    if not EXPERIMENT_NAME.fullmatch(name):
+        raise ValueError(f"experiment name {name!r}: use letters, digits, '.', '_' and '-' only "
+                         f"(starting with a letter or digit); it becomes a folder runs/<preset>/{name}/")
+    if name in RESERVED_NAMES:
+        raise ValueError(f"experiment name {name!r} is taken by the default run's runs/<preset>/{name}/; "
+                         f"choose another name")
+
+
+def unread_overrides(notebook: str, overrides: dict) -> list[str]:
+    """Overridden fields that notebook `notebook` and the ones after it never read (per FIELDS_READ)."""
+    if not FIELDS_READ:
+        return []
+    read_later = set().union(*(fields for nb, fields in FIELDS_READ.items() if nb >= notebook))
+    return sorted(set(overrides) - read_later)
+
+
+def record_config(cfg: Config, notebook: str, overrides: dict) -> Path:
+    """runs_dir/config.json: each notebook's full config and overrides, beside the artifacts."""
+    from .io import atomic_write_json
+
+    path = cfg.path("config.json")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        saved = {}
+    books = saved.get("notebooks", {}) if saved.get("experiment") == cfg.experiment else {}
+    books[notebook] = {"overrides": overrides, "config": cfg.to_dict()}
+    return atomic_write_json(path, {"preset": cfg.preset, "experiment": cfg.experiment,
+                                    "notebooks": dict(sorted(books.items()))})
+
+
+def list_experiments(preset: str) -> list[str]:
+    """Runs recorded under runs/<preset>/: "" for the default run, then each named experiment."""
+    names = []
+    for folder in [RUNS_ROOT / preset] + sorted((RUNS_ROOT / preset).glob("*/")):
+        try:
+            saved = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+            continue
+        name = "" if folder == RUNS_ROOT / preset else folder.name
+        if isinstance(saved, dict) and saved.get("experiment") == name:
+            names.append(name)
+    return names
+
+
+# ---------------------------------------------------------------- tracing which fields are read
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Config))
+_FALLBACKS_SHOWN: set = set()
+_TRACE: set | None = None
+
+
+def _traced_getattribute(self, name):
+    # copies made by dataclasses.replace / asdict read every field: they are not reads by the code
+    if name in _FIELD_NAMES and _TRACE is not None \
+            and sys._getframe(1).f_globals.get("__name__") != "dataclasses":
+        _TRACE.add(name)
+    return object.__getattribute__(self, name)
+
+
+def start_field_trace() -> None:
+    """Record every Config field read from now on, by any Config object (until stop_field_trace)."""
+    global _TRACE
+    _TRACE = set()
+    Config.__getattribute__ = _traced_getattribute
+
+
+def stop_field_trace() -> list[str]:
+    global _TRACE
+    if "__getattribute__" in Config.__dict__:
+        del Config.__getattribute__
+    fields, _TRACE = sorted(_TRACE or ()), None
+    return fields

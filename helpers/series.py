@@ -1,9 +1,10 @@
 """Run the notebook series in order for one preset (what `make run` calls).
 
 Executed copies go to runs/<preset>/notebooks/, and the time each notebook took to
-runs/<preset>/series_timing.json.
+runs/<preset>/series_timing.json (README's time table: `make readme`). With --experiment NAME
+every notebook gets EXPERIMENT=NAME and all of it goes to runs/<preset>/NAME/ instead.
 
-    python -m helpers.series --preset smoke [--from 04] [--only 07]
+    python -m helpers.series --preset smoke [--experiment high-lr] [--from 04] [--only 07]
 """
 from __future__ import annotations
 
@@ -24,22 +25,23 @@ def series(start: str = "00", only: str | None = None) -> list[Path]:
     return [p for p in books if p.name[:2] >= start]
 
 
-def run(preset: str, start: str = "00", only: str | None = None) -> dict:
+def run(preset: str, start: str = "00", only: str | None = None, experiment: str = "") -> dict:
     import os
 
     import papermill
 
-    cfg = get_config(preset)
+    cfg = get_config(preset, experiment=experiment)
     out_dir = cfg.path("notebooks")
     out_dir.mkdir(exist_ok=True)
     os.environ["HUMANIZER_PRESET"] = preset
+    os.environ["HUMANIZER_EXPERIMENT"] = experiment
     timing = {}
     total = time.perf_counter()
     for book in series(start, only):
         print(f"== {book.name} (preset {preset})", flush=True)
         start_time = time.perf_counter()
         papermill.execute_notebook(str(book), str(out_dir / book.name), kernel_name="python3",
-                                   cwd=str(NOTEBOOKS), parameters={"PRESET": preset},
+                                   cwd=str(NOTEBOOKS), parameters={"PRESET": preset, "EXPERIMENT": experiment},
                                    progress_bar=False)
         timing[book.name] = round(time.perf_counter() - start_time, 1)
         print(f"   {timing[book.name]:.0f} s", flush=True)
@@ -54,8 +56,9 @@ def main() -> None:
     parser.add_argument("--preset", default="workshop", choices=sorted(PRESETS))
     parser.add_argument("--from", dest="start", default="00", help="first notebook number")
     parser.add_argument("--only", default=None, help="run just this notebook number")
+    parser.add_argument("--experiment", default="", help="a name: artifacts go to runs/<preset>/NAME/")
     args = parser.parse_args()
-    run(args.preset, args.start, args.only)
+    run(args.preset, args.start, args.only, args.experiment)
 
 
 if __name__ == "__main__":
