@@ -281,7 +281,7 @@ def save_prepared(cfg, prepared: dict) -> Path:
 
 def load_prepared(cfg) -> dict:
     """What notebook 01 wrote: {'train', 'val', 'eval', 'dpo', 'detector'} lists of rows."""
-    folder = cfg.runs_dir / "data"
+    folder = cfg.input_path("data")
     missing = [n for n in PREPARED_FILES if not (folder / f"{n}.jsonl").exists()]
     if missing:
         raise FileNotFoundError(f"{folder}: no {', '.join(missing)} data; run notebook "

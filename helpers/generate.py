@@ -31,7 +31,7 @@ SWITCHES = {"base": (False, False), "sft": (True, False), "dpo-only": (False, Tr
 # ---------------------------------------------------------------- models
 
 def adapter_dir(cfg, name: str) -> Path:
-    return cfg.runs_dir / "adapters" / name
+    return cfg.input_path(f"adapters/{name}")
 
 
 def load_system(cfg, which: str = "sft+dpo"):

@@ -276,5 +276,5 @@ def read_json(path: str | Path) -> dict:
 def base_model_spec(cfg) -> str:
     """The model later notebooks build on: notebook 03's mixed-precision model when it exists,
     else the preset's model."""
-    quantized = cfg.runs_dir / "quantized_model"
+    quantized = cfg.input_path("quantized_model")
     return str(quantized) if (quantized / "config.json").exists() else cfg.model

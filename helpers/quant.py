@@ -385,7 +385,7 @@ def save_sensitivity(cfg, sens: dict) -> Path:
 
 
 def load_sensitivity(cfg) -> dict:
-    path = cfg.runs_dir / "sensitivity.json"
+    path = cfg.input_path("sensitivity.json")
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; run notebook 02_sensitivity.ipynb with "
                                 f"preset {cfg.preset!r} first")

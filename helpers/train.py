@@ -415,7 +415,7 @@ def with_on_policy(pairs: list[dict], samples: list[str]) -> list[dict]:
 def adapter_fingerprint(cfg) -> str:
     """Hash of the SFT adapter file: reference log-probs cached for one SFT adapter are not reused
     for another."""
-    path = cfg.runs_dir / "adapters" / "sft" / "adapters.safetensors"
+    path = cfg.input_path("adapters/sft") / "adapters.safetensors"
     return hashlib.sha1(path.read_bytes()).hexdigest()[:16] if path.exists() else "none"
 
 
