@@ -1,0 +1,163 @@
+"""GPTQ: round a linear layer's weights so that its *outputs* move as little as possible.
+
+A linear layer computes y = x Wᵀ. Round-to-nearest (RTN) rounds every weight on its own; the
+output error on calibration inputs X (n, d_in) is
+
+    ‖X Wᵀ − X Ŵᵀ‖² = Σ_rows (w − ŵ) H (w − ŵ)ᵀ,     H = XᵀX   (d_in × d_in),
+
+so errors in columns whose inputs are correlated can cancel or add up. GPTQ rounds the columns
+one at a time, left to right, and after rounding column j moves the columns not yet rounded
+(F = j+1..) to absorb its error: for a fixed rounded column, the update that minimises the
+quadratic above is the optimal-brain-surgeon step
+
+    w_F ← w_F − (w_j − ŵ_j) · (H⁻¹)_{j,F} / (H⁻¹)_{jj}     (H⁻¹ of the columns j.. only).
+
+All these shrinking inverses are rows of one matrix: the upper Cholesky factor U of H⁻¹
+(H⁻¹ = UᵀU) gives, row j, (H⁻¹_{j..})_{j,F} / (H⁻¹_{j..})_{jj} = U_{j,F} / U_{jj}. Damping
+(H + λ·mean(diag H)·I) keeps H invertible when there are fewer tokens than inputs.
+
+Storage. Each group of `group_size` columns gets one scale and one bias, computed like MLX's
+affine quantization (`mx.quantize`) on the columns as they are when the group is reached (after
+the earlier groups' error feedback) and rounded to float16 before any column is rounded, so the
+result is exactly MLX's (weight, scales, biases): `mx.dequantize(*stored) == dequantized`.
+Differs from mlx-lm's gptq (which packs 2/4/8 bits only and keeps the model's dtype for the
+scales): any bit-width MLX supports, float16 scales, float64 numpy on the CPU.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+SCALE_DTYPE = mx.float16  # as helpers.quant stores scales and biases
+
+
+def inverse_hessian_factor(hessian: np.ndarray, damp: float = 0.01) -> np.ndarray:
+    """U, upper triangular with UᵀU = (H + damp·mean(diag H)·I)⁻¹. Inputs that never fire (zero
+    diagonal) get a unit diagonal: their columns then take no error from the others."""
+    h = np.array(hessian, dtype=np.float64)
+    if h.ndim != 2 or h.shape[0] != h.shape[1]:
+        raise ValueError(f"hessian must be square, got shape {h.shape}")
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    h[np.diag_indices_from(h)] += damp * np.mean(np.diag(h))
+    inverse = np.linalg.inv(np.linalg.cholesky(h))  # L⁻¹, so H⁻¹ = L⁻ᵀ L⁻¹
+    return np.linalg.cholesky(inverse.T @ inverse).T
+
+
+def group_scales(columns: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scales, biases), one per row, as MLX's affine quantization picks them for this group,
+    rounded to their stored float16 and returned in float32."""
+    _, scales, biases = mx.quantize(mx.array(columns.astype(np.float32)), group_size=columns.shape[1],
+                                    bits=bits)
+    as_stored = lambda a: np.array(a.astype(SCALE_DTYPE).astype(mx.float32))[:, 0]  # noqa: E731
+    return as_stored(scales), as_stored(biases)
+
+
+def pack(levels: np.ndarray, bits: int) -> np.ndarray:
+    """MLX's packed layout: each row's integer levels as one little-endian bit stream, read as
+    uint32 words (so 3-, 5- and 6-bit values straddle word boundaries)."""
+    rows, cols = levels.shape
+    if (cols * bits) % 32:
+        raise ValueError(f"{cols} columns of {bits} bits do not fill whole 32-bit words")
+    stream = ((levels.astype(np.uint32)[..., None] >> np.arange(bits, dtype=np.uint32)) & 1)
+    packed = np.packbits(stream.astype(np.uint8).reshape(rows, -1), axis=1, bitorder="little")
+    return packed.view(np.uint32)
+
+
+def gptq_quantize(weight, hessian, bits: int, group_size: int, damp: float = 0.01) -> dict:
+    """GPTQ-round `weight` (out, in) given the input Hessian (in, in). Returns the stored arrays
+    "weight" (packed uint32), "scales", "biases" (float16), ready for mx.dequantize, and
+    "dequantized": the float32 matrix they decode to."""
+    w = np.array(weight, dtype=np.float64)
+    rows, cols = w.shape
+    if cols % group_size:
+        raise ValueError(f"input size {cols} is not a multiple of group_size {group_size}")
+    if np.shape(hessian) != (cols, cols):
+        raise ValueError(f"hessian shape {np.shape(hessian)} does not match input size {cols}")
+    u = inverse_hessian_factor(hessian, damp)
+    top = 2 ** bits - 1
+    levels = np.zeros((rows, cols), dtype=np.int64)
+    scales, biases = [], []
+    for start in range(0, cols, group_size):
+        end = start + group_size
+        scale, bias = group_scales(w[:, start:end], bits)
+        errors = np.zeros((rows, group_size))
+        for j in range(start, end):
+            level = np.clip(np.rint((w[:, j].astype(np.float32) - bias) / scale), 0, top)
+            err = (w[:, j] - (scale * level + bias)) / u[j, j]
+            w[:, j:end] -= np.outer(err, u[j, j:end])  # column j becomes its rounded value
+            levels[:, j], errors[:, j - start] = level, err
+        w[:, end:] -= errors @ u[start:end, end:]  # the later groups' share, in one product
+        scales.append(scale)
+        biases.append(bias)
+    scales, biases = np.stack(scales, 1).astype(np.float32), np.stack(biases, 1).astype(np.float32)
+    dequantized = (np.repeat(scales, group_size, 1) * levels.astype(np.float32)
+                   + np.repeat(biases, group_size, 1))
+    return {"weight": mx.array(pack(levels, bits)),
+            "scales": mx.array(scales).astype(SCALE_DTYPE),
+            "biases": mx.array(biases).astype(SCALE_DTYPE),
+            "dequantized": mx.array(dequantized.astype(np.float32))}
+
+
+def rtn_quantize(weight, bits: int, group_size: int) -> dict:
+    """Round-to-nearest with the same storage: MLX's own quantization, float16 scales."""
+    q, scales, biases = mx.quantize(mx.array(weight), group_size=group_size, bits=bits)
+    scales, biases = scales.astype(SCALE_DTYPE), biases.astype(SCALE_DTYPE)
+    deq = mx.dequantize(q, scales.astype(mx.float32), biases.astype(mx.float32),
+                        group_size=group_size, bits=bits)
+    return {"weight": q, "scales": scales, "biases": biases, "dequantized": deq}
+
+
+def output_error(x, weight, approx) -> float:
+    """‖X Wᵀ − X Ŵᵀ‖² (Frobenius), the quantity GPTQ minimises."""
+    x = np.asarray(x, np.float64)
+    return float(np.sum(np.square(x @ (np.asarray(weight, np.float64)
+                                        - np.asarray(approx, np.float64)).T)))
+
+
+class _HessianCatcher(nn.Module):
+    """Wraps a linear layer and adds xᵀx of every input it sees to a running sum."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.sum = None
+
+    def __call__(self, x):
+        flat = np.array(x.reshape(-1, x.shape[-1]), dtype=np.float64)
+        self.sum = flat.T @ flat + (0 if self.sum is None else self.sum)
+        return self.module(x)
+
+
+@contextmanager
+def _catching(model: nn.Module, paths):
+    modules = dict(model.named_modules())
+    originals = {p: modules[p] for p in paths}
+    catchers = {p: _HessianCatcher(m) for p, m in originals.items()}
+    model.update_modules(_nested(catchers))
+    try:
+        yield catchers
+    finally:
+        model.update_modules(_nested(originals))
+
+
+def _nested(flat: dict) -> dict:
+    from mlx.utils import tree_unflatten
+    return tree_unflatten(list(flat.items()))
+
+
+def layer_hessians(model: nn.Module, tokens: mx.array, paths, batch_rows: int = 8) -> dict:
+    """{path: H = XᵀX} of the inputs each nn.Linear in `paths` sees while the (unquantized)
+    model reads `tokens` (rows, length), accumulated over batches of rows."""
+    paths = list(paths)
+    modules = dict(model.named_modules())
+    wrong = [p for p in paths if not isinstance(modules.get(p), nn.Linear)]
+    if wrong:
+        raise ValueError(f"GPTQ needs nn.Linear layers; not one: {wrong[:3]}")
+    with _catching(model, paths) as catchers:
+        for i in range(0, tokens.shape[0], batch_rows):
+            mx.eval(model(tokens[i:i + batch_rows]))
+        return {p: c.sum for p, c in catchers.items()}
