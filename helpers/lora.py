@@ -42,40 +42,89 @@ def load_base(cfg):
 
 
 def base_fingerprint(cfg) -> str:
-    """Which base the adapters are trained on (path, sizes and times of its files): a checkpoint
-    or cache made on another base (say, before notebook 03 wrote its model) is not reused."""
+    """Which base the adapters are trained on: a hash of its files' contents (so a copied run
+    keeps its fingerprint) and of how it is computed (fake_quant). A checkpoint, cache or adapter
+    made on another base (say, before notebook 03 wrote its model) is then recognised."""
     import hashlib
 
     from .models import base_model_spec, resolve
 
     spec = base_model_spec(cfg)
     path = Path(resolve(spec))
-    files = sorted(path.iterdir()) if path.is_dir() else [path] if path.exists() else []
-    stamp = [spec, cfg.fake_quant] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns)
-                                      for f in files if f.is_file()]
+    files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else \
+        [path] if path.exists() else []
+    stamp = [spec if not files else "files", cfg.fake_quant] + [_file_digest(f) for f in files]
     return hashlib.sha1(json.dumps(stamp).encode()).hexdigest()[:16]
+
+
+_DIGESTS: dict = {}
+
+
+def _file_digest(path: Path) -> str:
+    """sha1 of a file, remembered per (path, size, mtime): a 1 GB base is hashed once."""
+    import hashlib
+
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha1()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def check_base(adapter_path: str | Path, cfg) -> bool:
+    """Warn (and return False) when the adapter was trained on another base than cfg's."""
+    import warnings
+
+    from .models import base_model_spec
+
+    trained_on = read_adapter_config(adapter_path)
+    expected = trained_on.get("base_fingerprint")
+    if expected is None or expected == base_fingerprint(cfg):
+        return True
+    warnings.warn(f"{adapter_path} was trained on {trained_on.get('base_model')!r} (fingerprint "
+                  f"{expected}), but it is being loaded onto {base_model_spec(cfg)!r} (fingerprint "
+                  f"{base_fingerprint(cfg)}): its outputs will differ from training's",
+                  stacklevel=2)
+    return False
 
 
 def lora_config(cfg, which: str = "sft") -> dict:
     """mlx-lm's adapter_config.json for the SFT or DPO adapter (mlx-lm wants scale = alpha / rank)."""
+    from .models import base_model_spec
+
     rank, alpha = (cfg.lora_rank, cfg.lora_alpha) if which == "sft" else (cfg.dpo_rank, cfg.dpo_alpha)
     return {
         "fine_tune_type": "lora",
         "num_layers": cfg.lora_layers,
         "lora_parameters": {"rank": rank, "scale": alpha / rank, "dropout": cfg.lora_dropout,
                             "keys": list(cfg.lora_targets)},
-        "base_model": cfg.model,
+        "base_model": base_model_spec(cfg),  # the model it was trained on, not just the hub id
+        "base_fingerprint": base_fingerprint(cfg),
         "humanizer_adapter": which,
     }
 
 
 def add_lora(model: nn.Module, config: dict, seed: int = 0) -> nn.Module:
     """Freeze the model, then wrap the target linears with mlx-lm's LoRALinear (A random, B zero:
-    the model's output is unchanged until B is trained)."""
+    the model's output is unchanged until B is trained). Adapters already on the model are removed
+    first, so running this again starts a fresh adapter instead of failing."""
+    remove_adapters(model)
     model.freeze()
     mx.random.seed(seed)
     linear_to_lora_layers(model, config["num_layers"], config["lora_parameters"])
     mx.eval(model.parameters())
+    return model
+
+
+def remove_adapters(model: nn.Module) -> nn.Module:
+    """The bare base again: every LoRA (or stacked) layer replaced by the linear it wraps."""
+    layers = lora_layers(model)
+    if layers:
+        model.update_modules(tree_unflatten([(name, m.linear) for name, m in layers]))
     return model
 
 
@@ -130,6 +179,32 @@ class StackedLoRALinear(LoRALinear):
 
     use_sft = True
     use_dpo = True
+
+    def delta(self) -> mx.array:
+        """The active terms as one weight update, shaped like the base weight (out, in)."""
+        out_dims, in_dims = self.lora_b.shape[1], self.lora_a.shape[0]
+        delta = mx.zeros((out_dims, in_dims))
+        if self.use_sft:
+            delta = delta + (self.scale * self.lora_b.T) @ self.lora_a.T
+        if self.use_dpo:
+            delta = delta + (self.dpo_scale * self.dpo_b.T) @ self.dpo_a.T
+        return delta
+
+    def fuse(self, dequantize: bool = False) -> nn.Module:
+        """LoRALinear.fuse with both terms (the inherited one would silently drop DPO): the
+        linear W + delta(), re-quantized as mlx-lm does unless `dequantize` or the base is fp32."""
+        linear = self.linear
+        quantized = isinstance(linear, nn.QuantizedLinear)
+        weight = mx.dequantize(linear.weight, linear.scales, linear.biases, linear.group_size,
+                               linear.bits, mode=linear.mode) if quantized else linear.weight
+        fused = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in linear)
+        fused.weight = weight + self.delta().astype(weight.dtype)
+        if "bias" in linear:
+            fused.bias = linear.bias
+        if quantized and not dequantize:
+            fused = nn.QuantizedLinear.from_linear(fused, linear.group_size, linear.bits,
+                                                   mode=linear.mode)
+        return fused
 
     def __call__(self, x):
         y = self.linear(x)
@@ -234,21 +309,10 @@ def fuse(model: nn.Module) -> nn.Module:
     """Fold the active LoRA terms into fp32 base weights: W' = W + s1·(A1·B1)ᵀ + s2·(A2·B2)ᵀ.
     Decoding then costs exactly what the base costs. (On a quantized base use mlx-lm's fuse,
     which re-quantizes W' and so changes the numbers slightly.)"""
-    fused = []
-    for name, m in lora_layers(model):
-        if isinstance(m.linear, nn.QuantizedLinear):
-            raise ValueError("fuse() is for a dequantized (fp32) base; use mlx_lm.fuse instead")
-        weight = m.linear.weight
-        if getattr(m, "use_sft", True):
-            weight = weight + (m.scale * m.lora_b.T) @ m.lora_a.T
-        if isinstance(m, StackedLoRALinear) and m.use_dpo:
-            weight = weight + (m.dpo_scale * m.dpo_b.T) @ m.dpo_a.T
-        linear = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in m.linear)
-        linear.weight = weight
-        if "bias" in m.linear:
-            linear.bias = m.linear.bias
-        fused.append((name, linear))
-    model.update_modules(tree_unflatten(fused))
+    layers = lora_layers(model)
+    if any(isinstance(m.linear, nn.QuantizedLinear) for _, m in layers):
+        raise ValueError("fuse() is for a dequantized (fp32) base; use mlx_lm.fuse instead")
+    model.update_modules(tree_unflatten([(name, m.fuse()) for name, m in layers]))
     mx.eval(model.parameters())
     return model
 

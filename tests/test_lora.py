@@ -5,7 +5,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import pytest
 from conftest import make_tiny_model, save_tiny_dir
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import dequantize_model
 
@@ -181,3 +181,37 @@ def test_loaded_stacks_run_in_eval_mode(tmp_path):
     assert not any(m.training for _, m in loaded.named_modules())  # no dropout at inference
     trained.eval()
     assert max_diff(loaded(TOKENS), trained(TOKENS)) <= 1e-5
+
+
+def test_fusing_every_module_with_a_fuse_method_keeps_the_dpo_term(cfg):
+    """mlx_lm.fuse calls .fuse() on every module that has one: the stacked layer must fold both
+    adapters, not only the SFT one it inherits from LoRALinear."""
+    model, _ = stacked_model(cfg)
+    expected = model(TOKENS)
+    model.update_modules(tree_unflatten([(name, m.fuse(dequantize=True))
+                                         for name, m in model.named_modules() if hasattr(m, "fuse")]))
+    assert not lora.lora_layers(model)
+    assert max_diff(model(TOKENS), expected) <= 1e-5
+    sft_only, _ = sft_model(cfg)
+    assert max_diff(model(TOKENS), sft_only(TOKENS)) > 1e-3  # the DPO term is really in
+
+
+def test_add_lora_twice_starts_a_fresh_adapter(cfg):
+    model, _ = sft_model(cfg)
+    n_layers = len(lora.lora_layers(model))
+    lora.add_lora(model, lora.lora_config(cfg, "sft"), seed=cfg.seed)  # a rerun of the cell
+    assert len(lora.lora_layers(model)) == n_layers
+    assert not any(isinstance(m.linear, lora.LoRALinear) for _, m in lora.lora_layers(model))
+    base, _ = make_tiny_model()
+    assert max_diff(model(TOKENS), base(TOKENS)) == 0.0  # B is zero again
+
+
+def test_adapter_records_its_base_and_warns_on_another(cfg, tmp_path, monkeypatch):
+    model, _ = sft_model(cfg)
+    config = lora.lora_config(cfg, "sft")
+    assert config["base_model"] == cfg.model and config["base_fingerprint"] == lora.base_fingerprint(cfg)
+    lora.save_sft_adapter(model, tmp_path / "sft", config)
+    assert lora.check_base(tmp_path / "sft", cfg)
+    other = get_config("smoke", model=str(save_tiny_dir(*make_tiny_model(seed=5), tmp_path / "other")))
+    with pytest.warns(UserWarning, match="trained on .*SmolLM2.* loaded onto .*other"):
+        assert not lora.check_base(tmp_path / "sft", other)
