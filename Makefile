@@ -1,5 +1,7 @@
-# make run   — set up .venv and run the whole notebook series (PRESET=workshop by default)
-# make test  — set up .venv and run unit tests + every notebook under the smoke preset
+# make run    — set up .venv and run the whole notebook series (PRESET=workshop by default)
+# make readme — copy the measured results and time tables from runs/ into README.md
+# make test   — set up .venv and run unit tests + every notebook under the smoke preset, each
+#               notebook top to bottom and then every code cell again (tests/test_notebooks_rerun.py)
 # make lab   — JupyterLab (localhost only) with the same environment
 PRESET ?= workshop
 VENV   ?= .venv
@@ -14,13 +16,13 @@ export LD_PRELOAD := $(OPENBLAS)
 endif
 endif
 
-# Offline copies of hub models and data (CI and workshop machines): ../shared/assets
+# Offline copies of hub models and data (CI, workshop machines): shared/assets beside the repository
 ifneq ($(wildcard ../shared/assets),)
 export HUMANIZER_ASSETS ?= $(abspath ../shared/assets)
 endif
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test lab bench clean blas
+.PHONY: setup run readme test lab bench clean blas
 setup: $(VENV)/.installed blas
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -46,10 +48,12 @@ endif
 
 run: setup
 	$(PY) -m helpers.series --preset $(PRESET)
-	@if [ "$(PRESET)" = workshop ]; then $(PY) -m helpers.report --preset workshop; fi
+
+readme: setup
+	$(PY) -m helpers.report --preset workshop
 
 test: setup
-	HUMANIZER_PRESET=smoke $(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=900 -p no:cacheprovider
+	HUMANIZER_PRESET=smoke $(PY) -m pytest tests -p no:cacheprovider
 
 lab: setup
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --notebook-dir .
