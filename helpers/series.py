@@ -9,6 +9,8 @@ every notebook gets EXPERIMENT=NAME and all of it goes to runs/<preset>/NAME/ in
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import platform
 import time
 from pathlib import Path
 
@@ -35,7 +37,9 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
     out_dir.mkdir(exist_ok=True)
     os.environ["HUMANIZER_PRESET"] = preset
     os.environ["HUMANIZER_EXPERIMENT"] = experiment
-    timing = {}
+    # other work on the machine slows the series down: the load average says how busy it was
+    timing = {"machine": {"date": dt.date.today().isoformat(), "cpus": os.cpu_count(),
+                          "platform": platform.platform(), "load_average": os.getloadavg()[0]}}
     total = time.perf_counter()
     for book in series(start, only):
         print(f"== {book.name} (preset {preset})", flush=True)

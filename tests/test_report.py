@@ -9,7 +9,7 @@ def test_section_replaced_between_markers_only():
     new = report.replace_section(readme, section)
     assert new.startswith("# Title\n\n") and new.endswith("\n\n## Tests\n")
     assert "old table" not in new and "| 1 | 2 |" in new
-    assert "PRESET=workshop make run" in new and "50 min" in new
+    assert "`make readme`" in new and "PRESET=workshop make run" in new and "50 min" in new
     assert report.replace_section(new, section) == new
 
 
@@ -27,9 +27,40 @@ def test_update_readme_copies_results_and_the_decoding_experiment(tmp_path, monk
     (runs / "experiments" / "decoding.md").write_text("| decoding |\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"{report.START}\n{report.END}\nmiddle\n<!-- decoding:start -->\nold\n"
-                      "<!-- decoding:end -->\n")
+                      "<!-- decoding:end -->\n<!-- timing:start -->\nold\n<!-- timing:end -->\n")
     monkeypatch.setattr(report, "get_config", lambda preset: SimpleNamespace(runs_dir=runs))
+    monkeypatch.setattr(report.config, "RUNS_ROOT", tmp_path / "no-runs")
     assert report.update_readme("workshop", readme)
     text = readme.read_text()
     assert "| results |" in text and "| decoding |" in text and "old" not in text
     assert text.index("| results |") < text.index("middle") < text.index("| decoding |")
+    assert "| whole series | not measured yet |" in text
+
+
+def test_time_table_has_a_column_per_measured_preset_and_always_workshop(tmp_path):
+    import json
+
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "series_timing.json").write_text(json.dumps({
+        "machine": {"date": "2026-12-01", "cpus": 2, "platform": "Linux", "load_average": 3.25},
+        "00_tour.ipynb": 75.4, "01_data.ipynb": 29.0, "total": 604.0}))
+    table = report.timing_table(tmp_path)
+    assert "| notebook | `smoke` | `workshop` |\n|---|---|---|\n" in table
+    assert "| `00_tour.ipynb` | 75 s | — |\n| `01_data.ipynb` | 29 s | — |\n" in table
+    assert "| whole series | 10.1 min | not measured yet |" in table
+    assert "`smoke`: measured 2026-12-01 on 2 CPU cores (load average 3.2 at the start)" in table
+    assert "`workshop`: not measured yet; `PRESET=workshop make run` writes" in table
+    assert "paper" not in table
+
+
+def test_update_readme_without_results_still_refreshes_the_time_table(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.START}\nkept\n{report.END}\n<!-- timing:start -->\nold\n"
+                      "<!-- timing:end -->\n")
+    monkeypatch.setattr(report, "get_config", lambda preset: SimpleNamespace(runs_dir=tmp_path))
+    monkeypatch.setattr(report.config, "RUNS_ROOT", tmp_path)
+    assert not report.update_readme("workshop", readme)
+    text = readme.read_text()
+    assert "kept" in text and "old" not in text and "not measured yet" in text
