@@ -61,7 +61,7 @@ def timing_table(runs_root=None) -> str:
     rows.append(["whole series"] + [duration(timings[p]["total"]) if "total" in timings.get(p, {})
                                     else "not measured yet" for p in presets])
     notes = [f"`{p}`: measured {t['machine']['date']} on {t['machine']['cpus']} CPU cores "
-             f"(load average {t['machine']['load_average']:.1f} at the start)"
+             f"(15-minute load average {t['machine']['load_average_15min']:.1f} at the end)"
              for p, t in timings.items() if "machine" in t]
     notes += [f"`{p}`: not measured yet; `PRESET={p} make run` writes "
               f"`runs/{p}/series_timing.json`, then `make readme`" for p in presets

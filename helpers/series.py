@@ -37,9 +37,7 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
     out_dir.mkdir(exist_ok=True)
     os.environ["HUMANIZER_PRESET"] = preset
     os.environ["HUMANIZER_EXPERIMENT"] = experiment
-    # other work on the machine slows the series down: the load average says how busy it was
-    timing = {"machine": {"date": dt.date.today().isoformat(), "cpus": os.cpu_count(),
-                          "platform": platform.platform(), "load_average": os.getloadavg()[0]}}
+    timing = {}
     total = time.perf_counter()
     for book in series(start, only):
         print(f"== {book.name} (preset {preset})", flush=True)
@@ -50,6 +48,10 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
         timing[book.name] = round(time.perf_counter() - start_time, 1)
         print(f"   {timing[book.name]:.0f} s", flush=True)
     timing["total"] = round(time.perf_counter() - total, 1)
+    # other work on the machine slows the series down: the load average says how busy it was
+    timing["machine"] = {"date": dt.date.today().isoformat(), "cpus": os.cpu_count(),
+                         "platform": platform.platform(),
+                         "load_average_15min": round(os.getloadavg()[2], 1)}
     atomic_write_json(cfg.path("series_timing.json"), timing)
     print(f"== done in {timing['total'] / 60:.1f} min; executed notebooks in {out_dir}")
     return timing

@@ -42,13 +42,13 @@ def test_time_table_has_a_column_per_measured_preset_and_always_workshop(tmp_pat
 
     (tmp_path / "smoke").mkdir()
     (tmp_path / "smoke" / "series_timing.json").write_text(json.dumps({
-        "machine": {"date": "2026-12-01", "cpus": 2, "platform": "Linux", "load_average": 3.25},
+        "machine": {"date": "2026-12-01", "cpus": 2, "platform": "Linux", "load_average_15min": 3.2},
         "00_tour.ipynb": 75.4, "01_data.ipynb": 29.0, "total": 604.0}))
     table = report.timing_table(tmp_path)
     assert "| notebook | `smoke` | `workshop` |\n|---|---|---|\n" in table
     assert "| `00_tour.ipynb` | 75 s | — |\n| `01_data.ipynb` | 29 s | — |\n" in table
     assert "| whole series | 10.1 min | not measured yet |" in table
-    assert "`smoke`: measured 2026-12-01 on 2 CPU cores (load average 3.2 at the start)" in table
+    assert "`smoke`: measured 2026-12-01 on 2 CPU cores (15-minute load average 3.2 at the end)" in table
     assert "`workshop`: not measured yet; `PRESET=workshop make run` writes" in table
     assert "paper" not in table
 
