@@ -1,9 +1,9 @@
-"""Decoding settings compared on validation drafts (never the evaluation items), for issue 6.
+"""Decoding settings compared on validation drafts (never the evaluation items).
 
 Rewrites `--n` validation drafts (one per held-out training paragraph) with the trained systems
 under each setting and reports what notebook 07 reports: each detector's P(AI), meaning similarity,
 facts kept and slop, means with 95% bootstrap CIs. Writes runs/<preset>/experiments/decoding.json
-and decoding.md (`python -m helpers.report` copies the table into README).
+and decoding.md (`make readme` copies the table into README).
 
     python experiments/decoding.py --preset workshop --n 40 --systems base,sft,sft+dpo \
         --setting temperature=0.7,repetition_penalty=1.0 \
@@ -41,18 +41,19 @@ def parse_setting(text: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default=None)
+    parser.add_argument("--experiment", default=None, help="read/write runs/<preset>/NAME/")
     parser.add_argument("--n", type=int, default=40, help="validation drafts (one per paragraph)")
     parser.add_argument("--systems", default="base,sft,sft+dpo")
     parser.add_argument("--setting", action="append", required=True,
                         help="comma-separated Config overrides, e.g. temperature=0.3")
     args = parser.parse_args()
 
-    cfg = get_config(args.preset)
-    data = load_prepared(cfg)
-    items = one_per_paragraph(data["val"], args.n, cfg.seed + 1)
+    cfg = get_config(args.preset, experiment=args.experiment)
+    splits = load_prepared(cfg)
+    items = one_per_paragraph(splits["val"], args.n, cfg.seed + 1)
     drafts, humans = [r["ai"] for r in items], [r["human"] for r in items]
     embedder = Embedder(cfg.embedder)
-    detectors, _ = load_detectors(cfg, embedder, data)
+    detectors, _ = load_detectors(cfg, embedder, splits)
     phrases = load_slop_phrases()
     model, tokenizer = generate.load_system(cfg, "sft+dpo")
     boot = dict(n_boot=cfg.n_bootstrap, seed=cfg.seed)
