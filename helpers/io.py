@@ -1,17 +1,38 @@
-"""Small file helpers: atomic writes (a crash never leaves half a file) and careful JSONL reading."""
+"""Small file helpers: atomic writes (a crash never leaves half a file) and careful JSONL reading.
+
+Files written here get the permissions any other program would give them (0666 less the umask);
+gzip is recognised by its first two bytes, whatever the file is called.
+"""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
+
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 class DataError(ValueError):
     """Bad input, with the file and line it came from."""
+
+
+def current_umask() -> int:
+    """The process's umask. Linux shows it in /proc; elsewhere it can only be read by setting it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -22,6 +43,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            # mkstemp makes the file private (0600); the result should be like any other file
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -64,25 +87,58 @@ class ReadReport:
         return head + (f" — {shown}{more}" if shown else "")
 
 
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+def open_binary(source: str | Path | BinaryIO, name: str | None = None) -> BinaryIO:
+    """A binary reader of `source` (a path or a binary file), decompressed if it is gzip data."""
+    f = open(source, "rb") if isinstance(source, (str, Path)) else source
+    if not f.seekable():  # stdin: buffer it so that the magic bytes can be looked at
+        f = io.BytesIO(f.read())
+    magic = f.read(2)
+    f.seek(-len(magic), io.SEEK_CUR)
+    if magic == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=f, mode="rb", filename=str(name or source))
+    return f
 
 
-def iter_jsonl(path: str | Path, report: ReadReport | None = None,
-               strict: bool = False) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each JSON object line. Blank lines are ignored. A line that is not
-    UTF-8, not JSON, or not an object raises DataError (strict) or is recorded in `report`."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    with _open_binary(path) as f:
+def _source_name(source, name: str | None) -> str:
+    return name or (str(source) if isinstance(source, (str, Path)) else getattr(source, "name", "<stream>"))
+
+
+def _lines(f: BinaryIO, name: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line); a damaged gzip stream is a DataError naming the file."""
+    line_no = 0
+    try:
         for line_no, raw in enumerate(f, start=1):
+            yield line_no, raw
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise DataError(f"{name}: truncated or corrupt gzip data after line {line_no} "
+                        f"({type(err).__name__}: {err})") from None
+
+
+def _missing(source) -> bool:
+    return isinstance(source, (str, Path)) and not Path(source).exists()
+
+
+def iter_jsonl(source: str | Path | BinaryIO, report: ReadReport | None = None,
+               strict: bool = False, name: str | None = None) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each JSON object line of a file (plain or gzip, by content) or a
+    binary stream. Blank lines are ignored, a UTF-8 byte order mark on the first line too. A line
+    that is not UTF-8, not JSON, or not an object raises DataError (strict) or is recorded in
+    `report`; a file that is missing or a truncated gzip always raises DataError."""
+    name = _source_name(source, name)
+    if _missing(source):
+        raise DataError(f"{name}: file not found")
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        raise DataError(f"{name}: is a folder, not a JSONL file")
+    with open_binary(source, name) as f:
+        for line_no, raw in _lines(f, name):
             problem = None
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 problem = f"not valid UTF-8 ({err.reason} at byte {err.start})"
             else:
+                if line_no == 1:
+                    text = text.removeprefix("\ufeff")
                 if not text.strip():
                     continue
                 try:
@@ -94,8 +150,24 @@ def iter_jsonl(path: str | Path, report: ReadReport | None = None,
                         problem = f"expected a JSON object, got {type(obj).__name__}"
             if problem:
                 if strict:
-                    raise DataError(f"{path}:{line_no}: {problem}")
+                    raise DataError(f"{name}:{line_no}: {problem}")
                 if report is not None:
                     report.skip(line_no, problem)
                 continue
             yield line_no, obj
+
+
+def read_text_file(source: str | Path | BinaryIO, name: str | None = None) -> str:
+    """A whole UTF-8 text file (plain or gzip, by content; a byte order mark is dropped).
+    Undecodable bytes are a DataError naming the file, line and byte."""
+    name = _source_name(source, name)
+    if _missing(source):
+        raise DataError(f"{name}: file not found")
+    with open_binary(source, name) as f:
+        data = b"".join(raw for _, raw in _lines(f, name))
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as err:
+        line_no = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{name}:{line_no}: not valid UTF-8 ({err.reason} at byte {err.start})") \
+            from None
