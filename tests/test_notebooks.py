@@ -22,3 +22,37 @@ def test_notebook_committed_clean(path):
     assert "parameters" in code[0].metadata.get("tags", []), f"{path.name}: first code cell untagged"
     assert "HUMANIZER_PRESET" in code[0].source
     assert nb.cells[0].cell_type == "markdown" and "Writes" in nb.cells[0].source
+
+
+MAX_CELL_LINES = 15  # a learner reads a cell at a glance; longer logic belongs in helpers/
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_cell_names_the_experiment_and_get_config_the_notebook(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert 'os.environ.get("HUMANIZER_EXPERIMENT", "")' in code[0], \
+        f"{path.name}: parameters cell must set EXPERIMENT from HUMANIZER_EXPERIMENT"
+    call = f'get_config(PRESET, experiment=EXPERIMENT, notebook="{path.name[:2]}", **OVERRIDES)'
+    assert any(call in source for source in code), f"{path.name}: no cell builds cfg = {call}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_cells_are_short_and_solutions_collapsed(path):
+    nb = nbformat.read(path, as_version=4)
+    cells = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    long = {i: n for i, c in cells
+            if (n := sum(1 for line in c.source.splitlines() if line.strip())) > MAX_CELL_LINES}
+    assert not long, f"{path.name}: cells longer than {MAX_CELL_LINES} lines (cell: lines): {long}"
+    open_solutions = [i for i, c in cells if "solution" in c.metadata.get("tags", [])
+                      and not c.metadata.get("jupyter", {}).get("source_hidden")]
+    assert not open_solutions, f"{path.name}: solution cells {open_solutions} are not collapsed"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_issue_numbers_in_notebooks(path):
+    import re
+
+    nb = nbformat.read(path, as_version=4)
+    hits = [i for i, c in enumerate(nb.cells) if re.search(r"\bissue\s*#?\d", c.source, re.I)]
+    assert not hits, f"{path.name}: cells {hits} mention an issue number; say what the thing is"
