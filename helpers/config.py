@@ -66,6 +66,11 @@ class Config:
     quant_eval_texts: int = 16  # held-out human paragraphs (val split) for KL and perplexity
     quant_eval_max_tokens: int = 128  # each held-out paragraph is cut to this many tokens
     quant_decode_tokens: int = 32  # tokens generated to time decoding
+    scan_fit_bits: tuple = ()  # predicted bit-widths corrected per layer kind from a few measurements
+    scan_fit_units: int = 3  # units measured per layer kind for that correction
+    gptq_calib_texts: int = 64  # calibration rows whose layer inputs give GPTQ's Hessians
+    gptq_calib_tokens: int = 128  # tokens per row for those Hessians
+    gptq_damp: float = 0.01  # GPTQ damping, as a share of the Hessian's mean diagonal
 
     # SFT LoRA
     lora_rank: int = 8
@@ -147,7 +152,8 @@ PRESETS: dict[str, dict] = {
         max_train_pairs=64, n_val_paragraphs=4, n_eval=16, max_words=90,
         calib_texts=2, calib_max_tokens=64, scan_granularity="block", candidate_bits=(4, 6, 8),
         protect=(), quant_targets=(5.0,), quant_eval_texts=4, quant_eval_max_tokens=64,
-        quant_decode_tokens=8,
+        quant_decode_tokens=8, scan_fit_bits=(6,), scan_fit_units=1, gptq_calib_texts=4,
+        gptq_calib_tokens=64,
         lora_rank=4, lora_layers=4, sft_steps=6, batch_size=2, max_seq_len=256,
         checkpoint_every=3, val_every=3, val_examples=2, gen_max_tokens=32, gen_batch_size=16,
         dpo_rank=4, dpo_steps=4, n_dpo_pairs=8, on_policy_rejected=False,
@@ -156,6 +162,7 @@ PRESETS: dict[str, dict] = {
     # Sized so that `make run` finishes within an hour on a 2-core laptop CPU (measured: README).
     "workshop": dict(
         calib_texts=8, calib_max_tokens=64, candidate_bits=(3, 4, 5, 6, 8), protect=(),
+        scan_fit_bits=(3,),
         lora_layers=16, sft_steps=48, sft_lr=4e-4, checkpoint_every=16, val_every=24,
         val_examples=8, dpo_steps=16, dpo_lr=1e-4, n_on_policy=16,
         temperature=0.0, repetition_penalty=1.2,

@@ -84,6 +84,8 @@ def stored_bits(shape, bits: int, group_size: int) -> int:
     """Bits a quantized (out, in) matrix takes in the saved file: the packed `bits`-bit weights
     plus one float16 scale and one float16 bias per group of `group_size` inputs."""
     rows, cols = shape
+    if cols % group_size:
+        raise ValueError(f"a ({rows}, {cols}) matrix has no whole groups of {group_size}")
     return rows * cols * bits + rows * (cols // group_size) * 2 * SCALE_BITS
 
 
@@ -185,14 +187,17 @@ def fake_quantize(w: mx.array, bits: int, group_size: int) -> mx.array:
 
 
 @contextmanager
-def fake_quantized(model: nn.Module, bits_by_path: dict, group_size: int):
-    """Temporarily replace the weights of the given layers by their fake-quantized versions."""
+def fake_quantized(model: nn.Module, bits_by_path: dict, group_size: int, weights=None):
+    """Temporarily replace the weights of the given layers by their fake-quantized versions
+    (round-to-nearest, or the given dequantized `weights` {path: matrix}, e.g. GPTQ's)."""
     modules = dict(model.named_modules())
+    weights = weights or {}
     originals = {}
     try:
         for path, bits in bits_by_path.items():
             originals[path] = modules[path].weight
-            modules[path].weight = fake_quantize(originals[path], bits, group_size)
+            modules[path].weight = (weights[path] if path in weights
+                                    else fake_quantize(originals[path], bits, group_size))
         yield model
     finally:
         for path, weight in originals.items():
@@ -352,15 +357,64 @@ def sensitivity_scan(cfg, model, tokenizer, progress: bool = True,
             ratio = errors[bits][name] / max(errors[nearest][name], 1e-30)
             kl[name][str(bits)] = {k: v * ratio for k, v in kl[name][str(nearest)].items()
                                    if k != "measured"} | {"measured": False}
+    for bits in cfg.scan_fit_bits:
+        if bits in measured or bits not in candidates:
+            raise ValueError(f"scan_fit_bits {bits} must be a predicted candidate bit-width "
+                             f"(candidates {candidates}, measured {measured})")
+        key = f"{cfg.model}|dequantized|calib={calib}|g{cfg.group_size}|b{bits}|fit|v{SCAN_VERSION}"
+        sample = fit_sample(units, cfg.scan_fit_units)
+        cached = read_json(cache_path).get(key, {}) if reuse_cache and cache_path.exists() else {}
+        if ref is None and any(n not in cached for names in sample.values() for n in names):
+            ref = Reference(model, tokens)
+        table = measure_units(model, ref, {n: units[n] for names in sample.values() for n in names},
+                              bits, cfg.group_size, cache_path, key, progress, reuse_cache)
+        fit_per_kind(kl, units, sample, table, bits)
     return {
         "model": cfg.model, "reference": "float32, every quantized layer dequantized",
         "calibration": {"hash": calib, "rows": int(tokens.shape[0]),
                         "tokens_per_row": int(tokens.shape[1])},
         "group_size": cfg.group_size, "granularity": cfg.scan_granularity,
         "measured_bits": measured, "candidate_bits": candidates,
+        "fit_bits": list(cfg.scan_fit_bits), "fit_units_per_kind": cfg.scan_fit_units,
         "units": units, "kl": kl,
         "scan_seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def layer_kind(name: str, unit: dict) -> str:
+    """"q_proj", "down_proj", ... for one linear, "block" for a whole block, "embed_tokens"."""
+    return "block" if name == f"model.layers.{unit['block']}" else name.rsplit(".", 1)[-1]
+
+
+def fit_sample(units: dict, per_kind: int) -> dict:
+    """{kind: units}: `per_kind` units of each layer kind, spread evenly over depth."""
+    by_kind = {}
+    for name, unit in units.items():
+        by_kind.setdefault(layer_kind(name, unit), []).append(name)
+    picks = {}
+    for kind, names in by_kind.items():
+        idx = np.unique(np.round(np.linspace(0, len(names) - 1, min(per_kind, len(names)))))
+        picks[kind] = [names[int(i)] for i in idx]
+    return picks
+
+
+def fit_per_kind(kl: dict, units: dict, sample: dict, measured: dict, bits: int) -> None:
+    """Correct the predicted KLs at `bits`, in place: each kind's predictions are multiplied by
+    the geometric mean of measured / predicted over its sampled units (which keep their measured
+    values). The squared-error rule misses how each kind's outliers behave; the factor keeps the
+    kind's own depth profile. The uncorrected prediction is kept as "unfitted_mean"."""
+    key = str(bits)
+    for kind, names in sample.items():
+        factor = float(np.exp(np.mean([np.log(max(measured[n]["mean"], 1e-30)
+                                               / max(kl[n][key]["mean"], 1e-30)) for n in names])))
+        for name, unit in units.items():
+            if layer_kind(name, unit) != kind:
+                continue
+            entry = kl[name][key]
+            fitted = (measured[name] | {"measured": True} if name in names else
+                      {k: v * factor for k, v in entry.items() if k in ("mean", "median", "p95")}
+                      | {"measured": False})
+            kl[name][key] = fitted | {"unfitted_mean": entry["mean"], "kind_factor": factor}
 
 
 def check_predictions(cfg, model, tokenizer, sens: dict, names: list[str], bits_list) -> list[dict]:
@@ -371,10 +425,13 @@ def check_predictions(cfg, model, tokenizer, sens: dict, names: list[str], bits_
         measured = measure_units(model, ref, {n: sens["units"][n] for n in names}, bits,
                                  sens["group_size"], progress=False)
         for name in names:
-            predicted = sens["kl"][name][str(bits)]["mean"]
-            rows.append({"unit": name, "bits": bits, "predicted KL": predicted,
-                         "measured KL": measured[name]["mean"],
-                         "predicted / measured": predicted / measured[name]["mean"]})
+            entry = sens["kl"][name][str(bits)]
+            row = {"unit": name, "bits": bits, "measured KL": measured[name]["mean"],
+                   "predicted KL": entry["mean"],
+                   "predicted / measured": entry["mean"] / measured[name]["mean"]}
+            if "unfitted_mean" in entry:  # the same check before the per-kind correction
+                row["before correction / measured"] = entry["unfitted_mean"] / row["measured KL"]
+            rows.append(row)
     return rows
 
 
@@ -390,6 +447,59 @@ def load_sensitivity(cfg) -> dict:
         raise FileNotFoundError(f"{path} is missing; run notebook 02_sensitivity.ipynb with "
                                 f"preset {cfg.preset!r} first")
     return read_json(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3b. error-correcting rounding (GPTQ, helpers/gptq.py) for any allocation
+
+def gptq_calibration(cfg, tokenizer) -> mx.array:
+    """GPTQ's calibration rows: the same documented mix as the scan, more rows (a Hessian of
+    d_in x d_in needs well over d_in tokens to be well conditioned)."""
+    from .data import load_prepared
+
+    texts = calibration_texts(load_prepared(cfg)["train"])
+    return calibration_tokens(texts, tokenizer, cfg.gptq_calib_texts, cfg.gptq_calib_tokens)
+
+
+class GPTQRounding:
+    """GPTQ-rounded layers on demand, for any {path: bits}: one pass of the reference model
+    records every block linear's input Hessian; each (layer, bits) is rounded once and kept.
+    The token embedding stays round-to-nearest: it is a lookup table, not a matmul on inputs
+    (tied, it is also the output layer, but its lookup error would go unaccounted)."""
+
+    def __init__(self, model: nn.Module, tokens: mx.array, group_size: int, damp: float = 0.01):
+        from . import gptq
+
+        modules = dict(model.named_modules())
+        paths = [p for p, m in modules.items() if isinstance(m, nn.Linear)]
+        self.weights = {p: modules[p].weight for p in paths}  # as they are now, unrounded
+        start = time.perf_counter()
+        self.hessians = gptq.layer_hessians(model, tokens, paths)
+        self.hessian_seconds = time.perf_counter() - start
+        self.group_size, self.damp, self.rounded = group_size, damp, {}
+        self.rounding_seconds = 0.0
+
+    def stored(self, bits_by_path: dict) -> dict:
+        """{path: {"weight", "scales", "biases", "dequantized"}} for the layers GPTQ covers."""
+        from . import gptq
+
+        out = {}
+        for path, bits in bits_by_path.items():
+            if path not in self.hessians:
+                continue
+            if (path, bits) not in self.rounded:
+                start = time.perf_counter()
+                self.rounded[path, bits] = gptq.gptq_quantize(
+                    self.weights[path], self.hessians[path], bits, self.group_size,
+                    self.damp)
+                self.rounding_seconds += time.perf_counter() - start
+            out[path] = self.rounded[path, bits]
+        return out
+
+    def plan(self, bits_by_path: dict) -> dict:
+        """A `compare` plan: these bits, GPTQ's dequantized weights where it applies."""
+        weights = {p: a["dequantized"] for p, a in self.stored(bits_by_path).items()}
+        return {"bits": bits_by_path, "group_size": self.group_size, "weights": weights}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -451,6 +561,51 @@ def rule_based_bits(model: nn.Module, units: dict, recipe: str = "mixed_4_6",
     return bits
 
 
+def gradient_scores(model: nn.Module, tokens: mx.array, low_bits: int, high_bits: int,
+                    group_size: int, batch_rows: int = 4) -> dict:
+    """{path: score} from mlx-lm's dynamic_quant: the gradient of KL(reference || all layers at
+    `low_bits`) dotted with (W_low - W_high), per million weights: a first-order estimate of the
+    KL that raising the layer from low to high bits removes. One forward and backward pass."""
+    from mlx_lm.quant.dynamic_quant import estimate_sensitivities
+
+    return dict(estimate_sensitivities(model, tokens, low_bits, group_size, high_bits, group_size,
+                                       batch_size=batch_rows))
+
+
+def bracketing_bits(target_bpw: float, candidate_bits, group_size: int) -> tuple[int, int]:
+    """(low, high): the candidate bit-widths just below and just above the target's stored bpw,
+    so that a two-level recipe can reach the target (at 4.5 bpw, 4-bit is uniform: (3, 5))."""
+    cost = {b: b + 2 * SCALE_BITS / group_size for b in candidate_bits}
+    below = [b for b in candidate_bits if cost[b] < target_bpw]
+    above = [b for b in candidate_bits if cost[b] > target_bpw]
+    if not below or not above:
+        raise ValueError(f"target {target_bpw} bpw is not between two of the candidate bit-widths "
+                         f"{sorted(candidate_bits)} (stored bpw {sorted(cost.values())})")
+    return max(below), min(above)
+
+
+def allocate_by_score(units: dict, scores: dict, target_bpw: float, low_bits: int,
+                      high_bits: int, group_size: int, protect=()) -> dict:
+    """mlx-lm's two-level recipe with our budget and accounting: every layer at low_bits
+    (protected units at high_bits), then layers in decreasing score are raised to high_bits
+    while the stored bits stay within the budget. (mlx-lm stops at a score threshold found by
+    bisection on its own bpw count; filling the budget is the same order, no less spent.)"""
+    shapes = shapes_by_path(units)
+    fixed = {p for name in protected_units(units, protect) for p in units[name]["paths"]}
+    bits = {p: high_bits if p in fixed else low_bits for p in shapes}
+    budget = target_bpw * sum(r * c for r, c in shapes.values())
+    spent = sum(stored_bits(shapes[p], b, group_size) for p, b in bits.items())
+    if spent > budget:
+        raise ValueError(f"target {target_bpw} bpw is below what {low_bits}-bit layers with "
+                         f"protections {tuple(protect)} need")
+    for path in sorted(shapes, key=lambda p: -scores[p]):
+        extra = stored_bits(shapes[path], high_bits, group_size) - stored_bits(
+            shapes[path], bits[path], group_size)
+        if 0 < extra and spent + extra <= budget:
+            bits[path], spent = high_bits, spent + extra
+    return bits
+
+
 def predicted_kl(sens: dict, bits_by_path: dict) -> float:
     """Sum of per-unit KLs (units measured one at a time): the allocator's estimate of the KL
     of the whole mixed model. NaN when a unit's layers have different bit-widths (a rule-based
@@ -472,7 +627,7 @@ def sensitivity_table(sens: dict, bits: int):
     rows = []
     for name, unit in sens["units"].items():
         stats = sens["kl"][name][str(bits)]
-        kind = "block" if name == f"model.layers.{unit['block']}" else name.rsplit(".", 1)[-1]
+        kind = layer_kind(name, unit)
         rows.append({"unit": name, "block": unit["block"], "kind": kind,
                      "weights": unit["n_weights"], "mean": stats["mean"],
                      "median": stats["median"], "p95": stats["p95"],
@@ -491,15 +646,25 @@ def clone_model(model: nn.Module) -> nn.Module:
     return twin
 
 
-def quantize_model(model: nn.Module, config: dict, bits_by_path: dict, group_size: int):
+def quantize_model(model: nn.Module, config: dict, bits_by_path: dict, group_size: int,
+                   stored=None):
     """Quantize `model` in place, layer by layer, and return (model, config) where config carries
-    mlx-lm's per-layer "quantization" entries, so mlx_lm.load rebuilds exactly these layers."""
+    mlx-lm's per-layer "quantization" entries, so mlx_lm.load rebuilds exactly these layers.
+    `stored` {path: {"weight", "scales", "biases"}} (e.g. GPTQ's) replaces the rounding of
+    those layers."""
     params = {p: {"group_size": group_size, "bits": b, "mode": "affine"}
               for p, b in bits_by_path.items()}
     nn.quantize(model, class_predicate=lambda path, _module: params.get(path, False))
     model.update(tree_map_with_path(
         lambda k, v: v.astype(SCALE_DTYPE) if k.endswith((".scales", ".biases")) else v,
         model.parameters()))
+    modules = dict(model.named_modules())
+    for path, arrays in (stored or {}).items():
+        for name in ("weight", "scales", "biases"):
+            if arrays[name].shape != getattr(modules[path], name).shape:
+                raise ValueError(f"{path}.{name}: stored shape {arrays[name].shape} does not "
+                                 f"match {bits_by_path[path]}-bit, group {group_size}")
+            setattr(modules[path], name, arrays[name])
     mx.eval(model.parameters())
     default = Counter(bits_by_path.values()).most_common(1)[0][0]
     config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
@@ -560,15 +725,11 @@ class HeldOut:
 
 
 def mean_ci(values) -> tuple[float, float, float]:
-    """Mean and 95% t-interval over independent units (texts)."""
-    from scipy import stats
+    """Mean and 95% bootstrap CI over independent units (texts): the series' one CI function."""
+    from .metrics import bootstrap_ci
 
-    values = np.asarray(values, dtype=np.float64)
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
-    return mean, mean - half, mean + half
+    ci = bootstrap_ci(values)
+    return ci["mean"], ci["lo"], ci["hi"]
 
 
 def summarize(result: dict) -> dict:
@@ -583,19 +744,25 @@ def summarize(result: dict) -> dict:
 
 
 def compare(model, held: HeldOut, sens: dict, configs: dict, progress: bool = True):
-    """One row per configuration {name: {path: bits}}: bpw, weight MB, predicted KL, and the
-    held-out KL (vs the reference) and perplexity, measured with fake-quantized weights."""
+    """One row per configuration, {name: {path: bits}} or {name: plan} with plan = {"bits":
+    {path: bits}, "group_size": g (default the scan's), "weights": {path: dequantized matrix}
+    (default round-to-nearest)}: bpw and weight MB (the same accounting for every method),
+    predicted KL, and the held-out KL (vs the reference) and perplexity, measured with
+    fake-quantized weights."""
     import pandas as pd
     from tqdm.auto import tqdm
 
-    units, group = sens["units"], sens["group_size"]
+    units = sens["units"]
     rows = []
-    for name, bits in tqdm(configs.items(), desc="evaluating", disable=not progress):
-        with fake_quantized(model, bits, group):
+    for name, plan in tqdm(configs.items(), desc="evaluating", disable=not progress):
+        bits, group = (plan["bits"], plan.get("group_size", sens["group_size"])) if "bits" in plan \
+            else (plan, sens["group_size"])
+        with fake_quantized(model, bits, group, plan.get("weights") if "bits" in plan else None):
             result = summarize(held.evaluate(model))
         rows.append({"config": name, "bpw": bits_per_weight(bits, units, group),
                      "MB": expected_bytes(model, units, bits, group) / 2**20,
-                     "predicted KL": predicted_kl(sens, bits), **result})
+                     "predicted KL": predicted_kl(sens, bits) if group == sens["group_size"]
+                     else float("nan"), **result})
     return pd.DataFrame(rows)
 
 

@@ -200,3 +200,99 @@ def test_saved_model_loads_with_mlx_lm_and_gives_identical_logits(tmp_path, toke
     assert 0 < extra < 64 * 1024
     text = mlx_lm.generate(loaded, loaded_tokenizer, "Hello", max_tokens=3)
     assert isinstance(text, str)
+
+
+def test_bits_per_weight_counts_weights_scales_and_biases_by_hand():
+    sens = synthetic_sensitivity()
+    units = sens["units"]
+    bits = {p: 4 for u in units.values() for p in u["paths"]}
+    bits["model.layers.0.mlp.down_proj"] = 8  # (64, 128): 64*128*8 + 64*2 groups*2*16
+    bits["model.embed_tokens"] = 3  # (128, 64): 128*64*3 + 128*1 group*2*16
+    n = sum(u["n_weights"] for u in units.values())
+    rest = n - 64 * 128 - 128 * 64
+    by_hand = (rest * 4.5 + 64 * 128 * 8 + 64 * 2 * 32 + 128 * 64 * 3 + 128 * 32) / n
+    assert quant.bits_per_weight(bits, units, GROUP) == pytest.approx(by_hand, rel=1e-12)
+    # a group of 32 doubles the scale/bias overhead: uniform 4-bit is 5.0 bpw
+    assert quant.bits_per_weight(quant.uniform_bits(units, 4), units, 32) == 5.0
+    with pytest.raises(ValueError, match="no whole groups of 128"):  # 64 inputs
+        quant.bits_per_weight(quant.uniform_bits(units, 4), units, 128)
+
+
+def test_bracketing_bits_reach_each_equal_size_point():
+    cands = (3, 4, 5, 6, 8)
+    assert [quant.bracketing_bits(t, cands, 64) for t in (4.25, 4.5, 5.0, 5.5)] == [
+        (3, 4), (3, 5), (4, 5), (4, 6)]
+    with pytest.raises(ValueError, match="not between"):
+        quant.bracketing_bits(3.2, cands, 64)
+
+
+def test_score_allocation_raises_the_highest_scores_first_within_the_budget():
+    sens = synthetic_sensitivity()
+    units = sens["units"]
+    paths = list(quant.shapes_by_path(units))
+    scores = {p: float(i) for i, p in enumerate(paths)}  # the last paths score highest
+    bits = quant.allocate_by_score(units, scores, 4.0, 3, 5, GROUP)
+    assert quant.bits_per_weight(bits, units, GROUP) <= 4.0
+    raised = [p for p in paths if bits[p] == 5]
+    assert raised and all(bits[p] in (3, 5) for p in paths)
+    # every layer scoring above the lowest raised one is raised too, unless it did not fit
+    lowest = min(scores[p] for p in raised)
+    skipped = [p for p in paths if scores[p] > lowest and bits[p] == 3]
+    spent = quant.bits_per_weight(bits, units, GROUP) * sum(u["n_weights"] for u in units.values())
+    budget = 4.0 * sum(u["n_weights"] for u in units.values())
+    shapes = quant.shapes_by_path(units)
+    for p in skipped:
+        assert spent + quant.stored_bits(shapes[p], 5, GROUP) - quant.stored_bits(
+            shapes[p], 3, GROUP) > budget
+    assert quant.allocate_by_score(units, scores, 5.5, 3, 5, GROUP) == quant.uniform_bits(units, 5)
+    with pytest.raises(ValueError, match="below"):
+        quant.allocate_by_score(units, scores, 3.4, 3, 5, GROUP)
+
+
+def test_gradient_scores_cover_every_quantizable_matrix(tiny_model):
+    model, _ = tiny_model
+    scores = quant.gradient_scores(model, random_tokens((4, 16)), 3, 8, GROUP, batch_rows=2)
+    assert set(scores) == set(quant.shapes_by_path(quant.quant_units(model, "linear", GROUP)))
+    assert all(np.isfinite(v) for v in scores.values())
+
+
+def test_per_kind_fit_scales_predictions_by_the_sampled_ratio():
+    units = synthetic_sensitivity()["units"]
+    sample = quant.fit_sample(units, 2)
+    assert sample["q_proj"] == ["model.layers.0.self_attn.q_proj", "model.layers.3.self_attn.q_proj"]
+    assert sample["embed_tokens"] == ["model.embed_tokens"]
+    kl = {n: {"3": {"mean": 1.0, "median": 0.5, "p95": 2.0, "measured": False}} for n in units}
+    measured = {n: {"mean": 0.5, "median": 0.1, "p95": 1.0} for n in units}
+    measured["model.layers.3.self_attn.q_proj"]["mean"] = 0.125  # ratios 1/2 and 1/8: factor 1/4
+    quant.fit_per_kind(kl, units, sample, measured, 3)
+    middle = kl["model.layers.1.self_attn.q_proj"]["3"]
+    assert middle["mean"] == pytest.approx(0.25) and middle["p95"] == pytest.approx(0.5)
+    assert middle["unfitted_mean"] == 1.0 and not middle["measured"]
+    assert kl["model.layers.3.self_attn.q_proj"]["3"]["mean"] == 0.125
+    assert kl["model.layers.3.self_attn.q_proj"]["3"]["measured"]
+
+
+def test_gptq_model_saves_loads_and_matches_its_fake_quantized_plan(tmp_path, tokenizer):
+    import mlx_lm
+
+    model, config = make_tiny_model(seed=4)
+    units = quant.quant_units(model, "linear", GROUP)
+    bits = {p: [3, 4, 6][i % 3] for i, p in enumerate(quant.shapes_by_path(units))}
+    rounding = quant.GPTQRounding(model, random_tokens((4, 32), seed=5), GROUP)
+    plan = rounding.plan(bits)
+    assert "model.embed_tokens" not in plan["weights"] and len(plan["weights"]) == len(bits) - 1
+    tokens = random_tokens((1, 12), seed=6)
+    with quant.fake_quantized(model, bits, GROUP, plan["weights"]):
+        fake_logits = model(tokens)
+    with quant.fake_quantized(model, bits, GROUP):
+        rtn_logits = model(tokens)
+    assert not np.allclose(np.array(fake_logits), np.array(rtn_logits), atol=1e-4)
+    qmodel, qconfig = quant.quantize_model(quant.clone_model(model), config, bits, GROUP,
+                                           rounding.stored(bits))
+    out = save_mlx_model(qmodel, tokenizer, qconfig, tmp_path / "gptq")
+    loaded, _ = mlx_lm.load(str(out))
+    np.testing.assert_array_equal(np.array(loaded(tokens)), np.array(qmodel(tokens)))
+    set_compute_dtype(qmodel, "float32")
+    np.testing.assert_allclose(np.array(qmodel(tokens)), np.array(fake_logits), atol=1e-4)
+    extra = quant.file_bytes(out) - quant.expected_bytes(qmodel, units, bits, GROUP)
+    assert 0 < extra < 64 * 1024  # same accounting as round-to-nearest
