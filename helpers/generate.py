@@ -3,13 +3,10 @@
 Drafts are decoded together with mlx-lm's BatchGenerator (on a CPU a batch of 32 costs little more
 per step than one sequence), sampled with cfg.temperature / cfg.top_p, each capped at
 cfg.max_len_ratio times its source length, and cleaned of chat artefacts ("Sure, here is...").
-
-    python -m helpers.generate --preset workshop --system sft+dpo --text "Draft to rewrite."
-    python -m helpers.generate --preset workshop --system sft --drafts drafts.jsonl --out out.jsonl
+The command line for files is `python -m helpers.humanize` (helpers/humanize.py).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -20,7 +17,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 
 from .data import chat_messages
-from .io import atomic_write_json, atomic_write_jsonl, iter_jsonl
+from .io import atomic_write_json, atomic_write_jsonl
 from .lora import fused_view, load_base, load_stacked, set_adapters, stacked_layers
 
 SYSTEMS = ("base", "sft", "dpo-only", "sft+dpo")
@@ -229,40 +226,3 @@ def on_policy_samples(cfg, model, tokenizer, drafts: list[str]) -> list[str]:
         use_system(model, "sft+dpo")
     atomic_write_json(cache, {"key": key, "samples": samples})
     return samples
-
-
-# ---------------------------------------------------------------- command line
-
-def main() -> None:
-    from .config import get_config
-
-    parser = argparse.ArgumentParser(description="Rewrite drafts with a trained system.")
-    parser.add_argument("--preset", default=None)
-    parser.add_argument("--system", default="sft+dpo", choices=SYSTEMS + ("merged",))
-    parser.add_argument("--text", action="append", default=[], help="a draft (repeatable)")
-    parser.add_argument("--drafts", help="JSONL with a text field per line ('ai', 'source' or 'text')")
-    parser.add_argument("--out", help="write JSONL here instead of printing")
-    args = parser.parse_args()
-
-    cfg = get_config(args.preset)
-    drafts = list(args.text)
-    if args.drafts:
-        for line_no, obj in iter_jsonl(args.drafts, strict=True):
-            text = next((obj[k] for k in ("ai", "source", "text") if isinstance(obj.get(k), str)),
-                        None)
-            if text is None:
-                raise SystemExit(f"{args.drafts}:{line_no}: no 'ai', 'source' or 'text' field")
-            drafts.append(text)
-    if not drafts:
-        raise SystemExit("nothing to rewrite: pass --text or --drafts")
-    model, tokenizer = load_system(cfg, args.system)
-    outputs = rewrite(model, tokenizer, drafts, cfg)
-    if args.out:
-        atomic_write_jsonl(args.out, [{"source": d, "rewrite": o} for d, o in zip(drafts, outputs)])
-    else:
-        for o in outputs:
-            print(json.dumps({"rewrite": o}, ensure_ascii=False))
-
-
-if __name__ == "__main__":
-    main()
