@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import operator
 from pathlib import Path
 
 import numpy as np
 
+from .config import REPO_ROOT
 from .io import DataError, atomic_write_json, atomic_write_text, iter_jsonl, read_json
 from .metrics import (auroc, bootstrap_ci, fact_preservation, gap_closed, has_chat_artefact,
                       length_ratio, meaning_similarity, paired_bootstrap_ci, slop_per_1k,
@@ -90,37 +92,41 @@ def plot_scores(scores: dict):
 
 
 def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
-              unavailable: dict | None = None) -> dict:
-    """Everything results.md shows, as plain JSON."""
+              unavailable: dict | None = None, judge_scores: dict | None = None) -> dict:
+    """Everything results.md shows, as plain JSON. `scores` come from evaluation detectors;
+    `judge_scores` from the training judge, reported beside them but never judged against."""
     boot = dict(n_boot=cfg.n_bootstrap, seed=cfg.seed)
     human, source = texts["human"], texts["source"]
+    kinds = {**{d: "evaluation" for d in scores}, **{d: "training judge" for d in judge_scores or {}}}
+    scores = {**scores, **(judge_scores or {})}
     detectors = {}
     for name, by_system in scores.items():
         h, s = by_system["human"], by_system["source"]
         threshold = threshold_at_fpr(h, cfg.target_fpr)
         detectors[name] = {
+            "kind": kinds[name],
             "auroc": paired_bootstrap_ci(auroc, h, s, **boot),
+            "auroc_vs_human": {key: auroc(h, p) for key, p in by_system.items() if key != "human"},
             "threshold": threshold,
             "flagged": {key: float(np.mean(p > threshold)) for key, p in by_system.items()},
         }
-    # P(AI) averaged over the detectors, item by item: the basis of the one "gap closed" column
-    mean_p = {key: np.nanmean([scores[d][key] for d in scores], axis=0) for key in texts}
+        detectors[name]["separates"] = separates(detectors[name]["auroc"])
+    facts = {key: np.array([fact_preservation(s, o) for s, o in zip(source, outputs)])
+             for key, outputs in texts.items()}
+    slop = {key: np.array(slop_per_1k(outputs, phrases)) for key, outputs in texts.items()}
     rows = []
     for key, outputs in texts.items():
         compared = key != "source"  # the draft compared with itself tells nothing
         rows.append({
             "system": key, "label": SYSTEMS[key],
             "p_ai": {d: bootstrap_ci(scores[d][key], **boot) for d in scores},
-            "gap_closed": paired_bootstrap_ci(gap_closed, mean_p["source"], mean_p[key],
-                                              mean_p["human"], **boot),
             "gap_closed_by_detector": {
                 d: paired_bootstrap_ci(gap_closed, scores[d]["source"], scores[d][key],
                                        scores[d]["human"], **boot) for d in scores},
-            "slop_per_1k": bootstrap_ci(slop_per_1k(outputs, phrases), **boot),
+            "slop_per_1k": bootstrap_ci(slop[key], **boot),
             "meaning": bootstrap_ci(meaning_similarity(embedder, outputs, source), **boot)
             if compared else None,
-            "facts": bootstrap_ci([fact_preservation(s, o) for s, o in zip(source, outputs)],
-                                  **boot) if compared else None,
+            "facts": bootstrap_ci(facts[key], **boot) if compared else None,
             "length_ratio": bootstrap_ci([length_ratio(o, s) for s, o in zip(source, outputs)],
                                          **boot) if compared else None,
             "chat_artefacts": bootstrap_ci([float(has_chat_artefact(o)) for o in outputs], **boot),
@@ -130,11 +136,19 @@ def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
                                                         by_system[b], **boot)
                        for a, b in COMPARISONS if a in by_system and b in by_system}
                    for d, by_system in scores.items()}
+    # facts and slop of each rewrite against the human reference of the same draft
+    paired = {f"{measure} {key} - human": paired_bootstrap_ci(_mean_difference, values[key],
+                                                              values["human"], **boot)
+              for measure, values in (("facts", facts), ("slop", slop))
+              for key in texts if key not in ("source", "human")}
     return {
-        "preset": cfg.preset, "model": cfg.model, "date": dt.date.today().isoformat(),
-        "n_items": len(human), "target_fpr": cfg.target_fpr, "n_bootstrap": cfg.n_bootstrap,
+        "preset": cfg.preset, "experiment": cfg.experiment, "model": cfg.model,
+        "date": dt.date.today().isoformat(), "n_items": len(human), "target_fpr": cfg.target_fpr,
+        "n_bootstrap": cfg.n_bootstrap,
+        # candidates per draft that generation checked for facts (1: the fact switch is off)
+        "fact_check_samples": int(getattr(cfg, "fact_check_samples", 1)),
         "detectors": detectors, "unavailable": dict(unavailable or {}), "systems": rows,
-        "differences": differences,
+        "differences": differences, "paired_differences": paired,
     }
 
 
@@ -142,44 +156,105 @@ def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
 COMPARISONS = (("sft+dpo", "human"), ("sft+dpo", "source"), ("sft+dpo", "sft"), ("sft", "base"))
 
 
-def _mean_difference(a, b) -> float:
-    return float(np.mean(a - b))
+def _mean_difference(a, b) -> float | None:
+    """Mean of a - b over the items where both exist (facts are NaN for drafts without any)."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    d = d[~np.isnan(d)]
+    return float(d.mean()) if len(d) else None
+
+
+# --- verdicts ------------------------------------------------------------------------------------
+
+SIDES = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+PARITY_MARGIN = 0.02  # "at or below the human references" allows SFT+DPO this much more P(AI)
+NOT_COUNTED = "does not separate these texts: not counted"
+VERDICT_RULE = (
+    "Verdicts: **met** when the whole 95% CI satisfies the target, **not met** when none of it "
+    "does, **not shown** when the CI straddles the limit; parity with the human references is "
+    f"non-inferiority, SFT+DPO − human ≤ +{PARITY_MARGIN} in P(AI); only detectors whose "
+    "human-vs-draft AUROC CI lies above 0.5 are judged.")
+# (difference in `differences`, target, limit, direction): per evaluation detector that separates
+DIFFERENCE_TARGETS = (
+    ("sft+dpo - sft", "SFT+DPO P(AI) < SFT", 0.0, "<"),
+    ("sft+dpo - human", f"SFT+DPO P(AI) at or below human reference (margin +{PARITY_MARGIN})",
+     PARITY_MARGIN, "<="),
+    ("sft+dpo - source", "SFT+DPO P(AI) < source draft", 0.0, "<"),
+    ("sft - base", "SFT P(AI) < base zero-shot", 0.0, "<"),
+)
+
+
+def verdict(ci: dict | None, limit: float, direction: str) -> str:
+    """The target `value <direction> limit` judged on a CI: 'met' when both ends satisfy it
+    (then the whole interval does), 'not met' when neither does, else 'not shown'; '—' when
+    nothing was measured."""
+    if direction not in SIDES:
+        raise ValueError(f"direction must be one of {sorted(SIDES)}, got {direction!r}")
+    if not ci or ci.get("lo") is None or ci.get("hi") is None:
+        return "—"
+    ok = SIDES[direction]
+    lo, hi = ok(ci["lo"], limit), ok(ci["hi"], limit)
+    return "met" if lo and hi else "not shown" if lo or hi else "not met"
+
+
+def separates(auroc_ci: dict | None) -> bool:
+    """Can a detector tell human text from the AI drafts? Only if its AUROC CI lies above 0.5:
+    otherwise its P(AI) moving says nothing about looking human, so gap closed and the
+    targets leave it out."""
+    return bool(auroc_ci) and auroc_ci.get("lo") is not None and auroc_ci["lo"] > 0.5
+
+
+def counted_detectors(results: dict) -> list[str]:
+    """Evaluation detectors that separate human text from the drafts: the ones gap closed and
+    the targets count."""
+    return [d for d, info in results["detectors"].items()
+            if info["kind"] == "evaluation" and separates(info["auroc"])]
+
+
+def _shown(v: str) -> str:
+    return "**not met**" if v == "not met" else v
 
 
 def target_rows(results: dict) -> list[list[str]]:
-    """[target, measured, verdict] for each target of the workshop preset (issue 6), from the
-    summary alone. A difference "< 0" is met when its mean is below 0; the CI says how sure."""
+    """[target, measured, verdict] for each target, from the summary alone (rules: VERDICT_RULE)."""
     by_key = {r["system"]: r for r in results["systems"]}
+    counted = counted_detectors(results)
     out = []
-
-    def add(target, measured, met):
-        out.append([target, measured, "—" if met is None else ("met" if met else "**not met**")])
-
-    def below(stat, limit=0.0, sure=False):  # sure: the whole CI, not just the mean
-        return None if not stat or stat["mean"] is None else stat["hi" if sure else "mean"] <= limit
-
     for d, diffs in results.get("differences", {}).items():
-        for key, target in (("sft+dpo - human", "SFT+DPO P(AI) ≤ human reference"),
-                            ("sft+dpo - source", "SFT+DPO P(AI) clearly < source draft (CI < 0)"),
-                            ("sft+dpo - sft", "SFT+DPO P(AI) < SFT"),
-                            ("sft - base", "SFT P(AI) < base zero-shot")):
+        info = results["detectors"][d]
+        if info["kind"] != "evaluation":
+            continue  # the training judge may have been optimised against: never a target
+        if d not in counted:
+            out.append([f"{d}: P(AI) targets", f"AUROC human vs draft {format_ci(info['auroc'])}",
+                        NOT_COUNTED])
+            continue
+        for key, target, limit, direction in DIFFERENCE_TARGETS:
             if key in diffs:
-                add(f"{d}: {target}", f"difference {format_ci(diffs[key], 3)}",
-                    below(diffs[key], sure=key == "sft+dpo - source"))
+                out.append([f"{d}: {target}", f"difference {format_ci(diffs[key], 3)}",
+                            _shown(verdict(diffs[key], limit, direction))])
     final = by_key.get("sft+dpo")
-    if final:
-        meaning, facts = final["meaning"], final["facts"]
-        add("meaning similarity ≥ 0.85", format_ci(meaning),
-            None if not meaning or meaning["mean"] is None else meaning["mean"] >= 0.85)
-        add("facts kept ≥ 0.95", format_ci(facts),
-            None if not facts or facts["mean"] is None else facts["mean"] >= 0.95)
-        human_slop = by_key["human"]["slop_per_1k"]
-        add("slop per 1K ≤ human reference", f"{format_ci(final['slop_per_1k'], 1)} vs "
-            f"{format_ci(human_slop, 1)}", below(final["slop_per_1k"], human_slop["mean"]))
-        add("chat artefacts ≤ 1%", format_ci(final["chat_artefacts"], percent=True),
-            below(final["chat_artefacts"], 0.01))
-        if "empty" in final:
-            add("no empty outputs", f"{final['empty']} of {results['n_items']}", final["empty"] == 0)
+    if not final:
+        return out
+    paired = results.get("paired_differences", {})
+    facts_gap, slop_gap = paired.get("facts sft+dpo - human"), paired.get("slop sft+dpo - human")
+    human = by_key["human"]
+    switch = results.get("fact_check_samples", 1) > 1
+    out += [
+        ["meaning similarity ≥ 0.85", format_ci(final["meaning"]),
+         _shown(verdict(final["meaning"], 0.85, ">="))],
+        ["facts kept ≥ human reference (paired difference ≥ 0)",
+         f"{format_ci(facts_gap, 3)} ({format_ci(final['facts'])} vs {format_ci(human['facts'])})",
+         _shown(verdict(facts_gap, 0.0, ">="))],
+        ["facts kept ≥ 0.90 with the fact switch on", format_ci(final["facts"]),
+         _shown(verdict(final["facts"], 0.90, ">=")) if switch
+         else "— (fact switch off in this run)"],
+        ["slop per 1K ≤ human reference (paired difference ≤ 0)",
+         f"{format_ci(slop_gap, 2)} ({format_ci(final['slop_per_1k'], 1)} vs "
+         f"{format_ci(human['slop_per_1k'], 1)})", _shown(verdict(slop_gap, 0.0, "<="))],
+        ["chat artefacts ≤ 1%", format_ci(final["chat_artefacts"], percent=True),
+         _shown(verdict(final["chat_artefacts"], 0.01, "<="))],
+        ["no empty outputs", f"{final['empty']} of {results['n_items']}",
+         "met" if final["empty"] == 0 else "**not met**"],
+    ]
     return out
 
 
@@ -197,49 +272,74 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
 
 
+def column_name(results: dict, detector: str) -> str:
+    kind = results["detectors"][detector]["kind"]
+    return detector if kind == "evaluation" else f"{detector} ({kind})"
+
+
 def render_markdown(results: dict) -> str:
     """results.md, from results.json alone (so it can be re-rendered without rerunning)."""
     names = list(results["detectors"])
-    main = markdown_table(
-        ["System"] + [f"P(AI) {d}" for d in names]
-        + ["Gap closed", "Slop /1K", "Meaning sim.", "Facts kept", "Length ratio",
-           "Chat artefacts"],
+    counted = counted_detectors(results)
+    scores = markdown_table(
+        ["System"] + [f"P(AI) {column_name(results, d)}" for d in names]
+        + [f"Gap closed {d}" for d in counted],
         [[r["label"]] + [format_ci(r["p_ai"][d]) for d in names]
-         + [format_ci(r["gap_closed"], percent=True), format_ci(r["slop_per_1k"], 1),
-            format_ci(r["meaning"]), format_ci(r["facts"]), format_ci(r["length_ratio"]),
-            format_ci(r["chat_artefacts"], percent=True)]
+         + [format_ci(r["gap_closed_by_detector"][d], percent=True) for d in counted]
+         for r in results["systems"]])
+    kept = markdown_table(
+        ["System", "Slop /1K", "Meaning sim.", "Facts kept", "Length ratio", "Chat artefacts",
+         "Empty"],
+        [[r["label"], format_ci(r["slop_per_1k"], 1), format_ci(r["meaning"]),
+          format_ci(r["facts"]), format_ci(r["length_ratio"]),
+          format_ci(r["chat_artefacts"], percent=True), str(r["empty"])]
          for r in results["systems"]])
     labels = {r["system"]: r["label"] for r in results["systems"]}
     fpr = round(100 * results["target_fpr"])
     detectors = markdown_table(
-        ["Detector", "AUROC human vs AI draft", f"Threshold at {fpr}% FPR"]
-        + [f"flagged: {labels[k]}" for k in labels],
-        [[d, format_ci(info["auroc"]), f"{info['threshold']:.3f}"]
+        ["Detector", "Kind", "AUROC human vs AI draft", "Gap closed", "AUROC human vs SFT+DPO",
+         f"Threshold at {fpr}% FPR"] + [f"flagged: {labels[k]}" for k in labels],
+        [[d, info["kind"], format_ci(info["auroc"]),
+          ("counted" if d in counted else NOT_COUNTED if info["kind"] == "evaluation"
+           else "not counted (training judge)"),
+          f"{info['auroc_vs_human']['sft+dpo']:.2f}" if "sft+dpo" in info["auroc_vs_human"]
+          else "—", f"{info['threshold']:.3f}"]
          + [f"{round(100 * info['flagged'][k])}%" for k in labels]
          for d, info in results["detectors"].items()])
     missing = "".join(f"\n- **{d}** not run: {why}" for d, why in results["unavailable"].items())
     checks = target_rows(results)
-    targets = ("\nTargets for the SFT+DPO stacked rewrites (differences in mean P(AI) on the same "
-               "items, 95% paired bootstrap CI):\n\n"
+    targets = ("\nTargets for the SFT+DPO stacked rewrites (differences in mean P(AI), facts and "
+               "slop on the same items, 95% paired bootstrap CI). " + VERDICT_RULE + "\n\n"
                + markdown_table(["Target", "Measured", "Verdict"], checks) + "\n") \
         if checks else ""
+    experiment = f", experiment `{results['experiment']}`" if results.get("experiment") else ""
     return (
-        f"Preset `{results['preset']}` ({results['model']}), {results['n_items']} held-out drafts "
-        f"from the dev split, {results['date']}. Means with 95% bootstrap CIs "
-        f"({results['n_bootstrap']} resamples).\n\n{main}\n\n"
-        "P(AI): each detector's probability that the text is AI-written. Gap closed: "
-        "(P_source − P_system) / (P_source − P_human) on P(AI) averaged over the detectors "
-        "(0% = still reads like the AI draft, 100% = reads like the human text). Meaning sim.: "
-        "MiniLM cosine with the source draft; facts kept: share of the draft's numbers, dates, "
-        "URLs and names found in the output.\n\n"
+        f"Preset `{results['preset']}`{experiment} ({results['model']}), {results['n_items']} "
+        f"held-out drafts from the dev split, {results['date']}. Means with 95% bootstrap CIs "
+        f"({results['n_bootstrap']} resamples).\n\n{scores}\n\n"
+        "P(AI): each detector's probability that the text is AI-written. Gap closed, per "
+        "evaluation detector that separates human text from the AI drafts (AUROC CI above 0.5): "
+        "(P_source − P_system) / (P_source − P_human) on mean P(AI), 0% = still reads like the AI "
+        "draft, 100% = reads like the human text. The training judge is the detector training "
+        "choices may use, so it is shown but never counted.\n\n"
+        f"{kept}\n\nMeaning sim.: MiniLM cosine with the source draft; facts kept: share of the "
+        "draft's numbers, dates, URLs and names found in the output.\n\n"
         f"{detectors}\n\nFlagged: share of texts scoring above a threshold set so that at "
-        f"most {fpr}% of the human texts are flagged.\n{missing}\n{targets}")
+        f"most {fpr}% of the human texts are flagged. Evaluation detectors are trained and "
+        "calibrated on training-split and validation paragraphs only, never on these drafts.\n"
+        f"{missing}\n{targets}")
 
 
 def detectors_frame(results: dict):
-    """Per detector: AUROC with CI, threshold at the target FPR, share of each system flagged."""
+    """Per detector: kind, AUROC with CI, whether gap closed counts it, AUROC of human text vs
+    each system, threshold at the target FPR, share of each system flagged."""
     import pandas as pd
-    return pd.DataFrame({name: {"AUROC human vs AI draft": format_ci(info["auroc"]),
+    counted = counted_detectors(results)
+    return pd.DataFrame({name: {"kind": info["kind"],
+                                "AUROC human vs AI draft": format_ci(info["auroc"]),
+                                "gap closed": "counted" if name in counted else "not counted",
+                                **{f"AUROC human vs {SYSTEMS[k]}": round(v, 2)
+                                   for k, v in info["auroc_vs_human"].items() if k != "source"},
                                 "threshold": round(info["threshold"], 3),
                                 **{f"flagged: {SYSTEMS[k]}": f"{100 * v:.0f}%"
                                    for k, v in info["flagged"].items()}}
@@ -249,19 +349,84 @@ def detectors_frame(results: dict):
 def headline(results: dict) -> str:
     """The table in sentences, for the notebook's conclusion (every number comes from results)."""
     lines = []
+    counted = counted_detectors(results)
     for name, info in results["detectors"].items():
         a = info["auroc"]
-        verdict = ("cannot reliably tell human text from AI drafts here (its CI includes 0.5): "
-                   "read its column as noise" if a["lo"] <= 0.5 else "separates them better "
-                   "than chance")
-        lines.append(f"{name}: AUROC {format_ci(a)} on human vs AI draft, so it {verdict}.")
+        what = ("separates them better than chance, so it counts" if name in counted else
+                "separates them, but it is the training judge: shown, never counted"
+                if separates(a) else f"{NOT_COUNTED} (its CI reaches 0.5)")
+        lines.append(f"{name} ({info['kind']}): AUROC {format_ci(a)} on human vs AI draft; it "
+                     f"{what}.")
     for r in results["systems"]:
         if r["system"] in ("source", "human"):
             continue
-        lines.append(f"{r['label']}: gap closed {format_ci(r['gap_closed'], percent=True)}, "
-                     f"meaning similarity {format_ci(r['meaning'])}, facts kept "
-                     f"{format_ci(r['facts'])}, slop {format_ci(r['slop_per_1k'], 1)} per 1K tokens.")
+        gaps = ", ".join(f"{d} {format_ci(r['gap_closed_by_detector'][d], percent=True)}"
+                         for d in counted) or "no detector separates, so none"
+        lines.append(f"{r['label']}: gap closed {gaps}; meaning similarity "
+                     f"{format_ci(r['meaning'])}, facts kept {format_ci(r['facts'])}, slop "
+                     f"{format_ci(r['slop_per_1k'], 1)} per 1K tokens.")
+    verdicts = [row[2].strip("*") for row in target_rows(results)]
+    lines.append("Targets: " + ", ".join(f"{verdicts.count(v)} {v}" for v in
+                                         ("met", "not shown", "not met", NOT_COUNTED)) + ".")
     return "\n".join(lines)
+
+
+# --- several experiments side by side ------------------------------------------------------------
+
+
+def experiment_results_path(preset: str, name: str, runs_root: Path | None = None) -> Path:
+    """runs/<preset>/results.json for the default experiment (""), else
+    runs/<preset>/<name>/results.json."""
+    folder = Path(runs_root or REPO_ROOT / "runs") / preset
+    return (folder / name if name else folder) / "results.json"
+
+
+def compare_experiments(cfg, names: list[str], system: str = "sft+dpo",
+                        runs_root: Path | None = None):
+    """Long table (experiment, measure, mean, lo, hi) of `system` in each experiment's
+    results.json: P(AI) per detector, gap closed per counted detector, meaning, facts kept,
+    slop, and how many targets each met."""
+    import pandas as pd
+    out = []
+    for name in names:
+        path = experiment_results_path(cfg.preset, name, runs_root)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no results; run notebook 07 with preset "
+                                    f"{cfg.preset!r} and experiment {name!r} first")
+        results = read_json(path)
+        rows = {r["system"]: r for r in results["systems"]}
+        if system not in rows:
+            raise DataError(f"{path}: system {system!r} missing (has {sorted(rows)})")
+        row, label = rows[system], name or "(default)"
+        measures = {**{f"P(AI) {d}": row["p_ai"][d] for d in results["detectors"]},
+                    **{f"gap closed {d}": row["gap_closed_by_detector"][d]
+                       for d in counted_detectors(results)},
+                    "meaning": row["meaning"], "facts kept": row["facts"],
+                    "slop /1K": row["slop_per_1k"]}
+        for measure, ci in measures.items():
+            ci = ci or {}
+            out.append({"experiment": label, "measure": measure, "mean": ci.get("mean"),
+                        "lo": ci.get("lo"), "hi": ci.get("hi")})
+        verdicts = [v[2] for v in target_rows(results)]
+        out.append({"experiment": label, "measure": "targets met", "mean": verdicts.count("met"),
+                    "lo": None, "hi": None})
+    return pd.DataFrame(out)
+
+
+def plot_experiments(frame):
+    """One panel per measure: each experiment's mean with its 95% CI."""
+    import matplotlib.pyplot as plt
+    measures = [m for m in frame["measure"].unique() if m != "targets met"]
+    fig, axes = plt.subplots(1, len(measures), figsize=(2.6 * len(measures), 0.5
+                                                         + 0.45 * frame["experiment"].nunique()),
+                             sharey=True, squeeze=False)
+    for ax, measure in zip(axes[0], measures):
+        part = frame[frame["measure"] == measure].astype({"mean": float, "lo": float, "hi": float})
+        ax.errorbar(part["mean"], part["experiment"], fmt="o",
+                    xerr=[part["mean"] - part["lo"], part["hi"] - part["mean"]])
+        ax.set(title=measure)
+    fig.tight_layout()
+    return fig
 
 
 def write_results(cfg, results: dict) -> tuple[Path, Path]:

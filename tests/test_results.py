@@ -33,34 +33,124 @@ def write_rows(path, rows):
     return path
 
 
-def test_summary_and_markdown(tmp_path):
+class ConstantDetector:
+    """The same P(AI) for every text: cannot tell anything apart (AUROC 0.5)."""
+
+    def score(self, texts):
+        return np.full(len(texts), 0.5)
+
+
+def summary_of(tmp_path, **cfg_overrides):
     rows = results.load_rewrites(write_rows(tmp_path / "rewrites.jsonl", ROWS))
     texts = results.system_texts(rows)
+    scores = results.score_all(texts, {"Length": LengthDetector(), "Flat": ConstantDetector()})
+    judge = results.score_all(texts, {"judge": LengthDetector()})
+    cfg = get_config("smoke", n_bootstrap=50, **cfg_overrides)
+    return texts, results.summarize(cfg, texts, scores, fake_embedder, ["sure"],
+                                    unavailable={"RADAR": "offline"}, judge_scores=judge)
+
+
+def test_summary_and_markdown(tmp_path):
+    texts, summary = summary_of(tmp_path)
     assert list(texts) == ["source", "base", "sft", "sft+dpo", "human"]
-    scores = results.score_all(texts, {"Length": LengthDetector()})
-    cfg = get_config("smoke", n_bootstrap=50)
-    summary = results.summarize(cfg, texts, scores, fake_embedder, ["sure"],
-                                unavailable={"RADAR": "offline"})
     by_key = {r["system"]: r for r in summary["systems"]}
-    assert by_key["source"]["gap_closed"]["mean"] == 0.0
-    assert by_key["human"]["gap_closed"]["mean"] == 1.0
+    length_gap = {k: r["gap_closed_by_detector"]["Length"]["mean"] for k, r in by_key.items()}
+    assert length_gap["source"] == 0.0 and length_gap["human"] == 1.0
     assert by_key["source"]["meaning"] is None and by_key["sft"]["meaning"]["mean"] < 1.0
     assert by_key["base"]["chat_artefacts"]["mean"] == 1.0
     assert by_key["sft"]["chat_artefacts"]["mean"] == 0.0
     assert by_key["base"]["facts"]["mean"] == 1.0  # "3 May" and the amount both survive
     assert by_key["sft+dpo"]["facts"]["mean"] == 0.0
-    assert summary["detectors"]["Length"]["auroc"]["mean"] == 1.0
-    assert summary["detectors"]["Length"]["flagged"]["human"] == 0.0
+    assert by_key["human"]["facts"]["mean"] == 1.0  # "May 3rd" is 3 May, "{i}00" kept
+    info = summary["detectors"]
+    assert info["Length"]["auroc"]["mean"] == 1.0 and info["Length"]["flagged"]["human"] == 0.0
+    assert info["Flat"]["auroc"]["mean"] == 0.5 and not info["Flat"]["separates"]
+    assert info["judge"]["kind"] == "training judge" and info["Length"]["kind"] == "evaluation"
+    assert info["Length"]["auroc_vs_human"]["sft+dpo"] == 0.0  # the shortest texts of all
+    assert results.counted_detectors(summary) == ["Length"]  # not Flat, not the judge
+    paired = summary["paired_differences"]
+    assert paired["facts sft+dpo - human"]["mean"] == -1.0
     md = results.render_markdown(json.loads(json.dumps(summary)))  # survives a JSON round trip
     assert "| source AI draft |" in md and "| SFT+DPO stacked |" in md
-    assert "P(AI) Length" in md and "**RADAR** not run: offline" in md
-    assert md.count("\n| ") == 6 + 1 + 1 + 1 + 4 + 5  # + targets table: header, 4 + 5 rows
+    assert "P(AI) judge (training judge)" in md and "**RADAR** not run: offline" in md
+    assert "Gap closed Length" in md and "Gap closed Flat" not in md
+    assert "Gap closed judge" not in md and results.VERDICT_RULE in md
+    assert f"| Flat | evaluation | 0.50 [0.50, 0.50] | {results.NOT_COUNTED} |" in md
+    # tables: scores, what was kept, detectors (header + 5/5/3 rows), targets (header + 5 + 6)
+    assert md.count("\n| ") == 6 + 6 + 4 + 12
     length = summary["differences"]["Length"]
     assert length["sft - base"]["mean"] < 0 and length["sft+dpo - human"]["mean"] < 0
     checks = {row[0]: row[2] for row in results.target_rows(summary)}
-    assert checks["Length: SFT+DPO P(AI) ≤ human reference"] == "met"  # the shortest texts
-    assert checks["facts kept ≥ 0.95"] == "**not met**"  # "Council met, money went."
+    assert checks["Length: SFT+DPO P(AI) at or below human reference (margin +0.02)"] == "met"
+    assert checks["Flat: P(AI) targets"] == results.NOT_COUNTED
+    assert not any(k.startswith("judge") for k in checks)
+    assert checks["facts kept ≥ human reference (paired difference ≥ 0)"] == "**not met**"
+    assert checks["facts kept ≥ 0.90 with the fact switch on"] == "— (fact switch off in this run)"
     assert checks["chat artefacts ≤ 1%"] == "met" and checks["no empty outputs"] == "met"
+    assert results.headline(summary).endswith(
+        "Targets: 8 met, 0 not shown, 1 not met, 1 does not separate these texts: not counted.")
+
+
+@pytest.mark.parametrize("ci,limit,direction,expected", [
+    # a difference that should be below 0
+    ({"lo": -0.03, "hi": -0.01}, 0.0, "<", "met"),
+    ({"lo": -0.012, "hi": 0.002}, 0.0, "<", "not shown"),  # mean below 0, CI includes it
+    ({"lo": 0.01, "hi": 0.03}, 0.0, "<", "not met"),
+    ({"lo": -0.02, "hi": 0.0}, 0.0, "<", "not shown"),  # an end on 0 is not below it
+    # parity: non-inferiority with a margin of +0.02
+    ({"lo": -0.002, "hi": 0.02}, 0.02, "<=", "met"),
+    ({"lo": -0.002, "hi": 0.036}, 0.02, "<=", "not shown"),
+    ({"lo": 0.021, "hi": 0.05}, 0.02, "<=", "not met"),
+    # level targets
+    ({"lo": 0.85, "hi": 0.88}, 0.85, ">=", "met"),
+    ({"lo": 0.84, "hi": 0.87}, 0.85, ">=", "not shown"),
+    ({"lo": 0.80, "hi": 0.84}, 0.85, ">=", "not met"),
+    ({"lo": 0.0, "hi": 0.0}, 0.01, "<=", "met"),  # no chat artefacts at all
+    ({"lo": 0.0, "hi": 0.04}, 0.01, "<=", "not shown"),
+    ({"lo": 0.60, "hi": 0.70}, 0.5, ">", "met"),
+    ({"mean": None, "lo": None, "hi": None}, 0.0, "<", "—"),
+    (None, 0.0, "<", "—"),
+])
+def test_verdict_on_hand_made_cis(ci, limit, direction, expected):
+    assert results.verdict(ci, limit, direction) == expected
+
+
+def test_verdict_rejects_an_unknown_direction():
+    with pytest.raises(ValueError, match="direction must be one of"):
+        results.verdict({"lo": 0.0, "hi": 1.0}, 0.0, "below")
+
+
+def test_gap_closed_counts_only_detectors_that_separate():
+    assert results.separates({"mean": 0.70, "lo": 0.67, "hi": 0.73})
+    assert not results.separates({"mean": 0.46, "lo": 0.42, "hi": 0.50})
+    assert not results.separates({"mean": 0.55, "lo": 0.5, "hi": 0.6})  # touching 0.5: no
+    assert not results.separates({"mean": None, "lo": None, "hi": None})
+    summary = {"detectors": {
+        "A": {"kind": "evaluation", "auroc": {"mean": 0.9, "lo": 0.85, "hi": 0.95}},
+        "B": {"kind": "evaluation", "auroc": {"mean": 0.46, "lo": 0.42, "hi": 0.50}},
+        "J": {"kind": "training judge", "auroc": {"mean": 0.9, "lo": 0.85, "hi": 0.95}},
+    }}
+    assert results.counted_detectors(summary) == ["A"]
+
+
+def test_compare_experiments_reads_each_experiments_results(tmp_path):
+    _, summary = summary_of(tmp_path)
+    other = json.loads(json.dumps(summary))
+    other["systems"][3]["facts"] = {"mean": 0.5, "lo": 0.4, "hi": 0.6, "n": 6}
+    root = tmp_path / "runs"
+    (root / "smoke" / "facts-on").mkdir(parents=True)
+    (root / "smoke" / "results.json").write_text(json.dumps(summary))
+    (root / "smoke" / "facts-on" / "results.json").write_text(json.dumps(other))
+    cfg = get_config("smoke")
+    frame = results.compare_experiments(cfg, ["", "facts-on"], runs_root=root)
+    facts = frame[frame.measure == "facts kept"].set_index("experiment")["mean"]
+    assert facts.to_dict() == {"(default)": 0.0, "facts-on": 0.5}
+    assert set(frame.measure) >= {"P(AI) Length", "P(AI) Flat", "gap closed Length",
+                                  "targets met"}
+    assert "gap closed Flat" not in set(frame.measure)
+    results.plot_experiments(frame)
+    with pytest.raises(FileNotFoundError, match="missing-one.*experiment 'missing-one'"):
+        results.compare_experiments(cfg, ["missing-one"], runs_root=root)
 
 
 def test_load_rewrites_errors_name_file_line_and_field(tmp_path):
