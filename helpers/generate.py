@@ -150,34 +150,54 @@ def max_new_tokens(tokenizer, draft: str, cfg) -> int:
     return min(cfg.gen_max_tokens, max(16, math.ceil(cfg.max_len_ratio * n_source)))
 
 
-def generate_tokens(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
-                    seed: int | None = None, desc: str = "rewriting") -> list[list[int]]:
-    """The answer tokens for every draft (EOS excluded), batched and sampled, in input order."""
-    from tqdm.auto import tqdm
-
-    if not drafts:
-        return []
+def decode_steps(model, tokenizer, prompts: list[list[int]], budgets: list[int], cfg,
+                 seed: int | None = None):
+    """Decode the prompts together, step by step: yields (index, token, finish_reason) as mlx-lm's
+    BatchGenerator makes them (token None for the EOS step; finish_reason "stop", "length" or
+    None). Both batch rewriting and streaming go through here, so they decode alike."""
     model.eval()
-    mx.random.seed(cfg.seed if seed is None else seed)
-    prompts = [prompt_tokens(tokenizer, d, cfg.system_prompt) for d in drafts]
-    budgets = [max_new_tokens(tokenizer, d, cfg) for d in drafts]
-    with fused_view(model), tqdm(total=len(drafts), disable=not progress, desc=desc) as bar:
+    with fused_view(model):
+        # seeded after fusing: building the fused linears draws random numbers, and the samples
+        # must not depend on whether the model carries (switched-off) adapters
+        mx.random.seed(cfg.seed if seed is None else seed)
         generator = BatchGenerator(
             model, stop_tokens=[[t] for t in tokenizer.eos_token_ids],
             sampler=make_nucleus_sampler(cfg.temperature, cfg.top_p),
             logits_processors=repetition_processors(cfg),
             completion_batch_size=cfg.gen_batch_size,
             prefill_batch_size=min(8, cfg.gen_batch_size))
-        uids = generator.insert(prompts, budgets)
-        tokens = {uid: [] for uid in uids}
-        while responses := generator.next_generated():
-            for r in responses:
-                if r.finish_reason != "stop":
-                    tokens[r.uid].append(r.token)
-                if r.finish_reason is not None:
-                    bar.update(1)
-        generator.close()
-    return [tokens[uid] for uid in uids]
+        try:
+            index = {uid: i for i, uid in enumerate(generator.insert(prompts, budgets))}
+            while responses := generator.next_generated():
+                for r in responses:
+                    yield index[r.uid], None if r.finish_reason == "stop" else r.token, \
+                        r.finish_reason
+        finally:
+            generator.close()
+
+
+def generate_tokens(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
+                    seed: int | None = None, desc: str = "rewriting",
+                    finish_reasons: list | None = None) -> list[list[int]]:
+    """The answer tokens for every draft (EOS excluded), batched and sampled, in input order.
+    Pass a list as `finish_reasons` to get each draft's ("stop" or "length": the token cap)."""
+    from tqdm.auto import tqdm
+
+    if not drafts:
+        return []
+    prompts = [prompt_tokens(tokenizer, d, cfg.system_prompt) for d in drafts]
+    budgets = [max_new_tokens(tokenizer, d, cfg) for d in drafts]
+    tokens, reasons = [[] for _ in drafts], [None] * len(drafts)
+    with tqdm(total=len(drafts), disable=not progress, desc=desc) as bar:
+        for i, token, reason in decode_steps(model, tokenizer, prompts, budgets, cfg, seed):
+            if token is not None:
+                tokens[i].append(token)
+            if reason is not None:
+                reasons[i] = reason
+                bar.update(1)
+    if finish_reasons is not None:
+        finish_reasons[:] = reasons
+    return tokens
 
 
 def rewrite(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
