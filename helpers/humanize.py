@@ -244,6 +244,8 @@ def read_done(spec: str, preset: str, adapter: str) -> tuple[dict[str, dict], in
     complete = data.rfind(b"\n") + 1
     done = {}
     for line_no, raw in enumerate(data[:complete].splitlines(), start=1):
+        if not raw.strip():
+            continue
         try:
             row = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
