@@ -109,6 +109,34 @@ where why how some many most all each every no not one two three first second ne
 meanwhile moreover furthermore overall today yes instead""".split())
 
 
+_MONTH_NUMBER = {m: i + 1 for i, m in enumerate(
+    "jan feb mar apr may jun jul aug sep oct nov dec".split())}
+_DATE_PARTS = (  # (pattern, which groups hold year, month, day)
+    (re.compile(r"(\d{4})-(\d{2})-(\d{2})"), (1, 2, 3)),
+    (re.compile(rf"({_MONTH})\.? (\d{{1,2}})(?:st|nd|rd|th)?(?:, (\d{{4}}))?"), (3, 1, 2)),
+    (re.compile(rf"(\d{{1,2}})(?:st|nd|rd|th)? ({_MONTH})\.?(?: (\d{{4}}))?"), (3, 2, 1)),
+    (re.compile(rf"({_MONTH}) (\d{{4}})"), (2, 1, None)),
+)
+
+
+def _date_key(date: str) -> tuple | str:
+    """(year, month, day), None where the text leaves one out, so that "3 May 2021",
+    "May 3rd, 2021" and "2021-05-03" are one date. Slashed dates stay text: 3/5 is ambiguous."""
+    for pattern, (y, m, d) in _DATE_PARTS:
+        match = pattern.fullmatch(date)
+        if match:
+            month = match.group(m)
+            month = int(month) if month.isdigit() else _MONTH_NUMBER[month[:3].lower()]
+            year = match.group(y) if y else None
+            day = match.group(d) if d else None
+            return (int(year) if year else None, month, int(day) if day else None)
+    return _norm(date)
+
+
+def _dates(text: str) -> set:
+    return {_date_key(d) for d in _DATE.findall(_URL.sub(" ", text))}
+
+
 def _norm(text: str) -> str:
     return " ".join(text.replace(",", "").split()).lower()
 
@@ -146,6 +174,8 @@ def fact_survives(kind: str, fact: str, output: str) -> bool:
         return fact in _numbers(output)
     if kind == "names":
         return re.search(rf"(?<!\w){re.escape(fact)}(?!\w)", output) is not None
+    if kind == "dates":
+        return _date_key(fact) in _dates(output)
     return _norm(fact) in _norm(output)
 
 
@@ -155,6 +185,28 @@ def fact_preservation(source: str, output: str) -> float:
     if not facts:
         return float("nan")
     return sum(fact_survives(kind, f, output) for kind, f in facts) / len(facts)
+
+
+def missing_facts(source: str, output: str) -> list[tuple[str, str]]:
+    """The source's facts that the output lost or changed, as (kind, fact), for showing."""
+    return [(kind, fact) for kind, found in extract_facts(source).items() for fact in sorted(found)
+            if not fact_survives(kind, fact, output)]
+
+
+def best_by_facts(source: str, candidates: list[str], meaning_fn=None) -> int:
+    """Index of the candidate rewrite of `source` to keep (verify and resample): the one keeping
+    the most facts; ties go to the closest in meaning (`meaning_fn(source, candidates)` gives one
+    similarity per candidate), then to the earliest. An empty text loses to any other."""
+    if not candidates:
+        raise ValueError("best_by_facts: no candidates to choose from")
+    kept = [fact_preservation(source, c) for c in candidates]
+    kept = [0.0 if k != k else k for k in kept]  # NaN: the source has no facts, all tie
+    meaning = list(meaning_fn(source, candidates)) if meaning_fn else [0.0] * len(candidates)
+    if len(meaning) != len(candidates):
+        raise ValueError(f"best_by_facts: meaning_fn gave {len(meaning)} scores for "
+                         f"{len(candidates)} candidates")
+    keys = [(bool(c.strip()), k, float(m)) for c, k, m in zip(candidates, kept, meaning)]
+    return max(range(len(candidates)), key=keys.__getitem__)  # max keeps the first of ties
 
 
 _ARTEFACTS = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in (

@@ -71,6 +71,69 @@ def test_fact_preservation():
     assert math.isnan(metrics.fact_preservation("no facts here at all.", "anything"))
 
 
+FIGURES = ("Revenue grew 3.5% to $2.75 billion in 2021, with 1,200,000 users. On 3 May 2021 "
+           "Maria Lopez of the World Health Organization posted it at www.who.int/news.")
+
+
+def test_numbers_with_commas_decimals_and_percent():
+    facts = metrics.extract_facts(FIGURES)
+    assert facts["numbers"] == {"3.5", "2.75", "2021", "1200000"}
+    assert facts["dates"] == {"3 May 2021"} and facts["urls"] == {"www.who.int/news"}
+    assert facts["names"] == {"Maria Lopez", "World Health Organization"}
+
+
+@pytest.mark.parametrize("output,missing", [
+    (FIGURES, []),  # everything kept
+    # kept in other words: commas dropped, "percent", the date reordered, the URL's full stop
+    ("In 2021 revenue rose 3.5 percent to $2.75 billion and 1200000 users; Maria Lopez of the "
+     "World Health Organization posted it on May 3rd, 2021 at www.who.int/news.", []),
+    # dropped: the user count, the URL, the organisation
+    ("Revenue grew 3.5% to $2.75 billion in 2021. On 3 May 2021 Maria Lopez posted it.",
+     [("urls", "www.who.int/news"), ("numbers", "1200000"),
+      ("names", "World Health Organization")]),
+    # altered: 3.5 -> 3.6, 1,200,000 -> 1,300,000, 3 May -> 4 May, Lopez -> Lopes
+    ("Revenue grew 3.6% to $2.75 billion in 2021, with 1,300,000 users. On 4 May 2021 Maria "
+     "Lopes of the World Health Organization posted it at www.who.int/news.",
+     [("dates", "3 May 2021"), ("numbers", "1200000"), ("numbers", "3.5"),
+      ("names", "Maria Lopez")]),
+    # a year kept as a number but not as part of the date: the day was dropped
+    ("Revenue grew 3.5% to $2.75 billion in May 2021, with 1,200,000 users. Maria Lopez of the "
+     "World Health Organization posted it at www.who.int/news.", [("dates", "3 May 2021")]),
+])
+def test_missing_facts_kept_dropped_altered(output, missing):
+    assert metrics.missing_facts(FIGURES, output) == missing
+    n = sum(len(v) for v in metrics.extract_facts(FIGURES).values())
+    assert metrics.fact_preservation(FIGURES, output) == pytest.approx(1 - len(missing) / n)
+
+
+def test_dates_match_whatever_the_format():
+    for same in ("2021-05-03", "May 3, 2021", "3rd May 2021", "May 3rd, 2021"):
+        assert metrics.fact_preservation("It opened on 3 May 2021.", f"Opened {same}.") == 1.0
+    assert metrics.fact_preservation("It opened on 3 May 2021.", "Opened May 3.") == 0.0  # no year
+    assert metrics.fact_preservation("Due Sept. 5.", "Due on 5 September.") == 1.0
+    assert metrics.fact_preservation("Signed 3/5/2021.", "Signed 5/3/2021.") == 0.0  # not reordered
+
+
+def test_best_by_facts_keeps_most_facts_then_meaning_then_first():
+    source = "Alice Smith paid $1,200 to Acme Corp on 3 May 2021."
+    candidates = ["Alice paid a lot.",  # 0 of 4 facts
+                  "Alice Smith paid 1,300 to Acme Corp on 3 May 2021.",  # 3 of 4
+                  "On May 3rd, 2021 Alice Smith paid Acme Corp $1200.",  # 4 of 4
+                  "Alice Smith gave Acme Corp 1,200 dollars on 3 May 2021."]  # 4 of 4
+    assert metrics.best_by_facts(source, candidates) == 2  # a tie with 3: the first wins
+    closer = lambda s, cands: [0.1, 0.2, 0.3, 0.9]  # noqa: E731
+    assert metrics.best_by_facts(source, candidates, closer) == 3  # the tie goes to meaning
+    further = lambda s, cands: [0.9, 0.1]  # noqa: E731
+    assert metrics.best_by_facts(source, candidates[:2], further) == 1  # facts before meaning
+    # no facts to keep: meaning decides; without it the first non-empty text
+    assert metrics.best_by_facts("plain words.", ["", "a", "b"], lambda s, c: [0, 0.2, 0.5]) == 2
+    assert metrics.best_by_facts("plain words.", ["  ", "a", "b"]) == 1
+    with pytest.raises(ValueError, match="no candidates"):
+        metrics.best_by_facts(source, [])
+    with pytest.raises(ValueError, match="gave 1 scores for 2"):
+        metrics.best_by_facts(source, ["a", "b"], lambda s, c: [0.5])
+
+
 def test_sentence_initial_words_are_not_names():
     assert metrics.extract_facts("However, the plan worked. Then it rained.")["names"] == set()
     assert metrics.extract_facts("The LORD spoke to Balaam.")["names"] == {"LORD", "Balaam"}
