@@ -100,7 +100,9 @@ def open_binary(source: str | Path | BinaryIO, name: str | None = None) -> Binar
 
 
 def _source_name(source, name: str | None) -> str:
-    return name or (str(source) if isinstance(source, (str, Path)) else getattr(source, "name", "<stream>"))
+    if name:
+        return name
+    return str(source) if isinstance(source, (str, Path)) else getattr(source, "name", "<stream>")
 
 
 def _lines(f: BinaryIO, name: str) -> Iterator[tuple[int, bytes]]:
