@@ -1,0 +1,71 @@
+"""Two named smoke experiments scored like notebook 07 and compared side by side: each writes to
+its own runs/<preset>/<name>/, reads what it did not make itself from the default run, and
+list_experiments + results.compare_experiments put them in one table."""
+import json
+
+import numpy as np
+import pytest
+
+from helpers import config, results
+from helpers.config import get_config, list_experiments
+
+ROWS = [
+    {"id": f"r{i}", "domain": "News", "source": f"The council met on 3 May and spent {i}00 pounds.",
+     "human": f"Council met May 3rd, spent {i}00 quid.",
+     "outputs": {"base": f"The council met on 3 May and spent {i}00 pounds.",
+                 "sft": f"Council met 3 May, spent {i}00 pounds.",
+                 "sft+dpo": "Council met, money went."}}
+    for i in range(1, 7)
+]
+
+
+class LengthDetector:
+    def score(self, texts):
+        return np.array([min(len(t) / 60, 1.0) for t in texts])
+
+
+def embed(texts):
+    return np.array([[len(t), t.count(" ") + 1.0] for t in texts])
+
+
+def notebook_07(name: str) -> None:
+    """What notebook 07 does with a run's rewrites, with a toy detector and embedder."""
+    cfg = get_config("smoke", experiment=name, notebook="07")
+    rows = results.load_rewrites(cfg.input_path("rewrites.jsonl"))
+    texts = results.system_texts(rows)
+    scores = results.score_all(texts, {"Length": LengthDetector()})
+    results.write_results(cfg, results.summarize(cfg, texts, scores, embed, []))
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "RUNS_ROOT", tmp_path / "runs")
+    monkeypatch.delenv("HUMANIZER_EXPERIMENT", raising=False)
+    return tmp_path / "runs"
+
+
+def write_rewrites(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_two_experiments_side_by_side(runs):
+    write_rewrites(runs / "smoke" / "rewrites.jsonl", ROWS)  # the default run's notebook 06
+    # "keeps-facts" reran notebook 06 with other settings; "rescored" only reran notebook 07
+    kept = [dict(r, outputs=dict(r["outputs"], **{"sft+dpo": r["outputs"]["sft"]})) for r in ROWS]
+    write_rewrites(runs / "smoke" / "keeps-facts" / "rewrites.jsonl", kept)
+    for name in ("", "keeps-facts", "rescored"):
+        notebook_07(name)
+    assert not (runs / "smoke" / "rescored" / "rewrites.jsonl").exists()
+    assert (runs / "smoke" / "rescored" / "results.json").exists()
+    names = list_experiments("smoke")
+    assert names == ["", "keeps-facts", "rescored"]
+    saved = json.loads((runs / "smoke" / "keeps-facts" / "config.json").read_text())
+    assert list(saved["notebooks"]) == ["07"] and saved["notebooks"]["07"]["config"]["preset"] == "smoke"
+
+    frame = results.compare_experiments(get_config("smoke"), names, runs_root=runs)
+    facts = frame[frame.measure == "facts kept"].set_index("experiment")["mean"].to_dict()
+    assert facts == {"(default)": 0.0, "keeps-facts": 1.0, "rescored": 0.0}
+    p_ai = frame[frame.measure == "P(AI) Length"].set_index("experiment")["mean"].to_dict()
+    assert p_ai["(default)"] == p_ai["rescored"] == pytest.approx(len("Council met, money went.") / 60)
+    assert p_ai["keeps-facts"] == pytest.approx(np.mean([len(r["outputs"]["sft"]) / 60 for r in ROWS]))
