@@ -40,21 +40,21 @@ _MLX_TOP_NAMES = {v: k for k, v in _GGUF_TOP_NAMES.items()}
 # ---------------------------------------------------------------- the fused model
 
 def fused_humanizer(cfg, adapter: str = "sft+dpo"):
-    """(model, tokenizer, config): the base with the chosen adapters folded into fp32 weights."""
-    from .generate import adapter_dir, load_system
+    """(model, tokenizer, config): the run's base with the chosen adapters folded into fp32 weights."""
+    from . import humanizer
     from .lora import fuse
 
     if adapter not in ADAPTERS:
         raise ValueError(f"unknown adapter {adapter!r}; choose one of {ADAPTERS}")
-    needed = {"sft+dpo": ("sft", "dpo"), "sft": ("sft",), "base": ()}[adapter]
-    for name in needed:
-        if not (adapter_dir(cfg, name) / "adapters.safetensors").exists():
-            raise FileNotFoundError(f"{adapter_dir(cfg, name)}: no {name.upper()} adapter for preset "
-                                    f"{cfg.preset!r}; train it (notebook 04/05) or export --adapter base")
+    for name in {"sft+dpo": ("sft", "dpo"), "sft": ("sft",), "base": ()}[adapter]:
+        if not (humanizer.adapter_dir(cfg, name) / "adapters.safetensors").exists():
+            raise FileNotFoundError(f"{humanizer.adapter_dir(cfg, name)}: no {name.upper()} adapter "
+                                    f"for preset {cfg.preset!r}; train it (notebook 04/05) or "
+                                    "export --adapter base")
     # fuse() needs fp32 weights; dequantize(W_q) is exactly what the quantized base computes with
-    model, tokenizer = load_system(dataclasses.replace(cfg, fake_quant=True), adapter)
-    fuse(model)
-    return model, tokenizer, model_config(model, tokenizer)
+    loaded = humanizer.Humanizer.load(dataclasses.replace(cfg, fake_quant=True), adapter)
+    fuse(loaded.model)
+    return loaded.model, loaded.tokenizer, model_config(loaded.model, loaded.tokenizer)
 
 
 def model_config(model: nn.Module, tokenizer) -> dict:
@@ -315,27 +315,41 @@ def tokenizer_fields_for(cfg, tokenizer, vocab_size: int, source: str = "auto") 
         return tokenizer_fields_from_hf(folder, vocab_size)
 
 
-def export_gguf(cfg, adapter: str = "sft+dpo", out: str | Path | None = None,
-                outtype: str = "f16", tokenizer_from: str = "auto") -> Path:
-    """runs/<preset>/export/humanizer-<adapter>-<outtype>/ with the .gguf file and a Modelfile."""
+def humanizer_gguf_fields(cfg, tokenizer, vocab_size: int, source: str = "auto") -> list[tuple]:
+    """The tokenizer keys with the chat template falling back to the training system prompt."""
     from gguf import GGUFValueType
 
-    model, tokenizer, config = fused_humanizer(cfg, adapter)
-    stem = f"humanizer-{adapter.replace('+', '-')}-{outtype}"
-    out = Path(out) if out else cfg.path("export") / stem / f"{stem}.gguf"
-    fields = tokenizer_fields_for(cfg, tokenizer, config["vocab_size"], tokenizer_from)
+    fields = tokenizer_fields_for(cfg, tokenizer, vocab_size, source)
     template = next((v for k, v, *_ in fields if k == "tokenizer.chat_template"),
                     tokenizer.chat_template)
     if not template:
         raise ValueError("the tokenizer has no chat template; the GGUF would not know the chat format")
-    fields = set_field(fields, "tokenizer.chat_template",
-                       with_default_system(template, cfg.system_prompt), GGUFValueType.STRING)
+    return set_field(fields, "tokenizer.chat_template",
+                     with_default_system(template, cfg.system_prompt), GGUFValueType.STRING)
+
+
+def write_humanizer_gguf(cfg, model, config: dict, fields: list[tuple], out: str | Path,
+                         outtype: str = "f16") -> Path:
+    """The .gguf file (with cfg's decoding as llama.cpp's sampling defaults) and its Modelfile."""
+    from .io import atomic_write_text
+
+    out = Path(out)
     sampling = {"temp": cfg.temperature, "top_p": cfg.top_p,
                 "penalty_repeat": cfg.repetition_penalty, "penalty_last_n": cfg.repetition_context}
-    write_gguf(out, model, config, fields, outtype, name=f"{stem} ({cfg.preset})", sampling=sampling)
-    from .io import atomic_write_text
+    write_gguf(out, model, config, fields, outtype, name=f"{out.stem} ({cfg.preset})",
+               sampling=sampling)
     atomic_write_text(out.parent / "Modelfile", ollama_modelfile(out.name, cfg))
     return out
+
+
+def export_gguf(cfg, adapter: str = "sft+dpo", out: str | Path | None = None,
+                outtype: str = "f16", tokenizer_from: str = "auto") -> Path:
+    """runs/<preset>/export/humanizer-<adapter>-<outtype>/ with the .gguf file and a Modelfile."""
+    model, tokenizer, config = fused_humanizer(cfg, adapter)
+    stem = f"humanizer-{adapter.replace('+', '-')}-{outtype}"
+    out = Path(out) if out else cfg.path("export") / stem / f"{stem}.gguf"
+    fields = humanizer_gguf_fields(cfg, tokenizer, config["vocab_size"], tokenizer_from)
+    return write_humanizer_gguf(cfg, model, config, fields, out, outtype)
 
 
 def export_mlx(cfg, adapter: str = "sft+dpo", out: str | Path | None = None) -> Path:

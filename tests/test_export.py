@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import WORKSHOP_MODEL, make_tiny_model
-from helpers import export, generate, lora, models
+from helpers import export, generate, humanizer, lora, models
 from helpers.config import get_config
 from helpers.data import rewrite_request
 
@@ -50,12 +50,12 @@ def relative_error(a, b):
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory, tokenizer):
-    """The tiny base as the preset's base (load_system loads it) with trained-like adapters."""
+    """The tiny base as the run's base (Humanizer.load loads it) with trained-like adapters."""
     folder = tmp_path_factory.mktemp("adapters")
     train_like_adapters(folder)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(generate, "adapter_dir", lambda cfg, name: folder / name)
-        patch.setattr(generate, "load_base", lambda cfg: (make_tiny_model(seed=0)[0], tokenizer))
+        patch.setattr(humanizer, "adapter_dir", lambda cfg, name: folder / name)
+        patch.setattr(humanizer, "load_base", lambda cfg: (make_tiny_model(seed=0)[0], tokenizer))
         yield folder
 
 
@@ -106,7 +106,7 @@ def test_fused_humanizer_computes_what_the_adapters_compute(adapters, which):
 
 
 def test_missing_adapter_is_named(tmp_path, monkeypatch):
-    monkeypatch.setattr(generate, "adapter_dir", lambda cfg, name: tmp_path / name)
+    monkeypatch.setattr(humanizer, "adapter_dir", lambda cfg, name: tmp_path / name)
     with pytest.raises(FileNotFoundError, match=r"sft: no SFT adapter.*--adapter base"):
         export.fused_humanizer(tiny_cfg(), "sft")
 
