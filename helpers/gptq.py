@@ -25,8 +25,6 @@ scales): any bit-width MLX supports, float16 scales, float64 numpy on the CPU.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -43,8 +41,13 @@ def inverse_hessian_factor(hessian: np.ndarray, damp: float = 0.01) -> np.ndarra
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     h[np.diag_indices_from(h)] += damp * np.mean(np.diag(h))
-    inverse = np.linalg.inv(np.linalg.cholesky(h))  # L⁻¹, so H⁻¹ = L⁻ᵀ L⁻¹
-    return np.linalg.cholesky(inverse.T @ inverse).T
+    # with J the reversal, J H J = L Lᵀ gives H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J), and J L⁻¹ J is upper
+    # triangular: one Cholesky and one triangular solve instead of inverting H
+    from scipy.linalg import solve_triangular
+
+    lower = np.linalg.cholesky(h[::-1, ::-1])
+    inverse = solve_triangular(lower, np.eye(len(h)), lower=True)
+    return np.ascontiguousarray(inverse[::-1, ::-1])
 
 
 def group_scales(columns: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,17 +70,19 @@ def pack(levels: np.ndarray, bits: int) -> np.ndarray:
     return packed.view(np.uint32)
 
 
-def gptq_quantize(weight, hessian, bits: int, group_size: int, damp: float = 0.01) -> dict:
+def gptq_quantize(weight, hessian, bits: int, group_size: int, damp: float = 0.01,
+                  factor=None) -> dict:
     """GPTQ-round `weight` (out, in) given the input Hessian (in, in). Returns the stored arrays
     "weight" (packed uint32), "scales", "biases" (float16), ready for mx.dequantize, and
-    "dequantized": the float32 matrix they decode to."""
+    "dequantized": the float32 matrix they decode to. `factor`: inverse_hessian_factor(hessian,
+    damp) when already computed (it depends on neither the bits nor the weights)."""
     w = np.array(weight, dtype=np.float64)
     rows, cols = w.shape
     if cols % group_size:
         raise ValueError(f"input size {cols} is not a multiple of group_size {group_size}")
     if np.shape(hessian) != (cols, cols):
         raise ValueError(f"hessian shape {np.shape(hessian)} does not match input size {cols}")
-    u = inverse_hessian_factor(hessian, damp)
+    u = inverse_hessian_factor(hessian, damp) if factor is None else factor
     top = 2 ** bits - 1
     levels = np.zeros((rows, cols), dtype=np.int64)
     scales, biases = [], []
@@ -118,30 +123,32 @@ def output_error(x, weight, approx) -> float:
                                         - np.asarray(approx, np.float64)).T)))
 
 
+class _Inputs:
+    """What the catchers share: the Gram sums, and the last input seen, so that layers reading
+    the same input (q/k/v, gate/up) share one sum instead of computing it again."""
+
+    def __init__(self):
+        self.sums, self.twin_of, self.last = {}, {}, (None, None)
+
+
 class _HessianCatcher(nn.Module):
     """Wraps a linear layer and adds xᵀx of every input it sees to a running sum."""
 
-    def __init__(self, module):
+    def __init__(self, module, path: str, inputs: _Inputs):
         super().__init__()
-        self.module = module
-        self.sum = None
+        self.module, self.path, self.inputs = module, path, inputs
 
     def __call__(self, x):
-        flat = np.array(x.reshape(-1, x.shape[-1]), dtype=np.float64)
-        self.sum = flat.T @ flat + (0 if self.sum is None else self.sum)
+        last_x, last_path = self.inputs.last
+        if last_x is x:  # a sibling read this very input: share its sum
+            self.inputs.twin_of[self.path] = last_path
+        else:
+            flat = np.array(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+            gram = flat.T @ flat
+            sums = self.inputs.sums
+            sums[self.path] = gram if self.path not in sums else sums[self.path] + gram
+            self.inputs.last = (x, self.path)
         return self.module(x)
-
-
-@contextmanager
-def _catching(model: nn.Module, paths):
-    modules = dict(model.named_modules())
-    originals = {p: modules[p] for p in paths}
-    catchers = {p: _HessianCatcher(m) for p, m in originals.items()}
-    model.update_modules(_nested(catchers))
-    try:
-        yield catchers
-    finally:
-        model.update_modules(_nested(originals))
 
 
 def _nested(flat: dict) -> dict:
@@ -150,14 +157,20 @@ def _nested(flat: dict) -> dict:
 
 
 def layer_hessians(model: nn.Module, tokens: mx.array, paths, batch_rows: int = 8) -> dict:
-    """{path: H = XᵀX} of the inputs each nn.Linear in `paths` sees while the (unquantized)
-    model reads `tokens` (rows, length), accumulated over batches of rows."""
+    """{path: H = XᵀX} (float32) of the inputs each nn.Linear in `paths` sees while the
+    (unquantized) model reads `tokens` (rows, length), accumulated over batches of rows. Layers
+    that read the same input get the same array."""
     paths = list(paths)
     modules = dict(model.named_modules())
     wrong = [p for p in paths if not isinstance(modules.get(p), nn.Linear)]
     if wrong:
         raise ValueError(f"GPTQ needs nn.Linear layers; not one: {wrong[:3]}")
-    with _catching(model, paths) as catchers:
+    inputs = _Inputs()
+    model.update_modules(_nested({p: _HessianCatcher(modules[p], p, inputs) for p in paths}))
+    try:
         for i in range(0, tokens.shape[0], batch_rows):
             mx.eval(model(tokens[i:i + batch_rows]))
-        return {p: c.sum for p, c in catchers.items()}
+            inputs.last = (None, None)
+    finally:
+        model.update_modules(_nested({p: modules[p] for p in paths}))
+    return {p: inputs.sums[inputs.twin_of.get(p, p)] for p in paths}

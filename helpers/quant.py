@@ -476,30 +476,34 @@ class GPTQRounding:
         start = time.perf_counter()
         self.hessians = gptq.layer_hessians(model, tokens, paths)
         self.hessian_seconds = time.perf_counter() - start
-        self.group_size, self.damp, self.rounded = group_size, damp, {}
+        self.group_size, self.damp, self.rounded, self.factors = group_size, damp, {}, {}
         self.rounding_seconds = 0.0
 
-    def stored(self, bits_by_path: dict) -> dict:
+    def stored(self, bits_by_path: dict, group_size: int | None = None) -> dict:
         """{path: {"weight", "scales", "biases", "dequantized"}} for the layers GPTQ covers."""
         from . import gptq
 
+        group = group_size or self.group_size
         out = {}
         for path, bits in bits_by_path.items():
             if path not in self.hessians:
                 continue
-            if (path, bits) not in self.rounded:
+            if (path, bits, group) not in self.rounded:
                 start = time.perf_counter()
-                self.rounded[path, bits] = gptq.gptq_quantize(
-                    self.weights[path], self.hessians[path], bits, self.group_size,
-                    self.damp)
+                hessian = self.hessians[path]  # shared by the layers reading the same input
+                if id(hessian) not in self.factors:
+                    self.factors[id(hessian)] = gptq.inverse_hessian_factor(hessian, self.damp)
+                self.rounded[path, bits, group] = gptq.gptq_quantize(
+                    self.weights[path], hessian, bits, group, self.damp, self.factors[id(hessian)])
                 self.rounding_seconds += time.perf_counter() - start
-            out[path] = self.rounded[path, bits]
+            out[path] = self.rounded[path, bits, group]
         return out
 
-    def plan(self, bits_by_path: dict) -> dict:
+    def plan(self, bits_by_path: dict, group_size: int | None = None) -> dict:
         """A `compare` plan: these bits, GPTQ's dequantized weights where it applies."""
-        weights = {p: a["dequantized"] for p, a in self.stored(bits_by_path).items()}
-        return {"bits": bits_by_path, "group_size": self.group_size, "weights": weights}
+        group = group_size or self.group_size
+        weights = {p: a["dequantized"] for p, a in self.stored(bits_by_path, group).items()}
+        return {"bits": bits_by_path, "group_size": group, "weights": weights}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -604,6 +608,64 @@ def allocate_by_score(units: dict, scores: dict, target_bpw: float, low_bits: in
         if 0 < extra and spent + extra <= budget:
             bits[path], spent = high_bits, spent + extra
     return bits
+
+
+def uniform_at(units: dict, target_bpw: float, candidate_bits, groups=(32, 64, 128)):
+    """(bits, group size) of a uniform quantization that stores exactly target_bpw, or None:
+    4.5 is 4-bit in groups of 64, 5.0 is 4-bit in groups of 32."""
+    cols = {s[1] for u in units.values() for s in u["shapes"]}
+    for g in groups:
+        for b in sorted(candidate_bits):
+            if all(c % g == 0 for c in cols) and b + 2 * SCALE_BITS / g == target_bpw:
+                return b, g
+    return None
+
+
+def equal_size_methods(model, sens: dict, targets, candidate_bits, rounding=None,
+                       gradient=None, protect=()) -> list[dict]:
+    """Every method at every target bpw, as rows {"method", "target", "plan"} for `compare`:
+    uniform round-to-nearest (where a uniform bit-width and group size store exactly the
+    target), the rule-based mixed_4_6 recipe (at its own bpw, with our methods beside it there),
+    mlx-lm's gradient-sensitivity allocation (`gradient` {(low, high): scores}), our KL
+    knapsack, and with `rounding` (GPTQRounding) uniform and knapsack with GPTQ rounding."""
+    units, group = sens["units"], sens["group_size"]
+    rule = rule_based_bits(model, units, "mixed_4_6", group, protect)
+    rows = [{"method": "rule mixed_4_6", "target": round(bits_per_weight(rule, units, group), 3),
+             "plan": rule}]
+    clock = time.perf_counter()
+
+    def add(method, target, plan):  # seconds: building this plan, past the shared passes
+        nonlocal clock
+        rows.append({"method": method, "target": target, "plan": plan,
+                     "seconds": time.perf_counter() - clock})
+        clock = time.perf_counter()
+
+    for target in sorted(targets) + [rows[0]["target"]]:
+        uniform = uniform_at(units, target, candidate_bits) if target in targets else None
+        if uniform:
+            bits = uniform_bits(units, uniform[0])
+            add("uniform", target, {"bits": bits, "group_size": uniform[1]})
+            if rounding is not None:
+                add("uniform + GPTQ", target, rounding.plan(bits, uniform[1]))
+        if gradient is not None and target in targets:
+            low, high = bracketing_bits(target, candidate_bits, group)
+            add("gradient (mlx-lm)", target, allocate_by_score(
+                units, gradient[low, high], target, low, high, group, protect))
+        knapsack = allocate(sens, target, candidate_bits, protect)
+        add("KL knapsack", target, knapsack)
+        if rounding is not None:
+            add("KL knapsack + GPTQ", target, rounding.plan(knapsack))
+    rows[0]["seconds"] = 0.0
+    return rows
+
+
+ANCHORS = ("uniform", "rule mixed_4_6", "gradient (mlx-lm)")
+
+
+def gradient_anchor(model, tokens, targets, candidate_bits, group_size) -> dict:
+    """{(low, high): gradient scores} for the bracketing bit-widths of every target."""
+    pairs = {bracketing_bits(t, candidate_bits, group_size) for t in targets}
+    return {pair: gradient_scores(model, tokens, *pair, group_size) for pair in sorted(pairs)}
 
 
 def predicted_kl(sens: dict, bits_by_path: dict) -> float:
@@ -757,8 +819,10 @@ def compare(model, held: HeldOut, sens: dict, configs: dict, progress: bool = Tr
     for name, plan in tqdm(configs.items(), desc="evaluating", disable=not progress):
         bits, group = (plan["bits"], plan.get("group_size", sens["group_size"])) if "bits" in plan \
             else (plan, sens["group_size"])
+        start = time.perf_counter()
         with fake_quantized(model, bits, group, plan.get("weights") if "bits" in plan else None):
             result = summarize(held.evaluate(model))
+        result["eval s"] = time.perf_counter() - start
         rows.append({"config": name, "bpw": bits_per_weight(bits, units, group),
                      "MB": expected_bytes(model, units, bits, group) / 2**20,
                      "predicted KL": predicted_kl(sens, bits) if group == sens["group_size"]

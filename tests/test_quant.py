@@ -296,3 +296,28 @@ def test_gptq_model_saves_loads_and_matches_its_fake_quantized_plan(tmp_path, to
     np.testing.assert_allclose(np.array(qmodel(tokens)), np.array(fake_logits), atol=1e-4)
     extra = quant.file_bytes(out) - quant.expected_bytes(qmodel, units, bits, GROUP)
     assert 0 < extra < 64 * 1024  # same accounting as round-to-nearest
+
+
+def test_every_method_is_built_at_each_equal_size_point(tiny_model):
+    model, _ = tiny_model
+    units = quant.quant_units(model, "linear", GROUP)
+    cands = (3, 4, 5, 6, 8)
+    errors = {b: quant.quantization_error(model, units, b, GROUP) for b in cands}
+    sens = {"units": units, "group_size": GROUP,
+            "kl": {n: {str(b): {"mean": errors[b][n]} for b in cands} for n in units}}
+    tokens = random_tokens((2, 16))
+    targets = (4.5, 5.0)
+    rows = quant.equal_size_methods(model, sens, targets, cands, quant.GPTQRounding(
+        model, tokens, GROUP), quant.gradient_anchor(model, tokens, targets, cands, GROUP))
+    methods = {(r["method"], r["target"]) for r in rows}
+    for target in targets:
+        assert {(m, target) for m in ("uniform", "uniform + GPTQ", "gradient (mlx-lm)",
+                                      "KL knapsack", "KL knapsack + GPTQ")} <= methods
+    rule_bpw = rows[0]["target"]
+    assert rows[0]["method"] == "rule mixed_4_6" and ("KL knapsack", rule_bpw) in methods
+    for r in rows:
+        plan = r["plan"] if "bits" in r["plan"] else {"bits": r["plan"]}
+        bpw = quant.bits_per_weight(plan["bits"], units, plan.get("group_size", GROUP))
+        assert bpw <= r["target"] + 1e-3
+        if r["method"] == "uniform":
+            assert bpw == r["target"]  # 5.0 is 4-bit in groups of 32
