@@ -24,7 +24,8 @@ TRACE_STOP = "import json as __json\nprint(__json.dumps(__field_trace.stop_field
 
 
 class RerunError(AssertionError):
-    """A cell failed: names the notebook, the pass, the cell and the error."""
+    """A cell failed: names the notebook, the pass, the cell and the error. `fields` holds the
+    Config fields read until then (all of the first run's when `completed_first_run`)."""
 
 
 def number(path: Path) -> str:
@@ -40,7 +41,7 @@ def run_twice(path: Path, timeout: int = 900) -> dict:
     nb.cells += [start, stop]  # executed by hand below; the cell list only gives them an index
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
-    seconds = []
+    seconds, failure = [], None
     with client.setup_kernel():
         client.execute_cell(start, len(nb.cells) - 2)
         for run in ("first run", "second run"):
@@ -50,14 +51,20 @@ def run_twice(path: Path, timeout: int = 900) -> dict:
                 try:
                     client.execute_cell(cell, index)
                 except CellExecutionError as err:
-                    raise RerunError(f"{path.name}, {run}, cell {index} (code cell "
-                                     f"{[i for i, _ in code].index(index)}): {err.ename}: "
-                                     f"{err.evalue}") from None
+                    failure = (f"{path.name}, {run}, cell {index} (code cell "
+                               f"{[i for i, _ in code].index(index)}): {err.ename}: {err.evalue}")
+                    break
+            if failure:
+                break
             seconds.append(round(time.perf_counter() - began, 1))
         client.execute_cell(stop, len(nb.cells) - 1)
     printed = "".join(o.get("text", "") for o in stop.outputs if o.get("name") == "stdout")
-    return {"fields": json.loads(printed.strip().splitlines()[-1]),
-            "first_s": seconds[0], "second_s": seconds[1]}
+    fields = json.loads(printed.strip().splitlines()[-1])
+    if failure:
+        error = RerunError(failure)
+        error.fields, error.completed_first_run = fields, bool(seconds)
+        raise error
+    return {"fields": fields, "first_s": seconds[0], "second_s": seconds[1]}
 
 
 def series(numbers: list[str] | None = None) -> list[Path]:
