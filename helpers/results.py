@@ -97,8 +97,9 @@ def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
     `judge_scores` from the training judge, reported beside them but never judged against."""
     boot = dict(n_boot=cfg.n_bootstrap, seed=cfg.seed)
     human, source = texts["human"], texts["source"]
-    kinds = {**{d: "evaluation" for d in scores}, **{d: "training judge" for d in judge_scores or {}}}
-    scores = {**scores, **(judge_scores or {})}
+    judge_scores = judge_scores or {}
+    kinds = {**{d: "evaluation" for d in scores}, **{d: "training judge" for d in judge_scores}}
+    scores = {**scores, **judge_scores}
     detectors = {}
     for name, by_system in scores.items():
         h, s = by_system["human"], by_system["source"]

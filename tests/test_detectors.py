@@ -167,3 +167,86 @@ def test_radar_scores_with_a_tiny_local_classifier(tmp_path):
             assert value == pytest.approx(torch.softmax(radar.model(**enc).logits, -1)[0, 0].item(),
                                           abs=1e-5)
     assert ((p > 0) & (p < 1)).all()
+
+
+HUMAN_STYLE = ["we reckon the old mill shut in spring, so the lads went north",
+               "honestly the bus was late again and nobody cared much",
+               "my gran kept bees; the honey was dark and odd",
+               "the lads reckon the pub quiz is rigged, and so do I",
+               "rain again. we stayed in and played cards till late",
+               "the old mill road floods every spring, ask anyone",
+               "nobody reckons the ferry will run on time today",
+               "odd weather: hail, then sun, then hail again",
+               "we walked the dog past the mill and back",
+               "gran says the bees hate thunder, and she is right"]
+AI_STYLE = ["Furthermore, it is important to note that the mill played a crucial role.",
+            "Moreover, the transportation system demonstrates significant challenges.",
+            "Additionally, beekeeping represents a fascinating and multifaceted tradition.",
+            "Furthermore, community events foster a vibrant sense of belonging.",
+            "Moreover, inclement weather significantly impacts recreational activities.",
+            "Additionally, infrastructure plays a crucial role in seasonal flooding.",
+            "Furthermore, ferry services represent a vital transportation link.",
+            "Moreover, weather patterns demonstrate remarkable variability.",
+            "Additionally, walking pets fosters significant physical well-being.",
+            "Furthermore, bees demonstrate a fascinating sensitivity to storms."]
+
+
+def style_rows(n=10):
+    return [{"human": h, "ai": a} for h, a in zip(HUMAN_STYLE[:n], AI_STYLE[:n])]
+
+
+@pytest.mark.parametrize("cls", [detectors.NgramDetector, detectors.StyleDetector])
+def test_linear_text_detectors_train_save_and_reload(cls, tmp_path):
+    rows = style_rows()
+    det = cls.train(rows[:8], rows[8:])
+    p = det.score(HUMAN_STYLE[8:] + AI_STYLE[8:])
+    assert (p[:2] < 0.5).all() and (p[2:] > 0.5).all()
+    assert det.meta["C"] in cls.c_grid and det.meta["n_train"] == 16
+    det.save(tmp_path, "fp1")
+    assert sorted(f.name for f in tmp_path.iterdir()) == [f"{cls.slug}.json",
+                                                          f"{cls.slug}.safetensors"]
+    loaded = cls.load(tmp_path, "fp1")
+    np.testing.assert_allclose(loaded.score(HUMAN_STYLE[8:] + AI_STYLE[8:]), p, rtol=1e-5)
+    assert cls.load(tmp_path, "other data") is None
+    assert cls.load(tmp_path, "fp1", slug="judge") is None  # another detector's files
+
+
+def test_style_features_by_hand():
+    f = detectors.style_features("The cat sat. It ran, and the dog ran too!")
+    # 10 words; sentences of 3 and 7 words; distinct words 8 of 10; one comma, one "!"
+    assert f[0] == pytest.approx(math.log(10))
+    assert f[1:3] == pytest.approx([5.0, 2.0])
+    assert f[5] == pytest.approx(0.8)
+    punct = dict(zip(detectors.PUNCTUATION, f[6:6 + len(detectors.PUNCTUATION)]))
+    assert punct[","] == pytest.approx(0.1) and punct["!"] == pytest.approx(0.1)
+    rates = dict(zip(detectors.FUNCTION_WORDS, f[-len(detectors.FUNCTION_WORDS):]))
+    assert rates["the"] == pytest.approx(0.2) and rates["and"] == pytest.approx(0.1)
+
+
+def test_check_disjoint_names_a_shared_paragraph():
+    rows = style_rows(3)
+    detectors.check_disjoint(rows[:2], rows[2:], "fine")
+    leaked = [{"human": "  " + rows[0]["human"].upper() + "\n", "ai": "something else"}]
+    with pytest.raises(ValueError, match=r"eval drafts: 1 paragraph\(s\) are in both sets"):
+        detectors.check_disjoint(rows, leaked, "eval drafts")  # case and spacing do not hide it
+
+
+@pytest.fixture(scope="module")
+def smoke_splits():
+    from helpers.config import get_config
+    from helpers.data import prepare
+    cfg = get_config("smoke")
+    return cfg, prepare(cfg)
+
+
+def test_detector_rows_judge_rows_and_eval_drafts_are_disjoint(smoke_splits):
+    from helpers.data import paragraph_key
+    cfg, splits = smoke_splits
+    train, judge = detectors.detector_rows(cfg, splits), detectors.judge_rows(cfg, splits)
+    assert len(train) == len(judge) == cfg.detector_train_pairs
+    keys = lambda rows: {paragraph_key(r[k]) for r in rows for k in ("human", "ai")}  # noqa: E731
+    evaluation, val = keys(splits["eval"]), keys(splits["val"])
+    assert not keys(train) & evaluation
+    assert not keys(judge) & keys(train) and not keys(judge) & evaluation
+    assert not keys(judge) & val
+    assert len({r["group"] for r in judge}) == len(judge)  # one row per paragraph
