@@ -62,6 +62,7 @@ lab: setup
 bench: setup
 	$(PY) bench/quant.py
 	$(PY) bench/inference.py
+	$(PY) bench/runtimes.py
 
 clean:
 	rm -rf runs/$(PRESET)

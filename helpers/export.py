@@ -27,6 +27,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
+from .io import atomic_write_text, current_umask
 from .models import _GGUF_BLOCK_NAMES, _GGUF_TOP_NAMES, resolve, save_mlx_model
 
 ADAPTERS = ("sft+dpo", "sft", "base")
@@ -274,6 +275,7 @@ def write_gguf(path: str | Path, model: nn.Module, config: dict, tokenizer_field
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; the result should not be
         os.replace(tmp, path)
     except BaseException:
         writer.close()
@@ -331,8 +333,6 @@ def humanizer_gguf_fields(cfg, tokenizer, vocab_size: int, source: str = "auto")
 def write_humanizer_gguf(cfg, model, config: dict, fields: list[tuple], out: str | Path,
                          outtype: str = "f16") -> Path:
     """The .gguf file (with cfg's decoding as llama.cpp's sampling defaults) and its Modelfile."""
-    from .io import atomic_write_text
-
     out = Path(out)
     sampling = {"temp": cfg.temperature, "top_p": cfg.top_p,
                 "penalty_repeat": cfg.repetition_penalty, "penalty_last_n": cfg.repetition_context}
