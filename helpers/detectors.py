@@ -434,16 +434,18 @@ class StyleDetector(LinearTextDetector):
 
 
 def fitted(cls, cfg, rows: list[dict], calib_rows: list[dict], slug: str | None = None):
-    """`cls` trained on `rows`, or reloaded from runs/<preset>/detectors/<slug>.* when it was
-    trained on the same rows and calibration rows."""
+    """`cls` trained on `rows`, or reloaded from detectors/<slug>.* (this run's, else the default
+    run's: an experiment that keeps the data reuses them) when trained on the same rows."""
     slug = slug or cls.slug
-    folder = cfg.path("detectors")
-    fingerprint = _fingerprint(slug, [(r["human"], r["ai"]) for r in rows],
+    fingerprint = _fingerprint(slug, cls.__name__, cls.c_grid,
+                               [(r["human"], r["ai"]) for r in rows],
                                [(r["human"], r["ai"]) for r in calib_rows])
-    detector = cls.load(folder, fingerprint, slug)
-    if detector is None:
-        detector = cls.train(rows, calib_rows)
-        detector.save(folder, fingerprint, slug)
+    for folder in dict.fromkeys([cfg.path("detectors"), cfg.input_path("detectors")]):
+        detector = cls.load(folder, fingerprint, slug)
+        if detector is not None:
+            return detector
+    detector = cls.train(rows, calib_rows)
+    detector.save(cfg.path("detectors"), fingerprint, slug)
     return detector
 
 

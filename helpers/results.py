@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import REPO_ROOT
+from .config import RUNS_ROOT
 from .io import DataError, atomic_write_json, atomic_write_text, iter_jsonl, read_json
 from .metrics import (auroc, bootstrap_ci, fact_preservation, gap_closed, has_chat_artefact,
                       length_ratio, meaning_similarity, paired_bootstrap_ci, slop_per_1k,
@@ -378,7 +378,7 @@ def headline(results: dict) -> str:
 def experiment_results_path(preset: str, name: str, runs_root: Path | None = None) -> Path:
     """runs/<preset>/results.json for the default experiment (""), else
     runs/<preset>/<name>/results.json."""
-    folder = Path(runs_root or REPO_ROOT / "runs") / preset
+    folder = Path(runs_root or RUNS_ROOT) / preset
     return (folder / name if name else folder) / "results.json"
 
 
