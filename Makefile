@@ -23,7 +23,7 @@ export HUMANIZER_ASSETS ?= $(abspath ../shared/assets)
 endif
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run readme test lab bench clean blas
+.PHONY: setup run readme test lab serve bench clean blas
 setup: $(VENV)/.installed blas
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -58,6 +58,9 @@ test: setup
 
 lab: setup
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --notebook-dir .
+
+serve: setup   # the humanizer over HTTP on 127.0.0.1:8080 (PORT=..., ADAPTER=...)
+	$(PY) -m helpers.serve --preset $(PRESET) --port $(or $(PORT),8080) $(if $(ADAPTER),--adapter $(ADAPTER))
 
 bench: setup
 	$(PY) bench/quant.py

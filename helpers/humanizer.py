@@ -60,8 +60,9 @@ class Humanizer:
         self.adapter = "base"
 
     @classmethod
-    def load(cls, cfg_or_run_dir, adapter: str = "sft+dpo") -> "Humanizer":
-        """The run's base with every adapter it has trained, switched to `adapter`."""
+    def load(cls, cfg_or_run_dir, adapter: str | None = None) -> "Humanizer":
+        """The run's base with every adapter it has trained, switched to `adapter` (default: the
+        most trained one, sft+dpo when DPO has run); an adapter the run lacks is an error."""
         cfg = cfg_or_run_dir if isinstance(cfg_or_run_dir, Config) else config_of_run(cfg_or_run_dir)
         sft, dpo = adapter_dir(cfg, "sft"), adapter_dir(cfg, "dpo")
         has_sft, has_dpo = (sft / ADAPTER_FILE).exists(), (dpo / ADAPTER_FILE).exists()
@@ -80,8 +81,7 @@ class Humanizer:
             model.eval()
         adapters = ("base", "sft", "dpo-only", "sft+dpo") if has_dpo else \
             ("base", "sft") if has_sft else ("base",)
-        return cls(cfg, model, tokenizer, adapters).use(adapter if adapter in adapters
-                                                         else adapters[-1])
+        return cls(cfg, model, tokenizer, adapters).use(adapter or adapters[-1])
 
     def use(self, adapter: str) -> "Humanizer":
         if adapter not in self.adapters:
@@ -154,19 +154,3 @@ class Humanizer:
             if len(text) > len(shown):
                 yield text[len(shown):]
                 shown = text
-
-    def chat(self, messages: list[dict], **decoding) -> Rewrite:
-        """An answer to raw chat messages (the server's chat endpoint), with the training system
-        prompt first when the messages bring none. Not cleaned: the caller asked in its own words."""
-        cfg = self._decoding(**decoding)
-        if not any(m.get("role") == "system" for m in messages):
-            messages = [{"role": "system", "content": cfg.system_prompt}] + list(messages)
-        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                    return_dict=False)
-        tokens, reason = [], None
-        for _, token, r in decode_steps(self.model, self.tokenizer, [prompt],
-                                        [cfg.gen_max_tokens], cfg):
-            if token is not None:
-                tokens.append(token)
-            reason = r or reason
-        return Rewrite(self.tokenizer.decode(tokens), len(tokens), reason == "length")

@@ -68,3 +68,35 @@ def workshop_model():
 @pytest.fixture(scope="session")
 def tokenizer(workshop_model):
     return workshop_model[1]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """(cfg, Humanizer, model, run folder): runs/smoke/ in a temporary folder with an SFT and a DPO adapter
+    (non-zero B, so each adapter changes the text) on the real smoke model, greedy, 12 tokens."""
+    import mlx.core as mx
+
+    from helpers import config as config_module
+    from helpers import lora
+    from helpers.config import get_config
+    from helpers.humanizer import Humanizer
+
+    def randomize_b(model, names, seed):
+        mx.random.seed(seed)
+        for _, layer in lora.lora_layers(model):
+            for name in names:
+                setattr(layer, name, 0.02 * mx.random.normal(getattr(layer, name).shape))
+        mx.eval(model.parameters())
+
+    saved, config_module.RUNS_ROOT = config_module.RUNS_ROOT, tmp_path_factory.mktemp("runs")
+    cfg = get_config("smoke", experiment="", gen_max_tokens=12, temperature=0.0)
+    model, _ = lora.load_base(cfg)
+    lora.add_lora(model, lora.lora_config(cfg, "sft"), seed=0)
+    randomize_b(model, ("lora_b",), seed=1)
+    lora.save_sft_adapter(model, cfg.path("adapters/sft"), lora.lora_config(cfg, "sft"))
+    lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"), seed=2)
+    randomize_b(model, ("dpo_b",), seed=3)
+    lora.save_dpo_adapter(model, cfg.path("adapters/dpo"), lora.lora_config(cfg, "dpo"))
+    humanizer, run_dir = Humanizer.load(cfg), cfg.runs_dir
+    config_module.RUNS_ROOT = saved
+    yield cfg, humanizer, humanizer.model, run_dir
