@@ -60,9 +60,11 @@ def timing_table(runs_root=None) -> str:
                           for p in presets] for b in books]
     rows.append(["whole series"] + [duration(timings[p]["total"]) if "total" in timings.get(p, {})
                                     else "not measured yet" for p in presets])
-    notes = [f"`{p}`: measured {t['machine']['date']} on {t['machine']['cpus']} CPU cores "
-             f"(15-minute load average {t['machine']['load_average_15min']:.1f} at the end)"
-             for p, t in timings.items() if "machine" in t]
+    notes = [f"`{p}`: measured {m['date']} on {m['cpus']} CPU cores (15-minute load average "
+             f"{m['load_average_15min']:.1f} at the end"
+             + ("; other work shared the CPUs, so an idle machine is faster)"
+                if m["load_average_15min"] > m["cpus"] else ")")
+             for p, t in timings.items() if (m := t.get("machine"))]
     notes += [f"`{p}`: not measured yet; `PRESET={p} make run` writes "
               f"`runs/{p}/series_timing.json`, then `make readme`" for p in presets
               if p not in timings]

@@ -56,3 +56,20 @@ def test_no_issue_numbers_in_notebooks(path):
     nb = nbformat.read(path, as_version=4)
     hits = [i for i, c in enumerate(nb.cells) if re.search(r"\bissue\s*#?\d", c.source, re.I)]
     assert not hits, f"{path.name}: cells {hits} mention an issue number; say what the thing is"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_fields_a_notebook_names_are_in_its_traced_reads(path):
+    """FIELDS_READ comes from a smoke run; a `cfg.<field>` in a cell smoke never reaches would be
+    missing from it, and overriding that field would warn wrongly."""
+    import dataclasses
+    import re
+
+    from helpers.config import FIELDS_READ, Config
+
+    nb = nbformat.read(path, as_version=4)
+    fields = {f.name for f in dataclasses.fields(Config)}
+    named = {m for c in nb.cells if c.cell_type == "code"
+             for m in re.findall(r"\bcfg\.(\w+)", c.source) if m in fields}
+    missing = sorted(named - set(FIELDS_READ.get(path.name[:2], ())))
+    assert not missing, f"{path.name} reads {missing}, absent from FIELDS_READ[{path.name[:2]!r}]"
