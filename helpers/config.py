@@ -108,6 +108,10 @@ class Config:
     max_len_ratio: float = 1.5
     gen_max_tokens: int = 384  # hard cap on new tokens per rewrite
     gen_batch_size: int = 32  # drafts decoded together (batched decoding is much faster on CPU)
+    # the fact switch (verify and resample): a rewrite that loses any of the draft's numbers,
+    # dates, names or URLs is sampled this many more times, and the candidate keeping the most wins
+    fact_check_samples: int = 0  # 0 = off
+    fact_check_temperature: float = 0.7
 
     # evaluation (notebook 07)
     radar_model: str = "TrustSafeAI/RADAR-Vicuna-7B"

@@ -200,12 +200,56 @@ def generate_tokens(model, tokenizer, drafts: list[str], cfg, progress: bool = T
     return tokens
 
 
+@dataclasses.dataclass
+class Rewrite:
+    text: str
+    n_tokens: int  # answer tokens generated
+    hit_cap: bool  # stopped by the token cap, not by the model: the text may be cut short
+
+
+def rewrite_detailed(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
+                     clean: bool = True, seed: int | None = None,
+                     desc: str = "rewriting") -> list[Rewrite]:
+    """Rewrite every draft (batched, sampled, length-capped), in input order; with
+    cfg.fact_check_samples > 0 a rewrite that lost facts is resampled (verify_and_resample)."""
+    def decode(texts, run_cfg, run_seed, label):
+        reasons = []
+        tokens = generate_tokens(model, tokenizer, texts, run_cfg, progress, run_seed, label,
+                                 finish_reasons=reasons)
+        return [Rewrite(clean_output(tokenizer.decode(t)) if clean else tokenizer.decode(t),
+                        len(t), r == "length") for t, r in zip(tokens, reasons)]
+
+    first = decode(drafts, cfg, seed, desc)
+    if cfg.fact_check_samples <= 0:
+        return first
+    sampling = dataclasses.replace(cfg, temperature=cfg.fact_check_temperature)
+    return verify_and_resample(drafts, first, cfg.fact_check_samples, lambda texts: decode(
+        texts, sampling, (cfg.seed if seed is None else seed) + 1, "fact check"))
+
+
+def verify_and_resample(drafts: list[str], first: list[Rewrite], n: int, sample) -> list[Rewrite]:
+    """For each rewrite that lost some of its draft's facts, n more candidates from
+    `sample(texts) -> rewrites` (all drafts at once, each repeated n times); keep the candidate
+    that keeps the most facts (metrics.best_by_facts: ties go to the first, the plain rewrite)."""
+    from .metrics import best_by_facts, fact_preservation
+
+    lossy = [i for i, (d, r) in enumerate(zip(drafts, first))
+             if fact_preservation(d, r.text) < 1.0]  # NaN (no facts) compares False: kept
+    if not lossy:
+        return first
+    extra = sample([drafts[i] for i in lossy for _ in range(n)])
+    chosen = list(first)
+    for k, i in enumerate(lossy):
+        candidates = [first[i]] + extra[k * n:(k + 1) * n]
+        chosen[i] = candidates[best_by_facts(drafts[i], [c.text for c in candidates])]
+    return chosen
+
+
 def rewrite(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
             clean: bool = True, seed: int | None = None, desc: str = "rewriting") -> list[str]:
     """Rewrite every draft (batched, sampled, length-capped); returns texts in input order."""
-    texts = [tokenizer.decode(t) for t in generate_tokens(model, tokenizer, drafts, cfg, progress,
-                                                          seed, desc)]
-    return [clean_output(t) for t in texts] if clean else texts
+    return [r.text for r in rewrite_detailed(model, tokenizer, drafts, cfg, progress, clean, seed,
+                                             desc)]
 
 
 def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "sft", "sft+dpo"),

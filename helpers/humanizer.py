@@ -15,22 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from .config import PRESETS, Config, get_config
-from .generate import (SWITCHES, adapter_dir, clean_output, decode_steps, max_new_tokens,
-                       prompt_tokens, use_system)
+from .generate import (SWITCHES, Rewrite, adapter_dir, clean_output, decode_steps,
+                       max_new_tokens, prompt_tokens, rewrite_detailed, use_system)
 from .lora import (ADAPTER_FILE, add_dpo_adapter, check_base, load_base, load_stacked,
                    read_adapter_config)
-
-
-@dataclass
-class Rewrite:
-    text: str
-    n_tokens: int  # answer tokens generated
-    hit_cap: bool  # stopped by the token cap, not by the model: the text may be cut short
 
 
 def config_of_run(run_dir: str | Path) -> Config:
@@ -110,21 +102,15 @@ class Humanizer:
         return dataclasses.replace(self.cfg, **known) if known else self.cfg
 
     def rewrite_detailed(self, texts: list[str], adapter: str | None = None,
-                         system_prompt: str | None = None, **decoding) -> list[Rewrite]:
-        """Rewrite every text (decoded together), in input order. `decoding` may override cfg's
-        temperature, top_p, repetition_penalty, gen_max_tokens or seed for this call."""
+                         system_prompt: str | None = None, progress: bool = False,
+                         **decoding) -> list[Rewrite]:
+        """Rewrite every text (decoded together), in input order: generate.rewrite_detailed, the
+        series' own rewrite. `decoding` may override cfg's temperature, top_p,
+        repetition_penalty, gen_max_tokens, seed or fact_check_samples for this call."""
         if adapter:
             self.use(adapter)
         cfg = self._decoding(system_prompt=system_prompt, **decoding)
-        prompts = [prompt_tokens(self.tokenizer, t, cfg.system_prompt) for t in texts]
-        budgets = [max_new_tokens(self.tokenizer, t, cfg) for t in texts]
-        tokens, reasons = [[] for _ in texts], [None] * len(texts)
-        for i, token, reason in decode_steps(self.model, self.tokenizer, prompts, budgets, cfg):
-            if token is not None:
-                tokens[i].append(token)
-            reasons[i] = reason or reasons[i]
-        return [Rewrite(clean_output(self.tokenizer.decode(t)), len(t), r == "length")
-                for t, r in zip(tokens, reasons)]
+        return rewrite_detailed(self.model, self.tokenizer, texts, cfg, progress=progress)
 
     def rewrite(self, texts: list[str], adapter: str | None = None,
                 system_prompt: str | None = None, **decoding) -> list[str]:

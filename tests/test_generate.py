@@ -112,3 +112,36 @@ def test_repetition_penalty_breaks_greedy_loops(tokenizer):
     assert len(set(plain)) < len(plain)  # this random model loops when greedy
     penalized = answer(repetition_penalty=1e6, repetition_context=16)
     assert len(penalized) == 16 and len(set(penalized)) == 16
+
+
+def test_verify_and_resample_keeps_the_candidate_with_the_most_facts():
+    from helpers.generate import Rewrite, verify_and_resample
+
+    drafts = ["Paris hosted 3 events in 2019.", "No facts here at all.", "Rome had 7 hills."]
+    first = [Rewrite("Paris hosted events.", 3, False), Rewrite("Nothing.", 1, False),
+             Rewrite("Rome had 7 hills.", 4, False)]
+    asked = []
+
+    def sample(texts):
+        asked.append(texts)
+        return [Rewrite("Paris hosted 3 events.", 4, False),  # 2 of 3 facts
+                Rewrite("In 2019 Paris hosted 3 events.", 6, True)]  # all 3
+
+    chosen = verify_and_resample(drafts, first, 2, sample)
+    assert asked == [[drafts[0], drafts[0]]]  # only the lossy rewrite is resampled, n times
+    assert [c.text for c in chosen] == ["In 2019 Paris hosted 3 events.", "Nothing.",
+                                        "Rome had 7 hills."]
+    assert chosen[0].hit_cap and chosen[0].n_tokens == 6
+
+
+def test_fact_switch_never_keeps_fewer_facts(tokenizer):
+    from helpers.metrics import fact_preservation
+
+    model, _ = make_tiny_model()
+    drafts = ["Berlin hosted 120 delegates on 4 May 2021.", "Ada Lovelace wrote in 1843."]
+    plain = get_config("smoke", temperature=0.0, gen_max_tokens=8)
+    checked = get_config("smoke", temperature=0.0, gen_max_tokens=8, fact_check_samples=3)
+    before = generate.rewrite(model, tokenizer, drafts, plain, progress=False)
+    after = generate.rewrite(model, tokenizer, drafts, checked, progress=False)
+    for d, b, a in zip(drafts, before, after):
+        assert fact_preservation(d, a) >= fact_preservation(d, b)
