@@ -474,7 +474,7 @@ def training_judge(cfg, splits: dict) -> NgramDetector:
     check_disjoint(rows, detector_rows(cfg, splits), "training judge vs evaluation detectors")
     check_disjoint(rows, splits["eval"], "training judge vs evaluation drafts")
     judge = fitted(NgramDetector, cfg, rows, splits["val"], slug="training_judge_ngram")
-    judge.name = "training judge (n-grams)"
+    judge.name = "n-gram judge"
     return judge
 
 

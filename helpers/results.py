@@ -414,18 +414,21 @@ def compare_experiments(cfg, names: list[str], system: str = "sft+dpo",
     return pd.DataFrame(out)
 
 
-def plot_experiments(frame):
+def plot_experiments(frame, columns: int = 4):
     """One panel per measure: each experiment's mean with its 95% CI."""
     import matplotlib.pyplot as plt
     measures = [m for m in frame["measure"].unique() if m != "targets met"]
-    fig, axes = plt.subplots(1, len(measures), figsize=(2.6 * len(measures), 0.5
-                                                         + 0.45 * frame["experiment"].nunique()),
+    n_rows = -(-len(measures) // columns)
+    height = 1.0 + 0.35 * frame["experiment"].nunique()
+    fig, axes = plt.subplots(n_rows, columns, figsize=(3.2 * columns, height * n_rows),
                              sharey=True, squeeze=False)
-    for ax, measure in zip(axes[0], measures):
+    for ax in axes.flat[len(measures):]:
+        ax.set_visible(False)
+    for ax, measure in zip(axes.flat, measures):
         part = frame[frame["measure"] == measure].astype({"mean": float, "lo": float, "hi": float})
         ax.errorbar(part["mean"], part["experiment"], fmt="o",
                     xerr=[part["mean"] - part["lo"], part["hi"] - part["mean"]])
-        ax.set(title=measure)
+        ax.set_title(measure, fontsize=9)
     fig.tight_layout()
     return fig
 
