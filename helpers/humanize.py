@@ -394,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--adapter", default="sft+dpo", choices=ADAPTERS)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="pieces per rewrite call (default: the preset's gen_batch_size)")
+    parser.add_argument("--fact-check", type=int, default=0, metavar="N",
+                        help="the fact switch: resample a rewrite that lost any of the draft's "
+                             "numbers, dates, names or URLs N times and keep the candidate that "
+                             "keeps the most (default 0: off)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -439,7 +443,7 @@ def load_humanizer(cfg, adapter: str):
 
     try:
         return Humanizer.load(cfg, adapter=adapter)
-    except (ModelNotAvailable, FileNotFoundError) as err:
+    except (ModelNotAvailable, FileNotFoundError, ValueError) as err:  # ValueError: untrained adapter
         raise ModelMissing(str(err)) from None
 
 
@@ -448,8 +452,10 @@ def run(args, humanizer) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.fact_check < 0:
+        raise UsageError(f"--fact-check must be 0 or more, got {args.fact_check}")
     try:
-        cfg = get_config(args.preset)
+        cfg = get_config(args.preset, fact_check_samples=args.fact_check)
     except ValueError as err:
         raise UsageError(str(err)) from None
     drafts, skipped, kind, input_files = read_inputs(args.input, args.format)
