@@ -140,3 +140,14 @@ class Humanizer:
             if len(text) > len(shown):
                 yield text[len(shown):]
                 shown = text
+
+    def rewrite_eval_set(self, rows: list[dict], systems=("base", "sft", "sft+dpo")) -> list[dict]:
+        """Notebook 07's input, runs/<preset>/rewrites.jsonl: every eval row rewritten by each
+        system (generate.rewrite_eval_set), then back to the adapter in use before."""
+        from .generate import rewrite_eval_set
+
+        current = self.adapter
+        try:
+            return rewrite_eval_set(self.cfg, self.model, self.tokenizer, rows, systems)
+        finally:
+            self.use(current)

@@ -1,0 +1,52 @@
+"""The exactness report on a tiny saved base with random adapters: it passes when every way of
+building SFT+DPO computes the same logits, and fails when the training checkpoint differs."""
+from __future__ import annotations
+
+import mlx.core as mx
+from conftest import make_tiny_model, save_tiny_dir
+
+from helpers import config as config_module
+from helpers import exactness, lora
+from helpers.config import get_config
+
+TOKENS = mx.array([[5, 17, 300, 9000, 42, 7, 7, 123, 4000, 11]])
+
+
+def saved_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(config_module, "RUNS_ROOT", tmp_path / "runs")  # no notebook-03 base here
+    base, config = make_tiny_model(seed=4)
+    cfg = get_config("smoke", model=str(save_tiny_dir(base, config, tmp_path / "base")),
+                     lora_layers=-1, experiment="")
+    model, _ = make_tiny_model(seed=4)
+    lora.add_lora(model, lora.lora_config(cfg, "sft"), seed=0)
+    lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"), seed=1)
+    mx.random.seed(2)
+    for _, layer in lora.stacked_layers(model):
+        layer.lora_b = 0.05 * mx.random.normal(layer.lora_b.shape)
+        layer.dpo_b = 0.05 * mx.random.normal(layer.dpo_b.shape)
+    adapters = tmp_path / "adapters"
+    lora.save_sft_adapter(model, adapters / "sft", lora.lora_config(cfg, "sft"))
+    lora.save_dpo_adapter(model, adapters / "dpo", lora.lora_config(cfg, "dpo"))
+    lora.save_dpo_adapter(model, tmp_path / "checkpoint", lora.lora_config(cfg, "dpo"))
+    lora.save_merged_adapter(model, adapters / "merged", lora.read_adapter_config(adapters / "sft"),
+                             lora.read_adapter_config(adapters / "dpo"))
+    return cfg, adapters, model
+
+
+def test_report_passes_when_all_builds_agree(tmp_path, monkeypatch):
+    cfg, adapters, _ = saved_run(tmp_path, monkeypatch)
+    table, passed = exactness.exactness_report(cfg, TOKENS, adapters, tmp_path / "checkpoint",
+                                               adapters / "merged")
+    assert passed, table
+    assert list(table["model"]) == [a for a, _, _ in exactness.COMPARISONS]
+    assert table["max |Δ logit| fp32"].iloc[0] == 0.0  # stacked = training graph, to the bit
+
+
+def test_report_fails_on_a_checkpoint_that_is_not_the_adapter(tmp_path, monkeypatch):
+    cfg, adapters, model = saved_run(tmp_path, monkeypatch)
+    for _, layer in lora.stacked_layers(model):
+        layer.dpo_b = 2 * layer.dpo_b
+    lora.save_dpo_adapter(model, tmp_path / "checkpoint", lora.lora_config(cfg, "dpo"))
+    table, passed = exactness.exactness_report(cfg, TOKENS, adapters, tmp_path / "checkpoint",
+                                               adapters / "merged")
+    assert not passed and table["max |Δ logit| fp32"].iloc[0] > 1e-3
