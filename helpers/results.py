@@ -146,8 +146,9 @@ def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
         "preset": cfg.preset, "experiment": cfg.experiment, "model": cfg.model,
         "date": dt.date.today().isoformat(), "n_items": len(human), "target_fpr": cfg.target_fpr,
         "n_bootstrap": cfg.n_bootstrap,
-        # candidates per draft that generation checked for facts (1: the fact switch is off)
-        "fact_check_samples": int(getattr(cfg, "fact_check_samples", 1)),
+        # resamples generation allowed a rewrite that lost facts (0: the fact switch is off); the
+        # preset's, as notebook 06 used it unless it was overridden there alone
+        "fact_check_samples": cfg.fact_check_samples,
         "detectors": detectors, "unavailable": dict(unavailable or {}), "systems": rows,
         "differences": differences, "paired_differences": paired,
     }
@@ -238,7 +239,7 @@ def target_rows(results: dict) -> list[list[str]]:
     paired = results.get("paired_differences", {})
     facts_gap, slop_gap = paired.get("facts sft+dpo - human"), paired.get("slop sft+dpo - human")
     human = by_key["human"]
-    switch = results.get("fact_check_samples", 1) > 1
+    switch = results["fact_check_samples"] > 0
     out += [
         ["meaning similarity ≥ 0.85", format_ci(final["meaning"]),
          _shown(verdict(final["meaning"], 0.85, ">="))],

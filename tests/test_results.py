@@ -115,6 +115,12 @@ def test_verdict_on_hand_made_cis(ci, limit, direction, expected):
     assert results.verdict(ci, limit, direction) == expected
 
 
+def test_fact_switch_target_is_judged_only_when_the_switch_was_on(tmp_path):
+    _, summary = summary_of(tmp_path, fact_check_samples=2)
+    checks = {row[0]: row[2] for row in results.target_rows(summary)}
+    assert checks["facts kept ≥ 0.90 with the fact switch on"] == "**not met**"  # 0 of 2 kept
+
+
 def test_verdict_rejects_an_unknown_direction():
     with pytest.raises(ValueError, match="direction must be one of"):
         results.verdict({"lo": 0.0, "hi": 1.0}, 0.0, "below")
