@@ -1,4 +1,4 @@
-"""Decode speed of the exported humanizer in MLX fp32, MLX 4-bit and llama.cpp (GGUF F32/F16/Q8_0), in one run.
+"""Decode speed of the exported humanizer: MLX fp32, MLX 4-bit, llama.cpp GGUF, in one run.
 
     python bench/runtimes.py [--preset workshop] [--prompt-tokens 128] [--decode-tokens 48]
                              [--batch 8] [--repeats 3]

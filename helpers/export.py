@@ -275,7 +275,7 @@ def write_gguf(path: str | Path, model: nn.Module, config: dict, tokenizer_field
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; the result should not be
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp made it private
         os.replace(tmp, path)
     except BaseException:
         writer.close()
