@@ -1,8 +1,9 @@
 """Decoding settings compared on validation drafts (never the evaluation items).
 
 Rewrites `--n` validation drafts (one per held-out training paragraph) with the trained systems
-under each setting and reports what notebook 07 reports: each detector's P(AI), meaning similarity,
-facts kept and slop, means with 95% bootstrap CIs. Writes runs/<preset>/experiments/decoding.json
+under each setting and reports the training judge's P(AI) (never an evaluation detector: what is
+chosen here must not be tuned to the detectors that judge it), meaning similarity, facts kept and
+slop, means with 95% bootstrap CIs. Writes runs/<preset>/experiments/decoding.json
 and decoding.md (`make readme` copies the table into README).
 
     python experiments/decoding.py --preset workshop --n 40 --systems base,sft,sft+dpo \
@@ -17,10 +18,10 @@ import datetime as dt
 import sys
 import time
 
-from helpers import generate
 from helpers.config import Config, get_config
 from helpers.data import load_prepared, load_slop_phrases, one_per_paragraph
-from helpers.detectors import Embedder, load_detectors
+from helpers.detectors import Embedder, training_judge
+from helpers.humanizer import Humanizer
 from helpers.io import atomic_write_json, atomic_write_text
 from helpers.metrics import bootstrap_ci, fact_preservation, meaning_similarity, slop_per_1k
 from helpers.results import format_ci, markdown_table
@@ -53,13 +54,13 @@ def main() -> None:
     items = one_per_paragraph(splits["val"], args.n, cfg.seed + 1)
     drafts, humans = [r["ai"] for r in items], [r["human"] for r in items]
     embedder = Embedder(cfg.embedder)
-    detectors, _ = load_detectors(cfg, embedder, splits)
+    judge = training_judge(cfg, splits)
     phrases = load_slop_phrases()
-    model, tokenizer = generate.load_system(cfg, "sft+dpo")
+    humanizer = Humanizer.load(cfg)
     boot = dict(n_boot=cfg.n_bootstrap, seed=cfg.seed)
 
     def measure(texts: list[str]) -> dict:
-        row = {f"P(AI) {name}": bootstrap_ci(d.score(texts), **boot) for name, d in detectors.items()}
+        row = {f"P(AI) {judge.name}": bootstrap_ci(judge.score(texts), **boot)}
         row["meaning"] = bootstrap_ci(meaning_similarity(embedder, texts, drafts), **boot)
         row["facts"] = bootstrap_ci([fact_preservation(s, o) for s, o in zip(drafts, texts)], **boot)
         row["slop/1K"] = bootstrap_ci(slop_per_1k(texts, phrases), **boot)
@@ -68,11 +69,10 @@ def main() -> None:
     rows = [{"system": "source draft", "setting": "", **measure(drafts)},
             {"system": "human reference", "setting": "", **measure(humans)}]
     for text in args.setting:
-        run_cfg = dataclasses.replace(cfg, **parse_setting(text))
+        setting = parse_setting(text)
         for which in args.systems.split(","):
-            generate.use_system(model, which)
             start = time.perf_counter()
-            outputs = generate.rewrite(model, tokenizer, drafts, run_cfg, desc=f"{which} {text}")
+            outputs = humanizer.rewrite(drafts, adapter=which, progress=True, **setting)
             rows.append({"system": which, "setting": text, **measure(outputs),
                          "seconds": round(time.perf_counter() - start), "example": outputs[0]})
             print(rows[-1]["system"], text, {k: round(v["mean"], 3) for k, v in rows[-1].items()
