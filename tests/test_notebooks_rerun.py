@@ -52,7 +52,8 @@ def test_notebook_runs_twice(path, smoke_env):
             FIELDS_TRACED[number(path)] = tuple(err.fields)
         raise
     FIELDS_TRACED[number(path)] = tuple(result["fields"])
-    print(f"{path.name}: first run {result['first_s']:.0f} s, second run {result['second_s']:.0f} s")
+    print(f"{path.name}: first run {result['first_s']:.0f} s, second run {result['second_s']:.0f} s;"
+          f" Config fields read: {tuple(result['fields'])}")
 
 
 def test_fields_read_map_is_up_to_date():
