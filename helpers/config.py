@@ -99,6 +99,15 @@ class Config:
     dpo_batch_size: int = 2  # pairs per step (each pair is two sequences)
     n_on_policy: int = 16  # on-policy rejected samples from the SFT model (if on_policy_rejected)
     on_policy_temperature: float = 0.7  # sampled, as the SFT model writes when not greedy
+    # "human": the offline pairs (human text over another model's rewrite); "ranked": pairs from
+    # dpo_samples_k SFT samples per draft, ranked by helpers/preferences.py's combined score
+    dpo_pair_source: str = "human"
+    dpo_chosen: str = "best"  # ranked pairs: chosen = the "best" sample or the "human" text
+    dpo_samples_k: int = 4
+    pref_weight_judge: float = 1.0  # times 1 - P(AI) of the training judge
+    pref_weight_facts: float = 1.0  # times the share of the draft's facts kept
+    pref_weight_meaning: float = 1.0  # times MiniLM similarity to the draft
+    pref_weight_surprise: float = 0.1  # times nats/token under the base model (typical text is flagged)
 
     # generation
     temperature: float = 0.7
