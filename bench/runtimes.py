@@ -15,6 +15,7 @@ prompt match MLX fp32's (16 = the same text).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import tempfile
@@ -62,6 +63,7 @@ class LlamaCppRuntime:
     def __init__(self, path: Path, n_threads: int, n_seq: int, n_ctx_per_seq: int):
         import llama_cpp as L
 
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # else it logs every graph
         self.L = L
         L.llama_backend_init()
         self.model = L.llama_model_load_from_file(str(path).encode(), L.llama_model_default_params())
