@@ -113,3 +113,12 @@ def test_layer_hessians_are_the_inputs_gram_matrix_and_the_model_is_restored():
     np.testing.assert_array_equal(np.array(model(tokens)), np.array(before))
     with pytest.raises(ValueError, match="nn.Linear"):
         gptq.layer_hessians(model, tokens, ["model.embed_tokens"])
+
+
+def test_layers_reading_the_same_input_share_one_hessian():
+    model, _ = make_tiny_model()
+    tokens = mx.random.randint(0, 49152, (2, 8), key=mx.random.key(1))
+    attn = [f"model.layers.1.self_attn.{n}_proj" for n in "qkv"]
+    hessians = gptq.layer_hessians(model, tokens, attn + ["model.layers.1.self_attn.o_proj"])
+    assert hessians[attn[0]] is hessians[attn[1]] is hessians[attn[2]]
+    assert not np.allclose(hessians[attn[0]], hessians["model.layers.1.self_attn.o_proj"])
