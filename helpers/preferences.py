@@ -154,9 +154,10 @@ def sample_rewrites(cfg, model, tokenizer, rows: list[dict], k: int, cache: bool
 
 
 def ranked_pairs(cfg, model, tokenizer, rows: list[dict], judge, embedder, k: int | None = None,
-                 cache: bool = True) -> list[dict]:
+                 cache: bool = True, chosen: str | None = None) -> list[dict]:
     """Ranked pairs for the drafts of `rows` (offline pairs: prompt, chosen = human text), built
-    with cfg's weights and cfg.dpo_chosen, k = cfg.dpo_samples_k samples each."""
+    with cfg's weights; k (default cfg.dpo_samples_k) samples each, chosen per cfg.dpo_chosen
+    unless given."""
     k = cfg.dpo_samples_k if k is None else k
     if k < 2:
         raise ValueError(f"dpo_samples_k={k}: ranking needs at least 2 samples per draft")
@@ -165,7 +166,7 @@ def ranked_pairs(cfg, model, tokenizer, rows: list[dict], judge, embedder, k: in
     flat = score_samples(model, tokenizer, drafts, [t for s in samples for t in s], judge, embedder)
     scores = [{name: values[i * k:(i + 1) * k] for name, values in flat.items()}
               for i in range(len(rows))]
-    return build_pairs(rows, samples, scores, weights_of(cfg), cfg.dpo_chosen)
+    return build_pairs(rows, samples, scores, weights_of(cfg), chosen or cfg.dpo_chosen)
 
 
 def with_ranked(cfg, model, tokenizer, pairs: list[dict], judge, embedder) -> list[dict]:
