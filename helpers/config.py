@@ -195,7 +195,16 @@ PRESETS: dict[str, dict] = {
 # Config fields each notebook reads, recorded from a real smoke run of the series (Config reads
 # traced per notebook by tests/test_notebooks_rerun.py, which fails when this map is out of date).
 # get_config(notebook=) warns about overrides that this notebook and the later ones never read.
-FIELDS_READ: dict[str, tuple[str, ...]] = {}
+FIELDS_READ: dict[str, tuple[str, ...]] = {
+    "00": ('compute_dtype', 'data_source', 'drop_low_overlap', 'experiment', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'max_len_ratio', 'max_words', 'min_words', 'model', 'preset', 'repetition_context', 'repetition_penalty', 'seed', 'system_prompt', 'temperature', 'top_p'),
+    "01": ('data_source', 'detector_train_pairs', 'drop_low_overlap', 'experiment', 'max_train_pairs', 'max_words', 'min_train_facts', 'min_words', 'model', 'n_dpo_pairs', 'n_eval', 'n_val_paragraphs', 'preset', 'seed', 'system_prompt'),
+    "02": ('calib_max_tokens', 'calib_texts', 'candidate_bits', 'experiment', 'group_size', 'model', 'preset', 'scan_bits', 'scan_fit_bits', 'scan_fit_units', 'scan_granularity'),
+    "03": ('calib_max_tokens', 'calib_texts', 'experiment', 'gptq_calib_texts', 'gptq_calib_tokens', 'gptq_damp', 'model', 'preset', 'protect', 'quant_decode_tokens', 'quant_eval_max_tokens', 'quant_eval_texts', 'quant_targets', 'target_bpw'),
+    "04": ('batch_size', 'checkpoint_every', 'compute_dtype', 'experiment', 'fact_check_samples', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'lora_alpha', 'lora_dropout', 'lora_layers', 'lora_rank', 'lora_targets', 'max_len_ratio', 'max_seq_len', 'preset', 'repetition_penalty', 'seed', 'sft_lr', 'sft_steps', 'system_prompt', 'temperature', 'top_p', 'val_every', 'val_examples'),
+    "05": ('checkpoint_every', 'compute_dtype', 'dpo_alpha', 'dpo_batch_size', 'dpo_beta', 'dpo_lr', 'dpo_rank', 'dpo_steps', 'experiment', 'fact_check_samples', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'lora_dropout', 'lora_layers', 'lora_targets', 'max_len_ratio', 'max_seq_len', 'on_policy_rejected', 'preset', 'repetition_penalty', 'seed', 'system_prompt', 'temperature', 'top_p'),
+    "06": ('compute_dtype', 'experiment', 'fact_check_samples', 'fact_check_temperature', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'lora_dropout', 'max_len_ratio', 'max_seq_len', 'n_bootstrap', 'preset', 'repetition_penalty', 'seed', 'system_prompt', 'temperature', 'top_p'),
+    "07": ('binoculars_models', 'data_source', 'detector_calib_pairs', 'detector_max_tokens', 'detector_train_pairs', 'drop_low_overlap', 'embedder', 'experiment', 'fact_check_samples', 'max_words', 'min_words', 'model', 'n_bootstrap', 'preset', 'radar_model', 'scorer_model', 'seed', 'target_fpr'),
+}
 
 
 def get_config(preset: str | None = None, experiment: str | None = None, notebook: str | None = None,
