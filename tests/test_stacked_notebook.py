@@ -36,3 +36,15 @@ def test_the_check_catches_the_old_defect():
     assert not all(switched_to_dpo_only(c) for c in dpo_only_rewrites(old))
     assert all(switched_to_dpo_only(c) for c in dpo_only_rewrites(
         'dpo_only = h.rewrite(drafts, adapter="dpo-only")'))
+
+
+def test_no_notebook_computes_its_own_confidence_interval():
+    """One CI function for the series (metrics.bootstrap_ci): 06 once promised a t interval and
+    computed a normal one by hand."""
+    own = []
+    for path in sorted(STACKED.parent.glob("[0-9][0-9]_*.ipynb")):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type == "code" and ("1.96" in cell.source or "def mean_ci" in cell.source
+                                             or "std(ddof=1)" in cell.source):
+                own.append(f"{path.name} cell {i}")
+    assert not own, own
