@@ -13,7 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
-# hub id -> path inside $HUMANIZER_ASSETS (see ../shared/README.md)
+# hub id -> path inside $HUMANIZER_ASSETS (README, "Models and data")
 ASSET_PATHS = {
     "HuggingFaceTB/SmolLM2-135M-Instruct":
         "models/SmolLM2-135M-Instruct-Q4_1/SmolLM2-135M-Instruct.Q4_1.gguf",
