@@ -189,6 +189,8 @@ def training_pairs(cfg, model, tokenizer, splits: dict) -> list[dict]:
     from .train import with_on_policy
 
     pairs = splits["dpo"]
+    if cfg.dpo_chosen not in ("best", "human"):
+        raise ValueError(f"Config.dpo_chosen={cfg.dpo_chosen!r}; use 'best' or 'human'")
     if cfg.dpo_pair_source == "ranked":
         judge, embedder = training_judge(cfg, splits), Embedder(cfg.embedder)
         return with_ranked(cfg, model, tokenizer, pairs, judge, embedder)

@@ -106,3 +106,9 @@ def test_unknown_pair_source_is_named():
     cfg = get_config("smoke", dpo_pair_source="best")
     with pytest.raises(ValueError, match="dpo_pair_source='best'"):
         preferences.training_pairs(cfg, None, None, {"dpo": []})
+
+
+def test_unknown_chosen_is_named():
+    cfg = get_config("smoke", dpo_chosen="worst")
+    with pytest.raises(ValueError, match="dpo_chosen='worst'"):
+        preferences.training_pairs(cfg, None, None, {"dpo": []})
