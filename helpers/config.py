@@ -196,7 +196,7 @@ PRESETS: dict[str, dict] = {
 # traced per notebook by tests/test_notebooks_rerun.py, which fails when this map is out of date).
 # get_config(notebook=) warns about overrides that this notebook and the later ones never read.
 FIELDS_READ: dict[str, tuple[str, ...]] = {
-    "00": ('compute_dtype', 'data_source', 'drop_low_overlap', 'experiment', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'max_len_ratio', 'max_words', 'min_words', 'model', 'preset', 'repetition_context', 'repetition_penalty', 'seed', 'system_prompt', 'temperature', 'top_p'),
+    "00": ('compute_dtype', 'data_source', 'drop_low_overlap', 'experiment', 'fact_check_samples', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'max_len_ratio', 'max_words', 'min_words', 'model', 'preset', 'repetition_context', 'repetition_penalty', 'seed', 'system_prompt', 'temperature', 'top_p'),
     "01": ('data_source', 'detector_train_pairs', 'drop_low_overlap', 'experiment', 'max_train_pairs', 'max_words', 'min_train_facts', 'min_words', 'model', 'n_dpo_pairs', 'n_eval', 'n_val_paragraphs', 'preset', 'seed', 'system_prompt'),
     "02": ('calib_max_tokens', 'calib_texts', 'candidate_bits', 'experiment', 'group_size', 'model', 'preset', 'scan_bits', 'scan_fit_bits', 'scan_fit_units', 'scan_granularity'),
     "03": ('calib_max_tokens', 'calib_texts', 'experiment', 'gptq_calib_texts', 'gptq_calib_tokens', 'gptq_damp', 'model', 'preset', 'protect', 'quant_decode_tokens', 'quant_eval_max_tokens', 'quant_eval_texts', 'quant_targets', 'target_bpw'),
