@@ -76,28 +76,31 @@ def gptq_quantize(weight, hessian, bits: int, group_size: int, damp: float = 0.0
     "weight" (packed uint32), "scales", "biases" (float16), ready for mx.dequantize, and
     "dequantized": the float32 matrix they decode to. `factor`: inverse_hessian_factor(hessian,
     damp) when already computed (it depends on neither the bits nor the weights)."""
-    w = np.array(weight, dtype=np.float64)
-    rows, cols = w.shape
+    # transposed, (in, out): a column of the weight is a contiguous row, and the loop below
+    # reads and updates columns (1.3-1.6x faster here than strided access, same result)
+    w = np.array(weight, dtype=np.float64).T.copy()
+    cols, rows = w.shape
     if cols % group_size:
         raise ValueError(f"input size {cols} is not a multiple of group_size {group_size}")
     if np.shape(hessian) != (cols, cols):
         raise ValueError(f"hessian shape {np.shape(hessian)} does not match input size {cols}")
     u = inverse_hessian_factor(hessian, damp) if factor is None else factor
     top = 2 ** bits - 1
-    levels = np.zeros((rows, cols), dtype=np.int64)
+    levels = np.zeros((cols, rows), dtype=np.int64)
     scales, biases = [], []
     for start in range(0, cols, group_size):
         end = start + group_size
-        scale, bias = group_scales(w[:, start:end], bits)
-        errors = np.zeros((rows, group_size))
+        scale, bias = group_scales(w[start:end].T, bits)
+        errors = np.zeros((group_size, rows))
         for j in range(start, end):
-            level = np.clip(np.rint((w[:, j].astype(np.float32) - bias) / scale), 0, top)
-            err = (w[:, j] - (scale * level + bias)) / u[j, j]
-            w[:, j:end] -= np.outer(err, u[j, j:end])  # column j becomes its rounded value
-            levels[:, j], errors[:, j - start] = level, err
-        w[:, end:] -= errors @ u[start:end, end:]  # the later groups' share, in one product
+            level = np.clip(np.rint((w[j].astype(np.float32) - bias) / scale), 0, top)
+            err = (w[j] - (scale * level + bias)) / u[j, j]
+            w[j:end] -= u[j, j:end, None] * err  # column j becomes its rounded value
+            levels[j], errors[j - start] = level, err
+        w[end:] -= u[start:end, end:].T @ errors  # the later groups' share, in one product
         scales.append(scale)
         biases.append(bias)
+    levels = levels.T
     scales, biases = np.stack(scales, 1).astype(np.float32), np.stack(biases, 1).astype(np.float32)
     dequantized = (np.repeat(scales, group_size, 1) * levels.astype(np.float32)
                    + np.repeat(biases, group_size, 1))

@@ -33,23 +33,27 @@ def number(path: Path) -> str:
 
 
 def run_twice(path: Path, timeout: int = 900) -> dict:
-    """{'fields': Config fields read, 'first_s', 'second_s'}; RerunError on the first failing cell.
-    Every code cell runs, hidden solution cells included; the kernel inherits os.environ (preset)."""
+    """{'fields': Config fields read, 'first_s', 'second_s', 'cell_s': {cell index: [first,
+    second]}}; RerunError on the first failing cell. Every code cell runs, hidden solution cells
+    included; the kernel inherits os.environ (preset)."""
     nb = nbformat.read(path, as_version=4)
     code = [(i, cell) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
     start, stop = nbformat.v4.new_code_cell(TRACE_START), nbformat.v4.new_code_cell(TRACE_STOP)
     nb.cells += [start, stop]  # executed by hand below; the cell list only gives them an index
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
-    seconds, failure = [], None
+    seconds, cell_seconds, failure = [], {}, None
     with client.setup_kernel():
         client.execute_cell(start, len(nb.cells) - 2)
         for run in ("first run", "second run"):
             began = time.perf_counter()
             for index, cell in code:
                 cell.outputs = []
+                cell_began = time.perf_counter()
                 try:
                     client.execute_cell(cell, index)
+                    cell_seconds.setdefault(index, []).append(
+                        round(time.perf_counter() - cell_began, 1))
                 except CellExecutionError as err:
                     failure = (f"{path.name}, {run}, cell {index} (code cell "
                                f"{[i for i, _ in code].index(index)}): {err.ename}: {err.evalue}")
@@ -64,7 +68,8 @@ def run_twice(path: Path, timeout: int = 900) -> dict:
         error = RerunError(failure)
         error.fields, error.completed_first_run = fields, bool(seconds)
         raise error
-    return {"fields": fields, "first_s": seconds[0], "second_s": seconds[1]}
+    return {"fields": fields, "first_s": seconds[0], "second_s": seconds[1],
+            "cell_s": cell_seconds}
 
 
 def series(numbers: list[str] | None = None) -> list[Path]:
@@ -77,8 +82,10 @@ def main() -> None:
     for path in series(sys.argv[1:]):
         result = run_twice(path)
         fields[number(path)] = tuple(result["fields"])
+        slowest = sorted(result["cell_s"].items(), key=lambda kv: -sum(kv[1]))[:5]
         print(f"{path.name}: first run {result['first_s']:.0f} s, second run "
-              f"{result['second_s']:.0f} s", flush=True)
+              f"{result['second_s']:.0f} s; slowest cells (index: first, second s): "
+              + ", ".join(f"{i}: {a}, {b}" for i, (a, b) in slowest), flush=True)
     print("FIELDS_READ: dict[str, tuple[str, ...]] = {")
     for book, names in fields.items():
         print(f'    "{book}": {names},')
