@@ -252,10 +252,31 @@ def rewrite(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
                                              desc)]
 
 
+# every Config field that changes what `rewrite` writes for a given model and draft
+DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty",
+                   "repetition_context", "max_len_ratio", "gen_max_tokens", "gen_batch_size",
+                   "seed", "fact_check_samples", "fact_check_temperature", "compute_dtype")
+
+
 def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "sft", "sft+dpo"),
                      out_path: Path | None = None) -> list[dict]:
     """The contract notebook 07 reads: one row per eval draft with every system's rewrite,
-    written atomically to runs/<preset>/rewrites.jsonl."""
+    written atomically to runs/<preset>/rewrites.jsonl. Its key (base, adapters in memory,
+    drafts, systems, decoding fields) goes beside it; a call with the same key reads the file
+    back instead of generating again, so rerunning the cell is instant and any change reruns."""
+    from .io import iter_jsonl, read_json
+    from .lora import adapter_digest, base_fingerprint
+    from .train import ids_digest
+
+    out_path = Path(out_path or cfg.path("rewrites.jsonl"))
+    key_path = out_path.with_name(out_path.name + ".key.json")
+    key = {"base": base_fingerprint(cfg), "adapters": adapter_digest(model),
+           "drafts": ids_digest([f"{r['id']}\t{r['ai']}" for r in rows]), "systems": list(systems),
+           "decoding": {f: getattr(cfg, f) for f in DECODING_FIELDS}}
+    key = json.loads(json.dumps(key))  # tuples as lists, as read back
+    if out_path.exists() and key_path.exists() and read_json(key_path) == key:
+        print(f"{out_path} was written for these adapters, drafts and decoding: read back")
+        return [row for _, row in iter_jsonl(out_path, strict=True)]
     outputs = {}
     for which in systems:
         use_system(model, which)
@@ -263,7 +284,9 @@ def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "
     records = [{"id": r["id"], "domain": r["domain"], "source": r["ai"], "human": r["human"],
                 "outputs": {which: outputs[which][i] for which in systems}}
                for i, r in enumerate(rows)]
-    atomic_write_jsonl(out_path or cfg.path("rewrites.jsonl"), records)
+    key_path.unlink(missing_ok=True)  # a crash between the two writes leaves no stale key
+    atomic_write_jsonl(out_path, records)
+    atomic_write_json(key_path, key)
     return records
 
 

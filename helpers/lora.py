@@ -332,5 +332,23 @@ def fused_view(model: nn.Module):
             model.update_modules(tree_unflatten(layers))
 
 
+def adapter_digest(model: nn.Module) -> str:
+    """A hash of the adapters as they are in memory (every LoRA matrix and scale; not which
+    terms are switched on): outputs cached for one set of adapters are not reused for another."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha1()
+    for name, layer in lora_layers(model):
+        stacked = isinstance(layer, StackedLoRALinear)
+        arrays = (layer.lora_a, layer.lora_b) + ((layer.dpo_a, layer.dpo_b) if stacked else ())
+        scales = (layer.scale,) + ((layer.dpo_scale,) if stacked else ())
+        digest.update(f"{name}{scales}".encode())
+        for array in arrays:
+            digest.update(np.array(array.astype(mx.float32)).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def trainable_count(model: nn.Module) -> int:
     return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))

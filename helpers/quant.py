@@ -465,7 +465,13 @@ class GPTQRounding:
     """GPTQ-rounded layers on demand, for any {path: bits}: one pass of the reference model
     records every block linear's input Hessian; each (layer, bits) is rounded once and kept.
     The token embedding stays round-to-nearest: it is a lookup table, not a matmul on inputs
-    (tied, it is also the output layer, but its lookup error would go unaccounted)."""
+    (tied, it is also the output layer, but its lookup error would go unaccounted).
+
+    Hessians and rounded layers are shared with the last GPTQRounding made on the same weights,
+    calibration tokens and damping, so that rerunning a notebook cell does not redo them;
+    `rounding_seconds` still counts what the layers this object handed out cost to round."""
+
+    _last: dict = {}  # {key: shared state}, one entry: the memory of one model's roundings
 
     def __init__(self, model: nn.Module, tokens: mx.array, group_size: int, damp: float = 0.01):
         from . import gptq
@@ -473,11 +479,23 @@ class GPTQRounding:
         modules = dict(model.named_modules())
         paths = [p for p, m in modules.items() if isinstance(m, nn.Linear)]
         self.weights = {p: modules[p].weight for p in paths}  # as they are now, unrounded
-        start = time.perf_counter()
-        self.hessians = gptq.layer_hessians(model, tokens, paths)
-        self.hessian_seconds = time.perf_counter() - start
-        self.group_size, self.damp, self.rounded, self.factors = group_size, damp, {}, {}
-        self.rounding_seconds = 0.0
+        digest = hashlib.sha1(tokens_hash(tokens).encode() + repr(damp).encode())
+        for path in paths:
+            digest.update(path.encode() + np.array(self.weights[path]).tobytes())
+        key = digest.hexdigest()
+        if key not in GPTQRounding._last:
+            start = time.perf_counter()
+            hessians = gptq.layer_hessians(model, tokens, paths)
+            GPTQRounding._last = {key: {"hessians": hessians, "rounded": {}, "seconds": {},
+                                        "factors": {}, "hessian_seconds": time.perf_counter() - start}}
+        shared = GPTQRounding._last[key]
+        self.hessians, self.hessian_seconds = shared["hessians"], shared["hessian_seconds"]
+        self.rounded, self.seconds, self.factors = shared["rounded"], shared["seconds"], shared["factors"]
+        self.group_size, self.damp, self.used = group_size, damp, set()
+
+    @property
+    def rounding_seconds(self) -> float:
+        return sum(self.seconds[k] for k in self.used)
 
     def stored(self, bits_by_path: dict, group_size: int | None = None) -> dict:
         """{path: {"weight", "scales", "biases", "dequantized"}} for the layers GPTQ covers."""
@@ -488,15 +506,17 @@ class GPTQRounding:
         for path, bits in bits_by_path.items():
             if path not in self.hessians:
                 continue
-            if (path, bits, group) not in self.rounded:
+            key = (path, bits, group)
+            if key not in self.rounded:
                 start = time.perf_counter()
                 hessian = self.hessians[path]  # shared by the layers reading the same input
                 if id(hessian) not in self.factors:
                     self.factors[id(hessian)] = gptq.inverse_hessian_factor(hessian, self.damp)
-                self.rounded[path, bits, group] = gptq.gptq_quantize(
+                self.rounded[key] = gptq.gptq_quantize(
                     self.weights[path], hessian, bits, group, self.damp, self.factors[id(hessian)])
-                self.rounding_seconds += time.perf_counter() - start
-            out[path] = self.rounded[path, bits, group]
+                self.seconds[key] = time.perf_counter() - start
+            self.used.add(key)
+            out[path] = self.rounded[key]
         return out
 
     def plan(self, bits_by_path: dict, group_size: int | None = None) -> dict:

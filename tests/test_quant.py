@@ -298,6 +298,24 @@ def test_gptq_model_saves_loads_and_matches_its_fake_quantized_plan(tmp_path, to
     assert 0 < extra < 64 * 1024  # same accounting as round-to-nearest
 
 
+def test_gptq_rounding_is_shared_only_for_the_same_weights_tokens_and_damping():
+    model, _ = make_tiny_model(seed=4)
+    tokens = random_tokens((4, 32), seed=5)
+    path = "model.layers.0.mlp.down_proj"
+    first = quant.GPTQRounding(model, tokens, GROUP)
+    rounded = first.stored({path: 4})[path]
+    again = quant.GPTQRounding(model, tokens, GROUP)  # a rerun of the cell
+    assert again.stored({path: 4})[path] is rounded and again.rounding_seconds == first.rounding_seconds
+    assert quant.GPTQRounding(model, tokens, GROUP).rounding_seconds == 0  # nothing handed out yet
+    for other in (quant.GPTQRounding(model, random_tokens((4, 32), seed=6), GROUP),
+                  quant.GPTQRounding(model, tokens, GROUP, damp=0.1)):
+        assert other.stored({path: 4})[path] is not rounded
+    layer = model.layers[0].mlp.down_proj
+    layer.weight = layer.weight + 0.01
+    changed = quant.GPTQRounding(model, tokens, GROUP).stored({path: 4})[path]
+    assert not np.array_equal(np.array(changed["dequantized"]), np.array(rounded["dequantized"]))
+
+
 def test_every_method_is_built_at_each_equal_size_point(tiny_model):
     model, _ = tiny_model
     units = quant.quant_units(model, "linear", GROUP)

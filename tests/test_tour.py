@@ -83,3 +83,32 @@ def test_base_zero_shot_of_the_evaluation_equals_the_tour_rewrite(tokenizer, tmp
     tour = generate.rewrite(bare, tokenizer, [r["ai"] for r in rows], cfg, progress=False)
     assert [r["outputs"]["base"] for r in records] == tour
     assert [r["outputs"]["sft+dpo"] for r in records] != tour  # the switch matters: not vacuous
+
+
+def test_eval_set_rewrites_are_read_back_only_for_the_same_key(tokenizer, tmp_path, monkeypatch):
+    """A rerun of 06's cell reads rewrites.jsonl back; new adapter weights, a decoding field or
+    other drafts generate again."""
+    cfg = get_config("smoke", lora_layers=-1)
+    stacked, _ = make_tiny_model(seed=0)
+    lora.add_lora(stacked, lora.lora_config(cfg), seed=0)
+    lora.add_dpo_adapter(stacked, lora.lora_config(cfg, "dpo"), seed=1)
+    generated = []
+
+    def fake_rewrite(model, tok, drafts, cfg, desc=""):
+        generated.append(desc)
+        return [f"{desc} {cfg.temperature} {d}" for d in drafts]
+
+    monkeypatch.setattr(generate, "rewrite", fake_rewrite)
+    rows = [{"id": "a", "domain": "d", "ai": "One draft.", "human": "-"}]
+    out = tmp_path / "rewrites.jsonl"
+    first = generate.rewrite_eval_set(cfg, stacked, tokenizer, rows, ("base", "sft"), out)
+    assert generate.rewrite_eval_set(cfg, stacked, tokenizer, rows, ("base", "sft"), out) == first
+    assert generated == ["base", "sft"]
+    hotter = get_config("smoke", lora_layers=-1, temperature=0.5)
+    assert generate.rewrite_eval_set(hotter, stacked, tokenizer, rows, ("base", "sft"), out) != first
+    layer = lora.stacked_layers(stacked)[0][1]
+    layer.dpo_b = layer.dpo_b + 1.0
+    generate.rewrite_eval_set(hotter, stacked, tokenizer, rows, ("base", "sft"), out)
+    generate.rewrite_eval_set(hotter, stacked, tokenizer, rows[:0] + [rows[0] | {"ai": "Two."}],
+                              ("base", "sft"), out)
+    assert generated == ["base", "sft"] * 4
