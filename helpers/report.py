@@ -1,6 +1,7 @@
 """Copy generated tables into README.md, each between its markers: the time each notebook took
 per preset (runs/<preset>/series_timing.json, written by helpers.series), notebook 07's results
-table and, when it was run, the decoding experiment on validation drafts (experiments/decoding.py).
+table, notebook 03's equal-size quantization table and, when it was run, the decoding experiment
+on validation drafts (experiments/decoding.py).
 
     python -m helpers.report --preset workshop      # what `make readme` runs
 """
@@ -74,6 +75,39 @@ def timing_table(runs_root=None) -> str:
     return head + table + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
+def quant_table(runs_dir, preset: str) -> str | None:
+    """Notebook 03's comparison (runs/<preset>/quant_results.json) as a markdown table: each
+    method at each equal-size point, KL with its CI, and the KL ratios to uniform and to the best
+    anchor at that point. None when notebook 03 has not run."""
+    from .quant import ANCHORS
+
+    path = runs_dir / "quant_results.json"
+    if not path.exists():
+        return None
+    results = read_json(path)
+    method = lambda row: row["config"].rsplit(" @ ", 1)[0]  # noqa: E731
+    ratio = lambda kls, kl: f"{min(kls) / kl:.2f}" if kls else "—"  # noqa: E731
+    rows = []
+    for target in sorted({r["target"] for r in results["comparison"]}):
+        part = [r for r in results["comparison"] if r["target"] == target]
+        uniform = [r["kl"] for r in part if method(r) == "uniform"]
+        anchors = [r["kl"] for r in part if method(r) in ANCHORS]
+        rows += [[f"{target:g}", method(r), f"{r['bpw']:.3f}",
+                  f"{r['kl']:.3f} [{r['kl_lo']:.3f}, {r['kl_hi']:.3f}]", f"{r['ppl']:.2f}",
+                  f"{r['MB']:.1f}", ratio(uniform, r["kl"]), ratio(anchors, r["kl"])]
+                 for r in part]
+    head = (f"Generated on {dt.date.today().isoformat()} by `make readme` from "
+            f"`runs/{preset}/quant_results.json` (notebook 03 of `PRESET={preset} make run`): "
+            f"{results['heldout_texts']} held-out validation paragraphs, mean KL to the float32 "
+            "reference with a 95% bootstrap CI over texts. Do not edit by hand.\n\n")
+    note = ("\n\n× uniform, × best anchor: the KL of uniform round-to-nearest, or of the best "
+            "anchor (uniform, `mixed_4_6`, gradient), at the same point divided by this row's KL "
+            "(above 1: this method is better). The `mixed_4_6` rule sets its own size; the other "
+            "methods are placed at it too.\n")
+    return head + markdown_table(["target bpw", "method", "stored bpw", "KL [95% CI]",
+                                  "perplexity", "MB", "× uniform", "× best anchor"], rows) + note
+
+
 def update_readme(preset: str, readme=REPO_ROOT / "README.md") -> bool:
     """Refresh the time table, then the results tables when notebook 07 has written them."""
     text = replace_section(readme.read_text(encoding="utf-8"),
@@ -90,6 +124,9 @@ def update_readme(preset: str, readme=REPO_ROOT / "README.md") -> bool:
     text = readme.read_text(encoding="utf-8")
     text = replace_section(text, readme_section(results.read_text(encoding="utf-8"), preset,
                                                 timing), readme)
+    quantization = quant_table(cfg.runs_dir, preset)
+    if quantization and markers("quantization")[0] in text:
+        text = replace_section(text, section("quantization", quantization), readme, "quantization")
     experiment = cfg.runs_dir / "experiments" / "decoding.md"
     if experiment.exists():
         text = replace_section(text, section("decoding", experiment.read_text(encoding="utf-8")),

@@ -65,3 +65,21 @@ def test_update_readme_without_results_still_refreshes_the_time_table(tmp_path, 
     assert not report.update_readme("workshop", readme)
     text = readme.read_text()
     assert "kept" in text and "old" not in text and "not measured yet" in text
+
+
+def test_quant_table_gives_each_method_its_ratios_at_its_own_point(tmp_path):
+    import json
+
+    row = lambda config, target, kl: {"config": f"{config} @ {target}", "target": target,  # noqa: E731
+                                      "bpw": target, "kl": kl, "kl_lo": kl / 2, "kl_hi": kl * 2,
+                                      "ppl": 20.0, "MB": 80.0}
+    (tmp_path / "quant_results.json").write_text(json.dumps({"heldout_texts": 16, "comparison": [
+        row("uniform", 4.5, 0.6), row("gradient (mlx-lm)", 4.5, 0.4),
+        row("KL knapsack + GPTQ", 4.5, 0.2), row("rule mixed_4_6", 4.71, 0.5),
+        row("KL knapsack", 4.71, 0.25)]}))
+    table = report.quant_table(tmp_path, "workshop")
+    assert "16 held-out validation paragraphs" in table
+    assert "| 4.5 | KL knapsack + GPTQ | 4.500 | 0.200 [0.100, 0.400] | 20.00 | 80.0 | 3.00 | 2.00 |" \
+        in table  # 0.6 / 0.2 and the best anchor 0.4 / 0.2
+    assert "| 4.71 | KL knapsack | 4.710 | 0.250 [0.125, 0.500] | 20.00 | 80.0 | — | 2.00 |" in table
+    assert report.quant_table(tmp_path / "none", "workshop") is None
