@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None, humanizer=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_OUTPUT
     except (Interrupted, KeyboardInterrupt):
-        print(f"interrupted: rows written so far are kept"
+        print("interrupted: rows written so far are kept"
               + ("; rerun the same command to resume" if args.output != "-" else ""),
               file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -100,3 +100,48 @@ def smoke_run(tmp_path_factory):
     humanizer, run_dir = Humanizer.load(cfg), cfg.runs_dir
     config_module.RUNS_ROOT = saved
     yield cfg, humanizer, humanizer.model, run_dir
+
+
+def toy_rewrites(base_prefix: str = "") -> list[dict]:
+    """Six rewrites.jsonl rows: drafts with a date and a sum, human texts that keep them, and
+    systems that keep them (base, sft) or drop them (sft+dpo)."""
+    return [{"id": f"r{i}", "domain": "News",
+             "source": f"The council met on 3 May and spent {i}00 pounds.",
+             "human": f"Council met May 3rd, spent {i}00 quid.",
+             "outputs": {"base": f"{base_prefix}The council met on 3 May and spent {i}00 pounds.",
+                         "sft": f"Council met 3 May, spent {i}00 pounds.",
+                         "sft+dpo": "Council met, money went."}}
+            for i in range(1, 7)]
+
+
+def write_jsonl(path, rows):
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+class LengthDetector:
+    """P(AI) grows with length: the source drafts are the longest texts of toy_rewrites."""
+
+    def score(self, texts):
+        import numpy as np
+
+        return np.array([min(len(t) / 60, 1.0) for t in texts])
+
+
+def toy_embedder(texts):
+    import numpy as np
+
+    return np.array([[len(t), t.count(" ") + 1.0] for t in texts])
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    """An empty RUNS_ROOT, and no experiment from the environment."""
+    from helpers import config
+
+    monkeypatch.setattr(config, "RUNS_ROOT", tmp_path / "runs")
+    monkeypatch.delenv("HUMANIZER_EXPERIMENT", raising=False)
+    return tmp_path / "runs"

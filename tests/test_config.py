@@ -23,15 +23,6 @@ def test_bad_preset_and_field_are_named():
         get_config("smoke", sft_stpes=3)
 
 
-@pytest.fixture
-def runs(tmp_path, monkeypatch):
-    from helpers import config
-
-    monkeypatch.setattr(config, "RUNS_ROOT", tmp_path / "runs")
-    monkeypatch.delenv("HUMANIZER_EXPERIMENT", raising=False)
-    return tmp_path / "runs"
-
-
 def test_experiment_gets_its_own_folder_and_the_default_keeps_its_paths(runs, monkeypatch):
     assert get_config("smoke").runs_dir == runs / "smoke"
     assert get_config("smoke", experiment="high-lr").runs_dir == runs / "smoke" / "high-lr"

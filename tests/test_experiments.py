@@ -5,27 +5,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import LengthDetector, toy_embedder, toy_rewrites, write_jsonl
 
-from helpers import config, results
+from helpers import results
 from helpers.config import get_config, list_experiments
 
-ROWS = [
-    {"id": f"r{i}", "domain": "News", "source": f"The council met on 3 May and spent {i}00 pounds.",
-     "human": f"Council met May 3rd, spent {i}00 quid.",
-     "outputs": {"base": f"The council met on 3 May and spent {i}00 pounds.",
-                 "sft": f"Council met 3 May, spent {i}00 pounds.",
-                 "sft+dpo": "Council met, money went."}}
-    for i in range(1, 7)
-]
-
-
-class LengthDetector:
-    def score(self, texts):
-        return np.array([min(len(t) / 60, 1.0) for t in texts])
-
-
-def embed(texts):
-    return np.array([[len(t), t.count(" ") + 1.0] for t in texts])
+ROWS = toy_rewrites()
 
 
 def notebook_07(name: str) -> None:
@@ -34,26 +19,14 @@ def notebook_07(name: str) -> None:
     rows = results.load_rewrites(cfg.input_path("rewrites.jsonl"))
     texts = results.system_texts(rows)
     scores = results.score_all(texts, {"Length": LengthDetector()})
-    results.write_results(cfg, results.summarize(cfg, texts, scores, embed, []))
-
-
-@pytest.fixture
-def runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(config, "RUNS_ROOT", tmp_path / "runs")
-    monkeypatch.delenv("HUMANIZER_EXPERIMENT", raising=False)
-    return tmp_path / "runs"
-
-
-def write_rewrites(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results.write_results(cfg, results.summarize(cfg, texts, scores, toy_embedder, []))
 
 
 def test_two_experiments_side_by_side(runs):
-    write_rewrites(runs / "smoke" / "rewrites.jsonl", ROWS)  # the default run's notebook 06
+    write_jsonl(runs / "smoke" / "rewrites.jsonl", ROWS)  # the default run's notebook 06
     # "keeps-facts" reran notebook 06 with other settings; "rescored" only reran notebook 07
     kept = [dict(r, outputs=dict(r["outputs"], **{"sft+dpo": r["outputs"]["sft"]})) for r in ROWS]
-    write_rewrites(runs / "smoke" / "keeps-facts" / "rewrites.jsonl", kept)
+    write_jsonl(runs / "smoke" / "keeps-facts" / "rewrites.jsonl", kept)
     for name in ("", "keeps-facts", "rescored"):
         notebook_07(name)
     assert not (runs / "smoke" / "rescored" / "rewrites.jsonl").exists()

@@ -2,35 +2,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import LengthDetector, toy_embedder, toy_rewrites, write_jsonl
 
 from helpers import results
 from helpers.config import get_config
 from helpers.io import DataError
 
-ROWS = [
-    {"id": f"r{i}", "domain": "News", "source": f"The council met on 3 May and spent {i}00 pounds.",
-     "human": f"Council met May 3rd, spent {i}00 quid.",
-     "outputs": {"base": f"Sure! The council met on 3 May and spent {i}00 pounds.",
-                 "sft": f"Council met 3 May, spent {i}00 pounds.",
-                 "sft+dpo": "Council met, money went."}}
-    for i in range(1, 7)
-]
-
-
-class LengthDetector:
-    """P(AI) grows with length: the source drafts are the longest texts here."""
-
-    def score(self, texts):
-        return np.array([min(len(t) / 60, 1.0) for t in texts])
-
-
-def fake_embedder(texts):
-    return np.array([[len(t), t.count(" ") + 1.0] for t in texts])
-
-
-def write_rows(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+ROWS = toy_rewrites(base_prefix="Sure! ")
 
 
 class ConstantDetector:
@@ -41,12 +19,12 @@ class ConstantDetector:
 
 
 def summary_of(tmp_path, **cfg_overrides):
-    rows = results.load_rewrites(write_rows(tmp_path / "rewrites.jsonl", ROWS))
+    rows = results.load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", ROWS))
     texts = results.system_texts(rows)
     scores = results.score_all(texts, {"Length": LengthDetector(), "Flat": ConstantDetector()})
     judge = results.score_all(texts, {"judge": LengthDetector()})
     cfg = get_config("smoke", n_bootstrap=50, **cfg_overrides)
-    return texts, results.summarize(cfg, texts, scores, fake_embedder, ["sure"],
+    return texts, results.summarize(cfg, texts, scores, toy_embedder, ["sure"],
                                     unavailable={"RADAR": "offline"}, judge_scores=judge)
 
 
@@ -162,12 +140,12 @@ def test_compare_experiments_reads_each_experiments_results(tmp_path):
 def test_load_rewrites_errors_name_file_line_and_field(tmp_path):
     bad = dict(ROWS[0], outputs={"sft": 3})
     with pytest.raises(DataError, match=r"rewrites.jsonl:2: field 'outputs'"):
-        results.load_rewrites(write_rows(tmp_path / "rewrites.jsonl", [ROWS[0], bad]))
+        results.load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", [ROWS[0], bad]))
     other = dict(ROWS[0], outputs={"sft": "x"})
     with pytest.raises(DataError, match=r":2: systems \['sft'\] differ"):
-        results.load_rewrites(write_rows(tmp_path / "rewrites.jsonl", [ROWS[0], other]))
+        results.load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", [ROWS[0], other]))
     no_human = {k: v for k, v in ROWS[0].items() if k != "human"}
     with pytest.raises(DataError, match=r":1: field 'human'"):
-        results.load_rewrites(write_rows(tmp_path / "rewrites.jsonl", [no_human]))
+        results.load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", [no_human]))
     with pytest.raises(FileNotFoundError, match="run notebook 06"):
         results.load_rewrites(tmp_path / "missing.jsonl")
