@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -162,13 +162,13 @@ class Config:
 
 PRESETS: dict[str, dict] = {
     "smoke": dict(
-        max_train_pairs=64, n_val_paragraphs=4, n_eval=16, max_words=90,
+        max_train_pairs=64, n_val_paragraphs=4, n_eval=8, max_words=90,
         calib_texts=2, calib_max_tokens=64, scan_granularity="block", candidate_bits=(4, 6, 8),
         protect=(), quant_targets=(5.0,), quant_eval_texts=4, quant_eval_max_tokens=64,
         quant_decode_tokens=8, scan_fit_bits=(6,), scan_fit_units=1, gptq_calib_texts=4,
         gptq_calib_tokens=64,
         lora_rank=4, lora_layers=4, sft_steps=6, batch_size=2, max_seq_len=256,
-        checkpoint_every=3, val_every=3, val_examples=2, gen_max_tokens=32, gen_batch_size=16,
+        checkpoint_every=3, val_every=3, val_examples=2, gen_max_tokens=24, gen_batch_size=16,
         dpo_rank=4, dpo_steps=4, n_dpo_pairs=8, on_policy_rejected=False,
         binoculars_models=(), detector_calib_pairs=8, detector_train_pairs=64,
     ),

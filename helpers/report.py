@@ -1,7 +1,7 @@
 """Copy generated tables into README.md, each between its markers: the time each notebook took
 per preset (runs/<preset>/series_timing.json, written by helpers.series), notebook 07's results
-table, notebook 03's equal-size quantization table and, when it was run, the decoding experiment
-on validation drafts (experiments/decoding.py).
+table, notebook 03's equal-size quantization table and, when they were run, the experiments on
+validation drafts (experiments/decoding.py, experiments/quant_downstream.py).
 
     python -m helpers.report --preset workshop      # what `make readme` runs
 """
@@ -27,6 +27,7 @@ def section(name: str, body: str) -> str:
 
 
 START, END = markers("results")
+EXPERIMENT_TABLES = ("decoding", "quant_downstream")  # experiments/<name>.py writes <name>.md
 
 
 def readme_section(results_md: str, preset: str, timing: dict | None) -> str:
@@ -127,13 +128,15 @@ def update_readme(preset: str, readme=REPO_ROOT / "README.md") -> bool:
     quantization = quant_table(cfg.runs_dir, preset)
     if quantization and markers("quantization")[0] in text:
         text = replace_section(text, section("quantization", quantization), readme, "quantization")
-    experiment = cfg.runs_dir / "experiments" / "decoding.md"
-    if experiment.exists():
-        text = replace_section(text, section("decoding", experiment.read_text(encoding="utf-8")),
-                               readme, "decoding")
+    copied = [results]
+    for name in EXPERIMENT_TABLES:  # each only when its script was run and README has its markers
+        experiment = cfg.runs_dir / "experiments" / f"{name}.md"
+        if experiment.exists() and markers(name)[0] in text:
+            text = replace_section(text, section(name, experiment.read_text(encoding="utf-8")),
+                                   readme, name)
+            copied.append(experiment)
     atomic_write_text(readme, text)
-    print(f"README.md updated from {results}" + (f" and {experiment}" if experiment.exists()
-                                                  else ""))
+    print("README.md updated from " + ", ".join(map(str, copied)))
     return True
 
 

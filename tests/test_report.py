@@ -18,21 +18,24 @@ def test_missing_markers_are_reported():
         report.replace_section("# no markers\n", "x", "README.md")
 
 
-def test_update_readme_copies_results_and_the_decoding_experiment(tmp_path, monkeypatch):
+def test_update_readme_copies_results_and_the_experiment_tables(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     runs = tmp_path / "runs"
     (runs / "experiments").mkdir(parents=True)
     (runs / "results.md").write_text("| results |\n")
     (runs / "experiments" / "decoding.md").write_text("| decoding |\n")
+    (runs / "experiments" / "quant_downstream.md").write_text("| downstream |\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"{report.START}\n{report.END}\nmiddle\n<!-- decoding:start -->\nold\n"
-                      "<!-- decoding:end -->\n<!-- timing:start -->\nold\n<!-- timing:end -->\n")
+                      "<!-- decoding:end -->\n<!-- timing:start -->\nold\n<!-- timing:end -->\n"
+                      "<!-- quant_downstream:start -->\nold\n<!-- quant_downstream:end -->\n")
     monkeypatch.setattr(report, "get_config", lambda preset: SimpleNamespace(runs_dir=runs))
     monkeypatch.setattr(report.config, "RUNS_ROOT", tmp_path / "no-runs")
     assert report.update_readme("workshop", readme)
     text = readme.read_text()
     assert "| results |" in text and "| decoding |" in text and "old" not in text
+    assert "| downstream |" in text
     assert text.index("| results |") < text.index("middle") < text.index("| decoding |")
     assert "| whole series | not measured yet |" in text
 

@@ -1,0 +1,162 @@
+"""Does the quantized base matter downstream? The same SFT adapter trained on two bases of equal size.
+
+Notebook 03 saves the KL-knapsack + GPTQ model at cfg.target_bpw (runs/<preset>/quantized_model).
+This script builds the uniform round-to-nearest model that stores exactly the same bits per weight
+(at 5.0 bpw: 4-bit in groups of 32), then trains notebook 04's SFT adapter on each base with the
+same data, seed and steps, and compares on validation data only (held-out training paragraphs,
+never the evaluation items):
+- validation loss per answer token, on the same rows, paired;
+- the rewrites of `--n` validation drafts: the training judge's P(AI) (never an evaluation
+  detector), meaning similarity and facts kept, paired differences with 95% bootstrap CIs.
+
+Each arm is a named experiment: runs/<preset>/base-uniform/ and runs/<preset>/base-mixed/ (the
+mixed arm starts from the default run's SFT checkpoint, which train() resumes only when its
+settings match). Training resumes from checkpoints, so an interrupted run continues.
+
+    python experiments/quant_downstream.py --preset workshop --n 40
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from helpers import generate, lora, quant, train
+from helpers.config import get_config
+from helpers.data import load_prepared, one_per_paragraph
+from helpers.detectors import Embedder, training_judge
+from helpers.io import atomic_write_json, atomic_write_text, read_json
+from helpers.metrics import fact_preservation, meaning_similarity, paired_bootstrap_ci
+from helpers.models import load_model, save_mlx_model
+from helpers.results import format_ci, markdown_table
+
+ARMS = {"uniform": "base-uniform", "mixed": "base-mixed"}
+
+
+def build_uniform_base(cfg, out_dir) -> dict:
+    """Save the uniform RTN model storing exactly notebook 03's target bpw; returns its bits and
+    group size. An error when no uniform bit-width and group size store that target."""
+    sens = quant.load_sensitivity(cfg)
+    uniform = quant.uniform_at(sens["units"], cfg.target_bpw, sens["candidate_bits"])
+    if uniform is None:
+        raise SystemExit(f"no uniform quantization stores exactly target_bpw={cfg.target_bpw} "
+                         "(try 4.5 or 5.0)")
+    bits, group = uniform
+    if not (out_dir / "config.json").exists():
+        model, tokenizer, config = load_model(cfg.model, keep_quantized=False, return_config=True)
+        qmodel, qconfig = quant.quantize_model(model, config, quant.uniform_bits(sens["units"], bits),
+                                               group)
+        save_mlx_model(qmodel, tokenizer, qconfig, out_dir)
+    return {"bits": bits, "group_size": group,
+            "bpw": quant.bits_per_weight(quant.uniform_bits(sens["units"], bits), sens["units"], group)}
+
+
+def seed_from_default_run(default_cfg, arm_cfg) -> None:
+    """Copy the default run's SFT checkpoint and log into the arm (same base: same training)."""
+    source = default_cfg.runs_dir / "checkpoints" / "sft"
+    target = arm_cfg.runs_dir / "checkpoints" / "sft"
+    if (source / "state.json").exists() and not target.exists():
+        shutil.copytree(source, target)
+        shutil.copy(default_cfg.runs_dir / "sft_log.csv", arm_cfg.runs_dir / "sft_log.csv")
+
+
+def train_arm(arm_cfg, val_rows: list[dict], drafts: list[str]) -> dict:
+    """SFT on the arm's base; per-row validation loss and the rewrites of `drafts`."""
+    model, tokenizer = lora.load_base(arm_cfg)
+    lora.add_lora(model, lora.lora_config(arm_cfg, "sft"), seed=arm_cfg.seed)
+    start = time.perf_counter()
+    log = train.train_sft(model, tokenizer, arm_cfg, load_prepared(arm_cfg))
+    val_set = train.sft_dataset(val_rows, tokenizer, arm_cfg)
+    losses = [train.evaluate_sft(model, [item], 1) for item in val_set]
+    outputs = generate.rewrite(model, tokenizer, drafts, arm_cfg, desc=arm_cfg.experiment)
+    return {"train_s": time.perf_counter() - start, "val_loss": losses, "outputs": outputs,
+            "val_curve": {r["step"]: r["loss"] for r in log if r["split"] == "val"}}
+
+
+def paired_rows(measures: dict, n_boot: int, seed: int) -> list[dict]:
+    """measures {name: {"uniform": values, "mixed": values}} (same items) -> one row per measure:
+    each arm's mean and the paired difference mixed - uniform with its 95% bootstrap CI."""
+    rows = []
+    for name, arms in measures.items():
+        a, b = np.asarray(arms["uniform"], float), np.asarray(arms["mixed"], float)
+        keep = ~(np.isnan(a) | np.isnan(b))  # e.g. drafts without facts
+        diff = paired_bootstrap_ci(lambda x, y: float(np.mean(y - x)), a[keep], b[keep],
+                                   n_boot=n_boot, seed=seed)
+        rows.append({"measure": name, "uniform": float(a[keep].mean()),
+                     "mixed": float(b[keep].mean()), "mixed - uniform": diff})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default=None)
+    parser.add_argument("--n", type=int, default=40, help="validation drafts (one per paragraph)")
+    parser.add_argument("--steps", type=int, default=None, help="SFT steps (default: the preset's)")
+    args = parser.parse_args()
+
+    default_cfg = get_config(args.preset, experiment="")
+    steps = {"sft_steps": args.steps} if args.steps else {}
+    cfgs = {arm: get_config(args.preset, experiment=name, **steps) for arm, name in ARMS.items()}
+    mixed_base = default_cfg.runs_dir / "quantized_model"
+    if not (mixed_base / "config.json").exists():
+        raise SystemExit(f"{mixed_base} does not exist: run notebook 03 first")
+    uniform = build_uniform_base(default_cfg, cfgs["uniform"].path("quantized_model"))
+    chosen = read_json(default_cfg.runs_dir / "quant_results.json")["chosen"]
+    if not 0 <= uniform["bpw"] - chosen["bpw"] < 0.1:  # the knapsack may leave a little unspent
+        raise SystemExit(f"unequal sizes: mixed {chosen['bpw']:.3f} bpw, uniform {uniform['bpw']:.3f}")
+    if cfgs["mixed"].sft_steps == default_cfg.sft_steps:
+        seed_from_default_run(default_cfg, cfgs["mixed"])
+
+    splits = load_prepared(default_cfg)
+    val_rows = splits["val"][:max(default_cfg.val_examples, 32)]
+    items = one_per_paragraph(splits["val"], args.n, default_cfg.seed + 1)
+    drafts = [r["ai"] for r in items]
+    arms = {arm: train_arm(cfg, val_rows, drafts) for arm, cfg in cfgs.items()}
+
+    judge = training_judge(default_cfg, splits)
+    embedder = Embedder(default_cfg.embedder)
+    measures = {"validation loss (nats/token)": {a: r["val_loss"] for a, r in arms.items()}}
+    measures[f"P(AI) {judge.name}"] = {a: judge.score(r["outputs"]) for a, r in arms.items()}
+    measures["meaning"] = {a: meaning_similarity(embedder, r["outputs"], drafts) for a, r in arms.items()}
+    measures["facts kept"] = {a: [fact_preservation(d, o) for d, o in zip(drafts, r["outputs"])]
+                              for a, r in arms.items()}
+    rows = paired_rows(measures, default_cfg.n_bootstrap, default_cfg.seed)
+
+    heldout = {r["config"].rsplit(" @ ", 1)[0]: r for r in
+               read_json(default_cfg.runs_dir / "quant_results.json")["comparison"]
+               if r["target"] == default_cfg.target_bpw}
+    base_kl = {arm: heldout.get(name, {}).get("kl") for arm, name in
+               (("uniform", "uniform"), ("mixed", "KL knapsack + GPTQ"))}
+    command = "python " + " ".join(sys.argv)
+    out = default_cfg.path("experiments")
+    out.mkdir(exist_ok=True)
+    atomic_write_json(out / "quant_downstream.json", {
+        "command": command, "date": dt.date.today().isoformat(), "uniform": uniform,
+        "mixed_bpw": chosen["bpw"], "base_kl": base_kl, "rows": rows, "n_drafts": len(drafts),
+        "n_val_rows": len(val_rows), "steps": cfgs["uniform"].sft_steps,
+        "train_s": {a: r["train_s"] for a, r in arms.items()},
+        "val_curve": {a: r["val_curve"] for a, r in arms.items()}})
+    kl = lambda v: f"{v:.3f}" if v is not None else "—"  # noqa: E731
+    table = markdown_table(
+        ["measure", f"uniform {uniform['bits']}-bit g{uniform['group_size']}",
+         "KL knapsack + GPTQ", "mixed − uniform [95% CI]"],
+        [["base: KL to float32 (notebook 03)", kl(base_kl["uniform"]), kl(base_kl["mixed"]), "—"]]
+        + [[r["measure"], f"{r['uniform']:.3f}", f"{r['mixed']:.3f}",
+            format_ci(r["mixed - uniform"], 3)] for r in rows])
+    caption = (f"Preset `{default_cfg.preset}`, uniform at {uniform['bpw']:.3f} and mixed at "
+               f"{chosen['bpw']:.3f} stored bpw, "
+               f"SFT {cfgs['uniform'].sft_steps} steps on each (same data and seed); validation "
+               f"loss on {len(val_rows)} validation rows, rewrites of {len(drafts)} validation "
+               f"drafts (held-out training paragraphs, not the evaluation items), "
+               f"{dt.date.today().isoformat()}, generated by `{command}`. A CI that includes 0: "
+               "no difference shown.\n\n")
+    atomic_write_text(out / "quant_downstream.md", caption + table + "\n")
+    print(caption + table)
+
+
+if __name__ == "__main__":
+    main()
