@@ -56,6 +56,22 @@ def batched_decode(model, prompt: mx.array, batch: int, n_decode: int) -> float:
     return stats.generation_tps
 
 
+def rotated_medians(names: list[str], repeats: int, measure) -> dict:
+    """{name: {metric: median}} of measure(name) -> {metric: tokens/s} over `repeats` rounds,
+    after a warm-up round that is discarded; each round starts one name later, so that no
+    variant always runs first (a machine's load drifts)."""
+    results = {name: {} for name in names}
+    for repeat in range(repeats + 1):
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            values = measure(name)
+            print(f"  repeat {repeat} {name:22s} " + "  ".join(
+                f"{key} {value:7.1f}" for key, value in values.items()) + " tok/s", flush=True)
+            if repeat:  # round 0 warms up
+                for key, value in values.items():
+                    results[name].setdefault(key, []).append(value)
+    return {name: {key: statistics.median(v) for key, v in r.items()} for name, r in results.items()}
+
+
 def ensure_adapters(cfg, model, folder: Path) -> tuple[Path, Path]:
     """The preset's trained adapters, or random ones of the same shapes written to `folder`."""
     sft, dpo = cfg.runs_dir / "adapters" / "sft", cfg.runs_dir / "adapters" / "dpo"
@@ -109,21 +125,15 @@ def main() -> None:
         variants = build_variants(cfg, model, Path(tmp))
     order = ["base", "sft", "stacked (sft+dpo)", "merged (one adapter)", "fused (sft+dpo)"]
     prompt = mx.random.randint(100, 40000, (args.prompt_tokens,), key=mx.random.key(0))
-    results = {name: {"prefill": [], "decode": [], "batched": []} for name in order}
-    for repeat in range(args.repeats + 1):  # repeat 0 warms up and is discarded
-        for name in order[repeat % len(order):] + order[:repeat % len(order)]:  # rotate the order
-            model.update_modules(tree_unflatten(variants[name]))
-            prefill, decode = prefill_and_decode(model, prompt, args.decode_tokens)
-            batched = batched_decode(model, prompt[:64], args.batch, args.decode_tokens // 2)
-            if repeat:
-                for key, value in (("prefill", prefill), ("decode", decode), ("batched", batched)):
-                    results[name][key].append(value)
-            print(f"  repeat {repeat} {name:22s} prefill {prefill:7.1f}  decode {decode:6.1f}  "
-                  f"batch-{args.batch} decode {batched:7.1f} tok/s", flush=True)
-    gflops_after = matmul_gflops()
 
-    table = {name: {key: statistics.median(values) for key, values in r.items()}
-             for name, r in results.items()}
+    def measure(name):
+        model.update_modules(tree_unflatten(variants[name]))
+        prefill, decode = prefill_and_decode(model, prompt, args.decode_tokens)
+        return {"prefill": prefill, "decode": decode,
+                "batched": batched_decode(model, prompt[:64], args.batch, args.decode_tokens // 2)}
+
+    table = rotated_medians(order, args.repeats, measure)
+    gflops_after = matmul_gflops()
     base = table["base"]
     print(f"\npreset {cfg.preset}, fp32 compute (fake-quant {cfg.fake_quant}); prompt "
           f"{args.prompt_tokens} tokens, {args.decode_tokens} decoded; median of {args.repeats}; "

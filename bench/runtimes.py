@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from helpers.config import get_config
 from helpers.env import matmul_gflops
 from helpers.generate import adapter_dir, prompt_tokens
 from helpers.io import atomic_write_json
-from inference import batched_decode, greedy, prefill_and_decode
+from inference import batched_decode, greedy, prefill_and_decode, rotated_medians
 
 DRAFT = ("In today's fast-paced world, the city council has unveiled a comprehensive plan to "
          "revitalize the riverfront, featuring 12 new parks and a 3-mile bike path by 2027.")
@@ -169,21 +168,10 @@ def main() -> None:
                                 AGREE_TOKENS)
             print(f"  {name:22s} greedy: {tokenizer.decode(tokens)!r}", flush=True)
         prompt = mx.random.randint(100, 40000, (args.prompt_tokens,), key=mx.random.key(0)).tolist()
-        order = list(runtimes)
-        results = {name: {"decode": [], "batched": []} for name in order}
-        for repeat in range(args.repeats + 1):  # repeat 0 warms up and is discarded
-            for name in order[repeat % len(order):] + order[:repeat % len(order)]:
-                single = runtimes[name].single(prompt, args.decode_tokens)
-                batched = runtimes[name].batched(prompt[:64], args.batch, args.decode_tokens // 2)
-                if repeat:
-                    results[name]["decode"].append(single)
-                    results[name]["batched"].append(batched)
-                print(f"  repeat {repeat} {name:22s} decode {single:7.1f}  batch-{args.batch} "
-                      f"decode {batched:7.1f} tok/s", flush=True)
+        table = rotated_medians(list(runtimes), args.repeats, lambda name: {
+            "decode": runtimes[name].single(prompt, args.decode_tokens),
+            "batched": runtimes[name].batched(prompt[:64], args.batch, args.decode_tokens // 2)})
     gflops_after = matmul_gflops()
-
-    table = {name: {key: statistics.median(values) for key, values in r.items()}
-             for name, r in results.items()}
     ref = table["MLX fp32 (fused)"]
     print(f"\npreset {cfg.preset}, humanizer {adapter} fused; prompt {args.prompt_tokens} tokens, "
           f"{args.decode_tokens} decoded (batched: {args.batch} streams x {args.decode_tokens // 2}); "

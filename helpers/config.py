@@ -172,7 +172,7 @@ PRESETS: dict[str, dict] = {
         dpo_rank=4, dpo_steps=4, n_dpo_pairs=8, on_policy_rejected=False,
         binoculars_models=(), detector_calib_pairs=8, detector_train_pairs=64,
     ),
-    # Sized so that `make run` finishes within an hour on a 2-core laptop CPU (measured: README).
+    # Sized for a workshop on a 2-core laptop CPU (the series's measured time: README).
     "workshop": dict(
         calib_texts=8, calib_max_tokens=64, candidate_bits=(3, 4, 5, 6, 8), protect=(),
         scan_fit_bits=(3,),
