@@ -46,13 +46,13 @@ def build_uniform_base(cfg, out_dir) -> dict:
         raise SystemExit(f"no uniform quantization stores exactly target_bpw={cfg.target_bpw} "
                          "(try 4.5 or 5.0)")
     bits, group = uniform
+    bits_by_path = quant.uniform_bits(sens["units"], bits)
     if not (out_dir / "config.json").exists():
         model, tokenizer, config = load_model(cfg.model, keep_quantized=False, return_config=True)
-        qmodel, qconfig = quant.quantize_model(model, config, quant.uniform_bits(sens["units"], bits),
-                                               group)
+        qmodel, qconfig = quant.quantize_model(model, config, bits_by_path, group)
         save_mlx_model(qmodel, tokenizer, qconfig, out_dir)
     return {"bits": bits, "group_size": group,
-            "bpw": quant.bits_per_weight(quant.uniform_bits(sens["units"], bits), sens["units"], group)}
+            "bpw": quant.bits_per_weight(bits_by_path, sens["units"], group)}
 
 
 def seed_from_default_run(default_cfg, arm_cfg) -> None:
@@ -105,7 +105,8 @@ def main() -> None:
     if not (mixed_base / "config.json").exists():
         raise SystemExit(f"{mixed_base} does not exist: run notebook 03 first")
     uniform = build_uniform_base(default_cfg, cfgs["uniform"].path("quantized_model"))
-    chosen = read_json(default_cfg.runs_dir / "quant_results.json")["chosen"]
+    quant_results = read_json(default_cfg.runs_dir / "quant_results.json")  # notebook 03's
+    chosen = quant_results["chosen"]
     if not 0 <= uniform["bpw"] - chosen["bpw"] < 0.1:  # the knapsack may leave a little unspent
         raise SystemExit(f"unequal sizes: mixed {chosen['bpw']:.3f} bpw, uniform {uniform['bpw']:.3f}")
     if cfgs["mixed"].sft_steps == default_cfg.sft_steps:
@@ -126,8 +127,7 @@ def main() -> None:
                               for a, r in arms.items()}
     rows = paired_rows(measures, default_cfg.n_bootstrap, default_cfg.seed)
 
-    heldout = {r["config"].rsplit(" @ ", 1)[0]: r for r in
-               read_json(default_cfg.runs_dir / "quant_results.json")["comparison"]
+    heldout = {r["config"].rsplit(" @ ", 1)[0]: r for r in quant_results["comparison"]
                if r["target"] == default_cfg.target_bpw}
     base_kl = {arm: heldout.get(name, {}).get("kl") for arm, name in
                (("uniform", "uniform"), ("mixed", "KL knapsack + GPTQ"))}
