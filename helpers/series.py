@@ -1,8 +1,9 @@
 """Run the notebook series in order for one preset (what `make run` calls).
 
 Executed copies go to runs/<preset>/notebooks/, and the time each notebook took to
-runs/<preset>/series_timing.json (README's time table: `make readme`). With --experiment NAME
-every notebook gets EXPERIMENT=NAME and all of it goes to runs/<preset>/NAME/ instead.
+runs/<preset>/series_timing.json (README's time table: `make readme`); a partial run (--from,
+--only) writes series_timing.partial.json instead, so the whole series' record stays. With
+--experiment NAME every notebook gets EXPERIMENT=NAME and all of it goes to runs/<preset>/NAME/.
 
     python -m helpers.series --preset smoke [--experiment high-lr] [--from 04] [--only 07]
 """
@@ -25,6 +26,11 @@ def series(start: str = "00", only: str | None = None) -> list[Path]:
     if only:
         return [p for p in books if p.name.startswith(only)]
     return [p for p in books if p.name[:2] >= start]
+
+
+def timing_file(start: str = "00", only: str | None = None) -> str:
+    """README's time table reads one whole series; a partial rerun (often from caches) goes beside it."""
+    return "series_timing.json" if start == "00" and not only else "series_timing.partial.json"
 
 
 def run(preset: str, start: str = "00", only: str | None = None, experiment: str = "") -> dict:
@@ -52,7 +58,7 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
     timing["machine"] = {"date": dt.date.today().isoformat(), "cpus": os.cpu_count(),
                          "platform": platform.platform(),
                          "load_average_15min": round(os.getloadavg()[2], 1)}
-    atomic_write_json(cfg.path("series_timing.json"), timing)
+    atomic_write_json(cfg.path(timing_file(start, only)), timing)
     print(f"== done in {timing['total'] / 60:.1f} min; executed notebooks in {out_dir}")
     return timing
 

@@ -86,3 +86,11 @@ def test_quant_table_gives_each_method_its_ratios_at_its_own_point(tmp_path):
         in table  # 0.6 / 0.2 and the best anchor 0.4 / 0.2
     assert "| 4.71 | KL knapsack | 4.710 | 0.250 [0.125, 0.500] | 20.00 | 80.0 | — | 2.00 |" in table
     assert report.quant_table(tmp_path / "none", "workshop") is None
+
+
+def test_only_a_whole_series_writes_the_time_table_record():
+    from helpers.series import timing_file
+
+    assert timing_file() == timing_file("00") == "series_timing.json"
+    assert timing_file("04") == timing_file(only="03") == timing_file("00", "00") \
+        == "series_timing.partial.json"
