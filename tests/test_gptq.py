@@ -34,6 +34,27 @@ def test_stored_arrays_decode_exactly_to_the_gptq_weights(bits, group_size):
     assert 8 * nbytes == quant.stored_bits(w.shape, bits, group_size)
 
 
+def textbook_gptq_levels(w, hessian, bits, group_size):
+    """The update as the module docstring states it: after each column, every later column moves."""
+    w, u, top = w.astype(np.float64).copy(), gptq.inverse_hessian_factor(hessian), 2 ** bits - 1
+    levels = np.zeros(w.shape, np.int64)
+    for j in range(w.shape[1]):
+        if j % group_size == 0:
+            scale, bias = gptq.group_scales(w[:, j:j + group_size], bits)
+        levels[:, j] = np.clip(np.rint((w[:, j].astype(np.float32) - bias) / scale), 0, top)
+        err = (w[:, j] - (scale * levels[:, j] + bias)) / u[j, j]
+        w[:, j:] -= np.outer(err, u[j, j:])
+    return levels
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_deferred_feedback_rounds_like_the_textbook_update(bits):
+    x, w = correlated_inputs(d=128), random_weight(rows=8, cols=128)
+    out = gptq.gptq_quantize(w, x.T @ x, bits, 32)
+    np.testing.assert_array_equal(np.array(out["weight"]),
+                                  gptq.pack(textbook_gptq_levels(w, x.T @ x, bits, 32), bits))
+
+
 def test_uncorrelated_inputs_mean_plain_rounding_on_the_stored_grid():
     """With a diagonal Hessian no column can absorb another's error: every weight is rounded
     to its nearest level of the float16 grid, as round-to-nearest does."""
