@@ -829,8 +829,8 @@ def compare(model, held: HeldOut, sens: dict, configs: dict, progress: bool = Tr
     """One row per configuration, {name: {path: bits}} or {name: plan} with plan = {"bits":
     {path: bits}, "group_size": g (default the scan's), "weights": {path: dequantized matrix}
     (default round-to-nearest)}: bpw and weight MB (the same accounting for every method),
-    predicted KL, and the held-out KL (vs the reference) and perplexity, measured with
-    fake-quantized weights."""
+    predicted KL, and the held-out KL (vs the reference; also per text, for paired comparisons)
+    and perplexity, measured with fake-quantized weights."""
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -841,7 +841,8 @@ def compare(model, held: HeldOut, sens: dict, configs: dict, progress: bool = Tr
             else (plan, sens["group_size"])
         start = time.perf_counter()
         with fake_quantized(model, bits, group, plan.get("weights") if "bits" in plan else None):
-            result = summarize(held.evaluate(model))
+            per_text = held.evaluate(model)
+        result = summarize(per_text) | {"kl_per_text": per_text["kl_per_text"].tolist()}
         result["eval s"] = time.perf_counter() - start
         rows.append({"config": name, "bpw": bits_per_weight(bits, units, group),
                      "MB": expected_bytes(model, units, bits, group) / 2**20,
