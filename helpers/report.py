@@ -27,7 +27,8 @@ def section(name: str, body: str) -> str:
 
 
 START, END = markers("results")
-EXPERIMENT_TABLES = ("decoding", "quant_downstream")  # experiments/<name>.py writes <name>.md
+# runs/<preset>/experiments/<name>.md, written by experiments/<name>.py and by bench/quant.py
+EXPERIMENT_TABLES = ("decoding", "quant_downstream", "bench_quant")
 
 
 def readme_section(results_md: str, preset: str, timing: dict | None) -> str:
