@@ -29,13 +29,14 @@ from helpers.results import format_ci, markdown_table
 
 def parse_setting(text: str) -> dict:
     """'temperature=0.3,repetition_penalty=1.15' -> {'temperature': 0.3, ...} (Config fields only)."""
-    fields = {f.name for f in dataclasses.fields(Config)}
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
     setting = {}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
-        if key not in fields or not value:
-            raise SystemExit(f"--setting {text!r}: {part!r} is not <Config field>=<number>")
-        setting[key] = float(value)
+        try:  # an integer field (fact_check_samples) takes a whole number only
+            setting[key] = int(value) if type(defaults[key]) is int else float(value)
+        except (KeyError, ValueError):
+            raise SystemExit(f"--setting {text!r}: {part!r} is not <Config field>=<number>") from None
     return setting
 
 
