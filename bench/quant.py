@@ -58,21 +58,26 @@ def ratio_rows(table, targets):
     return out
 
 
-def ratio_ci(rows, target, numerator: str, n_boot: int = 2000) -> dict:
+def ratio_ci(rows, target, numerator: str, n_boot: int = 2000) -> dict | None:
     """mean KL of `numerator` / mean KL of ours at `target`, with a paired bootstrap 95% CI over
-    the held-out texts (both methods were evaluated on the same texts)."""
+    the held-out texts (both methods were evaluated on the same texts); None when either method
+    has no row there (no uniform bit-width stores exactly 4.25 bpw in groups of 64)."""
     def kl_of(method):
-        return rows[(rows.target == target) & (rows.method == method)].kl_per_text.iloc[0]
+        found = rows[(rows.target == target) & (rows.method == method)].kl_per_text
+        return found.iloc[0] if len(found) else None
 
-    return paired_bootstrap_ci(lambda a, b: a.mean() / b.mean(), kl_of(numerator), kl_of(OURS),
-                               n_boot=n_boot)
+    numerator, ours = kl_of(numerator), kl_of(OURS)
+    if numerator is None or ours is None:
+        return None
+    return paired_bootstrap_ci(lambda a, b: a.mean() / b.mean(), numerator, ours, n_boot=n_boot)
 
 
 def verdict_line(rows, target) -> str:
     """Ours against uniform (>= KL_TARGET_RATIO at 4.5 and 5.0 bpw) and against the gradient
     anchor (> 1), each judged on its CI: met, not shown (the CI straddles the limit), not met."""
     vs_uniform, vs_gradient = ratio_ci(rows, target, "uniform"), ratio_ci(rows, target, "gradient (mlx-lm)")
-    line = (f"{target} bpw: {OURS} is {format_ci(vs_uniform, 2)}x lower than uniform and "
+    line = (f"{target} bpw: {OURS} is {format_ci(vs_uniform, 2)}x lower than uniform "
+            f"({'no uniform stores this size' if vs_uniform is None else 'paired CI'}) and "
             f"{format_ci(vs_gradient, 2)}x lower than the gradient anchor (> 1: "
             f"{verdict(vs_gradient, 1.0, '>')})")
     if target in (4.5, 5.0):
@@ -99,6 +104,10 @@ def main():
                           .isoformat())  # older results lack these
         result.setdefault("command", f"python bench/quant.py --preset {args.preset} "
                                      f"--texts {result['heldout_texts']}")
+        result["verdicts"] = [verdict_line(pd.DataFrame(result["table"]), t)
+                              for t in sorted({r["target"] for r in result["table"]})
+                              if any(r["method"] == "gradient (mlx-lm)" and r["target"] == t
+                                     for r in result["table"])]  # the --targets points
         return write_markdown(cfg, result)
 
     cfg = get_config(args.preset, quant_eval_texts=args.texts)
@@ -129,11 +138,12 @@ def main():
     cols = ["target", "method", "bpw", "KL [95% CI]", "x uniform", "x best anchor", "ppl", "MB",
             "method s", "eval s"]
     print(show[cols].round(3).to_string(index=False))
-    verdicts = [verdict_line(rows, target) for target in args.targets]
-    print("\n".join(verdicts))
     result = {"preset": cfg.preset, "date": dt.date.today().isoformat(),
               "command": "python " + " ".join(sys.argv), "heldout_texts": len(held.mask),
-              "timings_s": timings, "verdicts": verdicts, "table": rows.to_dict(orient="records")}
+              "timings_s": timings, "table": rows.to_dict(orient="records")}
+    atomic_write_json(cfg.path("bench_quant.json"), result)  # the measurements first: kept whatever follows
+    result["verdicts"] = [verdict_line(rows, target) for target in args.targets]
+    print("\n".join(result["verdicts"]))
     atomic_write_json(cfg.path("bench_quant.json"), result)
     write_markdown(cfg, result)
 

@@ -22,12 +22,20 @@ def test_ratio_ci_is_paired_over_texts():
 
 def test_verdicts_need_the_whole_ci_past_the_limit():
     met = bench.verdict_line(rows(4.5, [0.4] * 4, [0.15] * 4, [0.1] * 4), 4.5)
-    assert met == ("4.5 bpw: KL knapsack + GPTQ is 4.00 [4.00, 4.00]x lower than uniform and "
+    assert met == ("4.5 bpw: KL knapsack + GPTQ is 4.00 [4.00, 4.00]x lower than uniform (paired CI) and "
                    "1.50 [1.50, 1.50]x lower than the gradient anchor (> 1: met); "
                    "target >= 2.0x vs uniform: met")
     unsure = bench.verdict_line(rows(5.0, [0.1, 0.5], [0.05, 0.05], [0.1, 0.1]), 5.0)
     assert unsure.endswith("(> 1: not met); target >= 2.0x vs uniform: not shown")
     assert "vs uniform" not in bench.verdict_line(rows(5.5, [0.4], [0.2], [0.1]), 5.5)
+
+
+def test_a_size_without_uniform_is_said_not_crashed_on():
+    no_uniform = rows(4.25, [0.4], [0.2], [0.1]).query("method != 'uniform'")
+    assert bench.ratio_ci(no_uniform, 4.25, "uniform") is None
+    assert bench.verdict_line(no_uniform, 4.25).startswith(
+        "4.25 bpw: KL knapsack + GPTQ is —x lower than uniform (no uniform stores this size) and "
+        "2.00 [2.00, 2.00]x lower than the gradient anchor (> 1: met)")
 
 
 def test_the_readme_table_is_written_from_the_saved_result(tmp_path):
