@@ -101,12 +101,10 @@ def main() -> None:
                         help="rebuild the .md table from the saved .json, without training")
     args = parser.parse_args()
     if args.table_only:
-        out = get_config(args.preset).path("experiments")
-        result = read_json(out / "quant_downstream.json")
-        result.setdefault("preset", get_config(args.preset).preset)  # older results lack it
-        atomic_write_text(out / "quant_downstream.md", markdown(result))
-        print(markdown(result))
-        return
+        cfg = get_config(args.preset)
+        result = read_json(cfg.path("experiments") / "quant_downstream.json")
+        result.setdefault("preset", cfg.preset)  # older results lack it
+        return write_table(cfg.path("experiments"), result)
 
     default_cfg = get_config(args.preset, experiment="")
     steps = {"sft_steps": args.steps} if args.steps else {}
@@ -151,8 +149,13 @@ def main() -> None:
         "train_s": {a: r["train_s"] for a, r in arms.items()},
         "val_curve": {a: r["val_curve"] for a, r in arms.items()}}
     atomic_write_json(out / "quant_downstream.json", result)
-    atomic_write_text(out / "quant_downstream.md", markdown(result))
-    print(markdown(result))
+    write_table(out, result)
+
+
+def write_table(out, result: dict) -> None:
+    text = markdown(result)
+    atomic_write_text(out / "quant_downstream.md", text)
+    print(text)
 
 
 BETTER = {"validation loss": "<", "P(AI)": "<", "meaning": ">", "facts kept": ">"}
