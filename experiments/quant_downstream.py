@@ -51,7 +51,7 @@ def build_uniform_base(cfg, out_dir) -> dict:
     if not (out_dir / "config.json").exists():
         model, tokenizer, config = load_model(cfg.model, keep_quantized=False, return_config=True)
         qmodel, qconfig = quant.quantize_model(model, config, bits_by_path, group)
-        save_mlx_model(qmodel, tokenizer, qconfig, out_dir)
+        save_mlx_model(qmodel, tokenizer, {**qconfig, "quantized_from": cfg.model}, out_dir)
     return {"bits": bits, "group_size": group,
             "bpw": quant.bits_per_weight(bits_by_path, sens["units"], group)}
 

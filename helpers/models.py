@@ -190,7 +190,6 @@ def load_gguf(path: str, keep_quantized: bool = True):
     """Build an mlx-lm Llama from a GGUF file: weights, config and tokenizer all come from it."""
     from mlx_lm.models import llama
     from mlx_lm.tokenizer_utils import TokenizerWrapper
-    from transformers import AutoTokenizer
 
     raw, meta = mx.load(path, return_metadata=True)
     # fp16 scales would round the dequantized weights to fp16: widen them first
@@ -215,11 +214,36 @@ def load_gguf(path: str, keep_quantized: bool = True):
         config.pop("quantization", None)
     mx.eval(model.parameters())
 
+    tokenizer = TokenizerWrapper(gguf_tokenizer(path, meta), eos_token_ids=[config["eos_token_id"]])
+    return model, tokenizer, config
+
+
+def gguf_tokenizer(path: str, meta: dict):
+    """The Hugging Face tokenizer of a GGUF file. transformers rebuilds it from the GGUF vocabulary
+    in seconds; it is saved once under runs/cache/ (keyed by the file's name, size and mtime) and
+    read back from there in a fraction of a second, identical."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from .config import RUNS_ROOT
+
+    stat = Path(path).stat()
+    cached = RUNS_ROOT / "cache" / f"tokenizer-{Path(path).stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    if (cached / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(str(cached))
     hf_tok = AutoTokenizer.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
     if meta.get("tokenizer.chat_template"):
         hf_tok.chat_template = str(meta["tokenizer.chat_template"])
-    tokenizer = TokenizerWrapper(hf_tok, eos_token_ids=[config["eos_token_id"]])
-    return model, tokenizer, config
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=cached.name + ".tmp"))
+    hf_tok.save_pretrained(str(tmp))
+    try:
+        tmp.rename(cached)  # atomic: a reader sees the whole folder or none
+    except OSError:  # another process saved it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return hf_tok
 
 
 def save_mlx_model(model: nn.Module, tokenizer, config: dict, out_dir: str | Path) -> Path:
@@ -274,7 +298,10 @@ def read_json(path: str | Path) -> dict:
 
 
 def base_model_spec(cfg) -> str:
-    """The model later notebooks build on: notebook 03's mixed-precision model when it exists,
-    else the preset's model."""
-    quantized = cfg.input_path("quantized_model")
-    return str(quantized) if (quantized / "config.json").exists() else cfg.model
+    """The model later notebooks build on: notebook 03's mixed-precision model when it exists and
+    was made from cfg.model (its config.json's "quantized_from"), else the preset's model."""
+    config_file = cfg.input_path("quantized_model") / "config.json"
+    if not config_file.exists():
+        return cfg.model
+    source = json.loads(config_file.read_text(encoding="utf-8")).get("quantized_from", cfg.model)
+    return str(config_file.parent) if source == cfg.model else cfg.model

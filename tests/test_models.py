@@ -1,4 +1,5 @@
 import math
+import json
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -100,3 +101,37 @@ def test_gguf_quantized_logits_match_dequantized_load(workshop_model):
     # the model really works: simple English has low perplexity (it is ~46 without the unpermute)
     text = "The quick brown fox jumps over the lazy dog. It was a sunny day and the children were playing."
     assert _perplexity(dequantized, mx.array(tokenizer.encode(text))[None]) < 25
+
+
+def test_later_notebooks_build_on_the_quantized_model_only_of_the_same_model(tmp_path, monkeypatch):
+    from helpers import config as config_module
+    from helpers.config import get_config
+
+    monkeypatch.setattr(config_module, "RUNS_ROOT", tmp_path)
+    cfg = get_config("smoke", model="org/model-a")
+    assert models.base_model_spec(cfg) == "org/model-a"  # notebook 03 has not run
+    saved = tmp_path / "smoke" / "quantized_model"
+    saved.mkdir(parents=True)
+    (saved / "config.json").write_text(json.dumps({"quantized_from": "org/model-a"}))
+    assert models.base_model_spec(cfg) == str(saved)
+    other = get_config("smoke", model="org/model-b")  # an override after 03 ran on model-a
+    assert models.base_model_spec(other) == "org/model-b"
+
+
+def test_gguf_tokenizer_is_built_once_and_read_back_identical(tmp_path, monkeypatch):
+    from helpers import config as config_module
+
+    monkeypatch.setattr(config_module, "RUNS_ROOT", tmp_path)
+    path = models.resolve(WORKSHOP_MODEL)
+    _, meta = mx.load(path, return_metadata=True)
+    built = models.gguf_tokenizer(path, meta)
+    saved = list((tmp_path / "cache").iterdir())
+    assert len(saved) == 1 and (saved[0] / "tokenizer.json").exists()
+    cached = models.gguf_tokenizer(path, meta)
+    assert cached is not built and list((tmp_path / "cache").iterdir()) == saved
+    text = "Revenue rose 3.5% to $1,200 in 2021 (see https://x.org/a?b=1) — naïve 東京\n\tok."
+    assert cached.encode(text) == built.encode(text) and cached.decode(cached.encode(text)) == text
+    chat = [{"role": "system", "content": "Rewrite."}, {"role": "user", "content": text}]
+    assert cached.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
+        built.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert (cached.eos_token, len(cached)) == (built.eos_token, len(built))
