@@ -175,7 +175,7 @@ PRESETS: dict[str, dict] = {
     # Sized for a workshop on a 2-core laptop CPU (the series's measured time: README).
     "workshop": dict(
         calib_texts=8, calib_max_tokens=64, candidate_bits=(3, 4, 5, 6, 8), protect=(),
-        scan_fit_bits=(3,),
+        scan_fit_bits=(3,), quant_targets=(4.5, 5.0),  # bench/quant.py adds 4.25 and 5.5
         lora_layers=16, sft_steps=48, sft_lr=4e-4, checkpoint_every=16, val_every=24,
         val_examples=8, dpo_steps=16, dpo_lr=1e-4, n_on_policy=16,
         temperature=0.0, repetition_penalty=1.2,
@@ -198,7 +198,7 @@ PRESETS: dict[str, dict] = {
 FIELDS_READ: dict[str, tuple[str, ...]] = {
     "00": ('compute_dtype', 'data_source', 'drop_low_overlap', 'experiment', 'fact_check_samples', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'max_len_ratio', 'max_words', 'min_words', 'model', 'preset', 'repetition_context', 'repetition_penalty', 'seed', 'system_prompt', 'temperature', 'top_p'),
     "01": ('data_source', 'detector_train_pairs', 'drop_low_overlap', 'experiment', 'max_train_pairs', 'max_words', 'min_train_facts', 'min_words', 'model', 'n_dpo_pairs', 'n_eval', 'n_val_paragraphs', 'preset', 'seed', 'system_prompt'),
-    "02": ('calib_max_tokens', 'calib_texts', 'candidate_bits', 'experiment', 'group_size', 'model', 'preset', 'scan_bits', 'scan_fit_bits', 'scan_fit_units', 'scan_granularity'),
+    "02": ('calib_max_tokens', 'calib_texts', 'candidate_bits', 'experiment', 'group_size', 'model', 'preset', 'scan_bits', 'scan_fit_bits', 'scan_fit_units', 'scan_granularity', 'target_bpw'),
     "03": ('calib_max_tokens', 'calib_texts', 'experiment', 'gptq_calib_texts', 'gptq_calib_tokens', 'gptq_damp', 'model', 'preset', 'protect', 'quant_decode_tokens', 'quant_eval_max_tokens', 'quant_eval_texts', 'quant_targets', 'target_bpw'),
     "04": ('batch_size', 'checkpoint_every', 'compute_dtype', 'experiment', 'fact_check_samples', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'lora_alpha', 'lora_dropout', 'lora_layers', 'lora_rank', 'lora_targets', 'max_len_ratio', 'max_seq_len', 'preset', 'repetition_penalty', 'seed', 'sft_lr', 'sft_steps', 'system_prompt', 'temperature', 'top_p', 'val_every', 'val_examples'),
     "05": ('checkpoint_every', 'compute_dtype', 'data_source', 'detector_train_pairs', 'dpo_alpha', 'dpo_batch_size', 'dpo_beta', 'dpo_chosen', 'dpo_lr', 'dpo_pair_source', 'dpo_rank', 'dpo_samples_k', 'dpo_steps', 'drop_low_overlap', 'embedder', 'experiment', 'fact_check_samples', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'lora_dropout', 'lora_layers', 'lora_targets', 'max_len_ratio', 'max_seq_len', 'max_words', 'min_words', 'on_policy_rejected', 'on_policy_temperature', 'pref_weight_facts', 'pref_weight_judge', 'pref_weight_meaning', 'pref_weight_surprise', 'preset', 'repetition_penalty', 'seed', 'system_prompt', 'temperature', 'top_p'),

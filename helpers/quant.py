@@ -585,15 +585,32 @@ def rule_based_bits(model: nn.Module, units: dict, recipe: str = "mixed_4_6",
     return bits
 
 
+def weights_digest(model: nn.Module) -> str:
+    """A hash of every parameter: the same digest means the same model, whatever it was loaded as."""
+    digest = hashlib.sha1()
+    for name, value in tree_flatten(model.parameters()):
+        wide = value.astype(mx.float32) if value.dtype == mx.bfloat16 else value  # numpy has no bf16
+        digest.update(name.encode() + np.array(wide).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def gradient_scores(model: nn.Module, tokens: mx.array, low_bits: int, high_bits: int,
-                    group_size: int, batch_rows: int = 4) -> dict:
+                    group_size: int, batch_rows: int = 4, cache_path=None) -> dict:
     """{path: score} from mlx-lm's dynamic_quant: the gradient of KL(reference || all layers at
     `low_bits`) dotted with (W_low - W_high), per million weights: a first-order estimate of the
-    KL that raising the layer from low to high bits removes. One forward and backward pass."""
+    KL that raising the layer from low to high bits removes. One forward and backward pass.
+    With `cache_path` (a JSON file), scores of the same weights, tokens and bits are read back
+    instead (notebook 02 computes the pair that notebook 03 needs at the target)."""
     from mlx_lm.quant.dynamic_quant import estimate_sensitivities
 
-    return dict(estimate_sensitivities(model, tokens, low_bits, group_size, high_bits, group_size,
-                                       batch_size=batch_rows))
+    key = f"{weights_digest(model)}-{tokens_hash(tokens)}-{low_bits}-{high_bits}-{group_size}"
+    cache = read_json(cache_path) if cache_path and Path(cache_path).exists() else {}
+    if key not in cache:
+        cache[key] = {path: float(score) for path, score in estimate_sensitivities(
+            model, tokens, low_bits, group_size, high_bits, group_size, batch_size=batch_rows)}
+        if cache_path:
+            atomic_write_json(cache_path, cache)
+    return cache[key]
 
 
 def bracketing_bits(target_bpw: float, candidate_bits, group_size: int) -> tuple[int, int]:
@@ -682,10 +699,11 @@ def equal_size_methods(model, sens: dict, targets, candidate_bits, rounding=None
 ANCHORS = ("uniform", "rule mixed_4_6", "gradient (mlx-lm)")
 
 
-def gradient_anchor(model, tokens, targets, candidate_bits, group_size) -> dict:
+def gradient_anchor(model, tokens, targets, candidate_bits, group_size, cache_path=None) -> dict:
     """{(low, high): gradient scores} for the bracketing bit-widths of every target."""
     pairs = {bracketing_bits(t, candidate_bits, group_size) for t in targets}
-    return {pair: gradient_scores(model, tokens, *pair, group_size) for pair in sorted(pairs)}
+    return {pair: gradient_scores(model, tokens, *pair, group_size, cache_path=cache_path)
+            for pair in sorted(pairs)}
 
 
 def predicted_kl(sens: dict, bits_by_path: dict) -> float:

@@ -375,6 +375,16 @@ def dpo_reference(model, tokenizer, cfg, pairs: list[dict], progress: bool = Tru
     return {"dataset": dataset, "chosen": chosen, "rejected": rejected, "sft": sft}
 
 
+def reference_of_first(reference: dict, n_pairs: int) -> dict:
+    """dpo_reference's result for the first n_pairs only. π_ref is base + SFT with the DPO term off:
+    β, the learning rate and the number of steps do not enter it, so a shorter trial run on the
+    same pairs reuses it instead of computing it again."""
+    if n_pairs > len(reference["dataset"]):
+        raise ValueError(f"the reference covers {len(reference['dataset'])} pairs, not {n_pairs}")
+    return {**reference, "dataset": reference["dataset"][:n_pairs],
+            "chosen": reference["chosen"][:n_pairs], "rejected": reference["rejected"][:n_pairs]}
+
+
 def train_dpo(model, cfg, reference: dict, on_log=None, compile: bool = True) -> list[dict]:
     """DPO of the DPO adapter while base and SFT adapter stay frozen; saves
     runs/<preset>/adapters/dpo. `reference` comes from dpo_reference."""

@@ -256,6 +256,31 @@ def test_gradient_scores_cover_every_quantizable_matrix(tiny_model):
     assert all(np.isfinite(v) for v in scores.values())
 
 
+def test_gradient_scores_are_read_back_only_for_the_same_weights_tokens_and_bits(tiny_model,
+                                                                              tmp_path, monkeypatch):
+    from mlx_lm.quant import dynamic_quant
+
+    model, _ = tiny_model
+    tokens, cache = random_tokens((4, 16)), tmp_path / "gradient_scores.json"
+    first = quant.gradient_scores(model, tokens, 3, 8, GROUP, batch_rows=2, cache_path=cache)
+    passes = []
+    real = dynamic_quant.estimate_sensitivities
+    monkeypatch.setattr(dynamic_quant, "estimate_sensitivities",
+                        lambda *a, **k: passes.append(a[2:]) or real(*a, **k))
+    assert quant.gradient_scores(model, tokens, 3, 8, GROUP, batch_rows=2, cache_path=cache) == first
+    assert passes == []  # read back
+    quant.gradient_scores(model, tokens, 4, 8, GROUP, batch_rows=2, cache_path=cache)
+    quant.gradient_scores(model, random_tokens((4, 16), seed=9), 3, 8, GROUP, cache_path=cache)
+    layer = model.model.layers[0].mlp.down_proj
+    original = layer.weight
+    layer.weight = original * 1.01
+    try:
+        quant.gradient_scores(model, tokens, 3, 8, GROUP, batch_rows=2, cache_path=cache)
+    finally:
+        layer.weight = original
+    assert len(passes) == 3 and len(quant.read_json(cache)) == 4
+
+
 def test_per_kind_fit_scales_predictions_by_the_sampled_ratio():
     units = synthetic_sensitivity()["units"]
     sample = quant.fit_sample(units, 2)

@@ -243,3 +243,15 @@ def test_checkpoint_of_other_settings_is_not_resumed(cfg, tmp_path):
     optimizer = train.make_optimizer(1e-2, 2)
     assert train.load_checkpoint(tmp_path / "ckpt", model, optimizer, same)["step"] == 2
     assert train.load_checkpoint(tmp_path / "ckpt", model, optimizer, other_base) is None
+
+
+def test_a_shorter_run_reuses_the_reference_of_its_first_pairs(cfg):
+    model, dataset, ref_c, ref_r, _ = tiny_dpo_setup(cfg, seed=3)
+    reference = {"dataset": dataset, "chosen": ref_c, "rejected": ref_r, "sft": "fp"}
+    first = train.reference_of_first(reference, 2)
+    alone_c, alone_r = train.reference_logprobs(model, dataset[:2], 4, progress=False)
+    assert [d["id"] for d in first["dataset"]] == ["0", "1"] and first["sft"] == "fp"
+    assert np.allclose(first["chosen"], alone_c, atol=1e-4)
+    assert np.allclose(first["rejected"], alone_r, atol=1e-4)
+    with pytest.raises(ValueError, match="covers 4 pairs, not 5"):
+        train.reference_of_first(reference, 5)
