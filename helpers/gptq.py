@@ -148,8 +148,8 @@ class _HessianCatcher(nn.Module):
         last_x, last_path = self.inputs.last
         if last_x is x:  # a sibling read this very input: share its sum
             self.inputs.twin_of[self.path] = last_path
-        else:
-            flat = np.array(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+        else:  # in MLX, lazily: numpy's own BLAS threads would fight MLX's for the cores
+            flat = x.reshape(-1, x.shape[-1]).astype(mx.float32)
             gram = flat.T @ flat
             sums = self.inputs.sums
             sums[self.path] = gram if self.path not in sums else sums[self.path] + gram
@@ -175,8 +175,9 @@ def layer_hessians(model: nn.Module, tokens: mx.array, paths, batch_rows: int = 
     model.update_modules(_nested({p: _HessianCatcher(modules[p], p, inputs) for p in paths}))
     try:
         for i in range(0, tokens.shape[0], batch_rows):
-            mx.eval(model(tokens[i:i + batch_rows]))
+            mx.eval(model(tokens[i:i + batch_rows]), inputs.sums)
             inputs.last = (None, None)
     finally:
         model.update_modules(_nested({p: modules[p] for p in paths}))
-    return {p: inputs.sums[inputs.twin_of.get(p, p)] for p in paths}
+    sums = {p: np.array(h) for p, h in inputs.sums.items()}
+    return {p: sums[inputs.twin_of.get(p, p)] for p in paths}

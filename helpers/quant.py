@@ -244,11 +244,15 @@ def token_kl(ref: dict, logits: mx.array, chunk: int = 512) -> np.ndarray:
     """KL(reference || model) = sum_v p_v (log p_v - log q_v) at every position, in nats.
     Exactly 0 when the logits are the reference's; below ~1e-6 it is float32 rounding noise."""
     logits = logits.reshape(-1, logits.shape[-1])
-    out = []
-    for i in range(0, logits.shape[0], chunk):
-        logq = log_softmax(logits[i:i + chunk])
-        out.append(_rowdot(ref["p"][i:i + chunk], ref["logp"][i:i + chunk] - logq).numpy())
-    return np.concatenate(out)
+    return np.concatenate([kl_of_logq(ref, log_softmax(logits[i:i + chunk]), i)
+                           for i in range(0, logits.shape[0], chunk)])
+
+
+def kl_of_logq(ref: dict, logq, start: int = 0, chunk: int = 512) -> np.ndarray:
+    """token_kl from the model's log-probabilities (torch, rows start.. of the reference's)."""
+    return np.concatenate([_rowdot(ref["p"][start + i:start + i + chunk],
+                                   ref["logp"][start + i:start + i + chunk] - logq[i:i + chunk]).numpy()
+                           for i in range(0, logq.shape[0], chunk)])
 
 
 class Reference:
@@ -813,9 +817,9 @@ class HeldOut:
 
     def evaluate(self, model) -> dict:
         """Per-text mean KL against the reference and per-text mean NLL of the text itself."""
-        logits = model(self.tokens)
-        kl = token_kl(self.ref, logits).reshape(self.mask.shape)
-        logq = log_softmax(logits).reshape(*self.mask.shape, -1)
+        logq = log_softmax(model(self.tokens))  # one softmax for both the KL and the NLL
+        kl = kl_of_logq(self.ref, logq).reshape(self.mask.shape)
+        logq = logq.reshape(*self.mask.shape, -1)
         targets = _torch(self.tokens).long()[:, 1:]
         nll = -logq[:, :-1].gather(-1, targets[..., None])[..., 0].numpy()
         nll = np.concatenate([nll, np.zeros((nll.shape[0], 1), np.float32)], axis=1)
