@@ -1,8 +1,8 @@
 """Quantization benchmark: every method at equal stored bits per weight, measured in one run.
 
 Methods: uniform round-to-nearest, mlx-lm's rule-based mixed_4_6 (like llama.cpp's Q4_K_M),
-mlx-lm's gradient-sensitivity allocation, our KL knapsack, and GPTQ rounding on uniform and on
-the knapsack. Every method is counted with the same stored-bit accounting (helpers.quant
+mlx-lm's gradient-sensitivity allocation, our KL knapsack, GPTQ rounding on uniform and on
+the knapsack, and the GPTQ-aware knapsack (KLs scaled by GPTQ's output-error ratio). Every method is counted with the same stored-bit accounting (helpers.quant
 `stored_bits`), evaluated on held-out validation paragraphs (KL to the float32 reference with a
 95% bootstrap CI over texts, perplexity), with the time each one costs.
 
@@ -25,6 +25,7 @@ from helpers.models import load_model
 
 KL_TARGET_RATIO = 2.0  # versus uniform, at 4.5 and 5.0 bpw
 OURS = "KL knapsack + GPTQ"
+OURS_METHODS = (OURS, quant.GPTQ_AWARE)  # each gets its verdicts
 
 
 def shared_passes(cfg, model, tokenizer, targets, reuse_scan: bool) -> dict:
@@ -39,10 +40,14 @@ def shared_passes(cfg, model, tokenizer, targets, reuse_scan: bool) -> dict:
                                   cfg.gptq_damp)
     timings["GPTQ Hessians"] = time.perf_counter() - start
     start = time.perf_counter()
+    ratios = quant.gptq_error_ratios(rounding, sens["units"], sens["candidate_bits"])
+    timings["GPTQ error ratios"] = time.perf_counter() - start
+    start = time.perf_counter()
     gradient = quant.gradient_anchor(model, quant.preset_calibration(cfg, tokenizer), targets,
                                      sens["candidate_bits"], cfg.group_size)
     timings["gradient scores"] = time.perf_counter() - start
-    return {"sens": sens, "rounding": rounding, "gradient": gradient, "timings": timings}
+    return {"sens": sens, "rounding": rounding, "gradient": gradient, "ratios": ratios,
+            "timings": timings}
 
 
 def ratio_rows(table, targets):
@@ -58,7 +63,7 @@ def ratio_rows(table, targets):
     return out
 
 
-def ratio_ci(rows, target, numerator: str, n_boot: int = 2000) -> dict | None:
+def ratio_ci(rows, target, numerator: str, n_boot: int = 2000, ours: str = OURS) -> dict | None:
     """mean KL of `numerator` / mean KL of ours at `target`, with a paired bootstrap 95% CI over
     the held-out texts (both methods were evaluated on the same texts); None when either method
     has no row there (no uniform bit-width stores exactly 4.25 bpw in groups of 64)."""
@@ -66,17 +71,18 @@ def ratio_ci(rows, target, numerator: str, n_boot: int = 2000) -> dict | None:
         found = rows[(rows.target == target) & (rows.method == method)].kl_per_text
         return found.iloc[0] if len(found) else None
 
-    numerator, ours = kl_of(numerator), kl_of(OURS)
+    numerator, ours = kl_of(numerator), kl_of(ours)
     if numerator is None or ours is None:
         return None
     return paired_bootstrap_ci(lambda a, b: a.mean() / b.mean(), numerator, ours, n_boot=n_boot)
 
 
-def verdict_line(rows, target) -> str:
+def verdict_line(rows, target, ours: str = OURS) -> str:
     """Ours against uniform (>= KL_TARGET_RATIO at 4.5 and 5.0 bpw) and against the gradient
     anchor (> 1), each judged on its CI: met, not shown (the CI straddles the limit), not met."""
-    vs_uniform, vs_gradient = ratio_ci(rows, target, "uniform"), ratio_ci(rows, target, "gradient (mlx-lm)")
-    line = (f"{target} bpw: {OURS} is {format_ci(vs_uniform, 2)}x lower than uniform "
+    vs_uniform = ratio_ci(rows, target, "uniform", ours=ours)
+    vs_gradient = ratio_ci(rows, target, "gradient (mlx-lm)", ours=ours)
+    line = (f"{target} bpw: {ours} is {format_ci(vs_uniform, 2)}x lower than uniform "
             f"({'no uniform stores this size' if vs_uniform is None else 'paired CI'}) and "
             f"{format_ci(vs_gradient, 2)}x lower than the gradient anchor (> 1: "
             f"{verdict(vs_gradient, 1.0, '>')})")
@@ -104,7 +110,9 @@ def main():
                           .isoformat())  # older results lack these
         result.setdefault("command", f"python bench/quant.py --preset {args.preset} "
                                      f"--texts {result['heldout_texts']}")
-        result["verdicts"] = [verdict_line(pd.DataFrame(result["table"]), t)
+        table = pd.DataFrame(result["table"])
+        result["verdicts"] = [verdict_line(table, t, ours) for ours in OURS_METHODS
+                              if ours in set(table.method)
                               for t in sorted({r["target"] for r in result["table"]})
                               if any(r["method"] == "gradient (mlx-lm)" and r["target"] == t
                                      for r in result["table"])]  # the --targets points
@@ -115,7 +123,8 @@ def main():
     passes = shared_passes(cfg, model, tokenizer, args.targets, args.reuse_scan)
     sens, rounding = passes["sens"], passes["rounding"]
     methods = quant.equal_size_methods(model, sens, args.targets, sens["candidate_bits"],
-                                       rounding, passes["gradient"], cfg.protect)
+                                       rounding, passes["gradient"], cfg.protect,
+                                       gptq_ratios=passes["ratios"])
     held = quant.preset_heldout(cfg, model, tokenizer)
     configs = {f"{m['method']} @ {m['target']}": m["plan"] for m in methods}
     table = quant.compare(model, held, sens, configs, progress=False)
@@ -142,7 +151,8 @@ def main():
               "command": "python " + " ".join(sys.argv), "heldout_texts": len(held.mask),
               "timings_s": timings, "table": rows.to_dict(orient="records")}
     atomic_write_json(cfg.path("bench_quant.json"), result)  # the measurements first: kept whatever follows
-    result["verdicts"] = [verdict_line(rows, target) for target in args.targets]
+    result["verdicts"] = [verdict_line(rows, target, ours) for ours in OURS_METHODS
+                          for target in args.targets]
     print("\n".join(result["verdicts"]))
     atomic_write_json(cfg.path("bench_quant.json"), result)
     write_markdown(cfg, result)

@@ -530,6 +530,38 @@ class GPTQRounding:
         return {"bits": bits_by_path, "group_size": group, "weights": weights}
 
 
+def gptq_error_ratios(rounding: GPTQRounding, units: dict, candidate_bits) -> dict:
+    """{unit: {bits: r}}, r = GPTQ's output error over round-to-nearest's, tr(ΔW H ΔWᵀ) summed
+    over the unit's layers (H = XᵀX of the calibration inputs); 1 where GPTQ does not apply (the
+    embedding). GPTQ helps some layers far more than others, which the RTN-measured KLs miss."""
+    ratios = {}
+    for bits in candidate_bits:
+        stored = rounding.stored({p: bits for u in units.values() for p in u["paths"]})
+        for name, unit in units.items():
+            covered = [p for p in unit["paths"] if p in stored]
+            if not covered:
+                ratios.setdefault(name, {})[bits] = 1.0
+                continue
+            error = {"gptq": 0.0, "rtn": 0.0}
+            for path in covered:
+                w, h = rounding.weights[path], mx.array(rounding.hessians[path])
+                for kind, approx in (("gptq", stored[path]["dequantized"]),
+                                     ("rtn", fake_quantize(w, bits, rounding.group_size))):
+                    delta = approx - w
+                    error[kind] += mx.sum((delta @ h) * delta).item()
+            ratios.setdefault(name, {})[bits] = error["gptq"] / error["rtn"] if error["rtn"] else 1.0
+    return ratios
+
+
+def gptq_aware(sens: dict, ratios: dict) -> dict:
+    """The sensitivity table with each unit's KL at each bit-width scaled by its GPTQ error ratio:
+    the knapsack then spends bits where they help after GPTQ rounding, not after RTN."""
+    scaled = {name: {b: {k: (v * ratios[name].get(int(b), 1.0) if k in ("mean", "median", "p95") else v)
+                         for k, v in entry.items()} for b, entry in by_bits.items()}
+              for name, by_bits in sens["kl"].items()}
+    return {**sens, "kl": scaled}
+
+
 # ----------------------------------------------------------------------------------------------
 # 4. allocation
 
@@ -663,12 +695,13 @@ def uniform_at(units: dict, target_bpw: float, candidate_bits, groups=(32, 64, 1
 
 
 def equal_size_methods(model, sens: dict, targets, candidate_bits, rounding=None,
-                       gradient=None, protect=()) -> list[dict]:
+                       gradient=None, protect=(), gptq_ratios=None) -> list[dict]:
     """Every method at every target bpw, as rows {"method", "target", "plan"} for `compare`:
     uniform round-to-nearest (where a uniform bit-width and group size store exactly the
     target), the rule-based mixed_4_6 recipe (at its own bpw, with our methods beside it there),
     mlx-lm's gradient-sensitivity allocation (`gradient` {(low, high): scores}), our KL
-    knapsack, and with `rounding` (GPTQRounding) uniform and knapsack with GPTQ rounding."""
+    knapsack, and with `rounding` (GPTQRounding) uniform and knapsack with GPTQ rounding; with
+    `gptq_ratios` (gptq_error_ratios) also the GPTQ-aware knapsack with GPTQ rounding."""
     units, group = sens["units"], sens["group_size"]
     rule = rule_based_bits(model, units, "mixed_4_6", group, protect)
     rows = [{"method": "rule mixed_4_6", "target": round(bits_per_weight(rule, units, group), 3),
@@ -696,11 +729,15 @@ def equal_size_methods(model, sens: dict, targets, candidate_bits, rounding=None
         add("KL knapsack", target, knapsack)
         if rounding is not None:
             add("KL knapsack + GPTQ", target, rounding.plan(knapsack))
+        if rounding is not None and gptq_ratios is not None:
+            aware = allocate(gptq_aware(sens, gptq_ratios), target, candidate_bits, protect)
+            add(GPTQ_AWARE, target, rounding.plan(aware))
     rows[0]["seconds"] = 0.0
     return rows
 
 
 ANCHORS = ("uniform", "rule mixed_4_6", "gradient (mlx-lm)")
+GPTQ_AWARE = "GPTQ-aware knapsack + GPTQ"
 
 
 def gradient_anchor(model, tokens, targets, candidate_bits, group_size, cache_path=None) -> dict:

@@ -53,3 +53,12 @@ def test_the_readme_table_is_written_from_the_saved_result(tmp_path):
     assert "Shared passes: KL scan 300 s." in text
     assert "| 4.5 | uniform | 4.500 | 0.590 [0.500, 0.700] | 1.00 | — | 50.00 | 0 | 41 |" in text
     assert text.endswith("\n- 4.5 bpw: x\n")
+
+
+def test_each_of_our_methods_is_judged_against_the_same_uniform_texts():
+    table = pd.concat([rows(4.5, [0.4] * 4, [0.15] * 4, [0.1] * 4), pd.DataFrame(
+        [{"target": 4.5, "method": bench.quant.GPTQ_AWARE, "kl_per_text": [0.25] * 4}])])
+    aware = bench.verdict_line(table, 4.5, bench.quant.GPTQ_AWARE)
+    assert aware.startswith("4.5 bpw: GPTQ-aware knapsack + GPTQ is 1.60 [1.60, 1.60]x lower than "
+                            "uniform") and aware.endswith("target >= 2.0x vs uniform: not met")
+    assert bench.verdict_line(table, 4.5).endswith("target >= 2.0x vs uniform: met")

@@ -323,6 +323,31 @@ def test_gptq_model_saves_loads_and_matches_its_fake_quantized_plan(tmp_path, to
     assert 0 < extra < 64 * 1024  # same accounting as round-to-nearest
 
 
+def test_gptq_aware_kls_are_scaled_by_the_output_error_ratio_of_each_unit(tiny_model):
+    model, _ = tiny_model
+    units = quant.quant_units(model, "linear", GROUP)
+    rounding = quant.GPTQRounding(model, random_tokens((4, 32), seed=7), GROUP)
+    ratios = quant.gptq_error_ratios(rounding, units, (3, 4))
+    path = "model.layers.0.mlp.down_proj"
+    w, h = np.array(rounding.weights[path]), rounding.hessians[path]
+
+    def output_error(approx):  # tr(ΔW H ΔWᵀ), by hand
+        delta = np.array(approx) - w
+        return float(np.sum((delta @ h) * delta))
+
+    by_hand = output_error(rounding.stored({path: 3})[path]["dequantized"]) / output_error(
+        quant.fake_quantize(rounding.weights[path], 3, GROUP))
+    assert ratios[path][3] == pytest.approx(by_hand, rel=1e-4) and by_hand < 1
+    assert ratios["model.embed_tokens"] == {3: 1.0, 4: 1.0}  # a lookup table: RTN
+    entry = {"mean": 1.0, "median": 0.5, "p95": 2.0, "measured": True}
+    sens = {"units": units, "group_size": GROUP,
+            "kl": {n: {str(b): dict(entry) for b in (3, 4)} for n in units}}
+    aware = quant.gptq_aware(sens, ratios)
+    r = ratios[path][3]
+    assert aware["kl"][path]["3"] == {"mean": r, "median": 0.5 * r, "p95": 2 * r, "measured": True}
+    assert sens["kl"][path]["3"] == entry  # the RTN table is left as it was
+
+
 def test_gptq_rounding_is_shared_only_for_the_same_weights_tokens_and_damping():
     model, _ = make_tiny_model(seed=4)
     tokens = random_tokens((4, 32), seed=5)
@@ -350,12 +375,14 @@ def test_every_method_is_built_at_each_equal_size_point(tiny_model):
             "kl": {n: {str(b): {"mean": errors[b][n]} for b in cands} for n in units}}
     tokens = random_tokens((2, 16))
     targets = (4.5, 5.0)
-    rows = quant.equal_size_methods(model, sens, targets, cands, quant.GPTQRounding(
-        model, tokens, GROUP), quant.gradient_anchor(model, tokens, targets, cands, GROUP))
+    rounding = quant.GPTQRounding(model, tokens, GROUP)
+    rows = quant.equal_size_methods(model, sens, targets, cands, rounding,
+                                    quant.gradient_anchor(model, tokens, targets, cands, GROUP),
+                                    gptq_ratios=quant.gptq_error_ratios(rounding, units, cands))
     methods = {(r["method"], r["target"]) for r in rows}
     for target in targets:
         assert {(m, target) for m in ("uniform", "uniform + GPTQ", "gradient (mlx-lm)",
-                                      "KL knapsack", "KL knapsack + GPTQ")} <= methods
+                                      "KL knapsack", "KL knapsack + GPTQ", quant.GPTQ_AWARE)} <= methods
     rule_bpw = rows[0]["target"]
     assert rows[0]["method"] == "rule mixed_4_6" and ("KL knapsack", rule_bpw) in methods
     for r in rows:
