@@ -483,10 +483,7 @@ class GPTQRounding:
         modules = dict(model.named_modules())
         paths = [p for p, m in modules.items() if isinstance(m, nn.Linear)]
         self.weights = {p: modules[p].weight for p in paths}  # as they are now, unrounded
-        digest = hashlib.sha1(tokens_hash(tokens).encode() + repr(damp).encode())
-        for path in paths:
-            digest.update(path.encode() + np.array(self.weights[path]).tobytes())
-        key = digest.hexdigest()
+        key = f"{weights_digest(model)}-{tokens_hash(tokens)}-{damp!r}"
         if key not in GPTQRounding._last:
             start = time.perf_counter()
             hessians = gptq.layer_hessians(model, tokens, paths)
@@ -534,22 +531,25 @@ def gptq_error_ratios(rounding: GPTQRounding, units: dict, candidate_bits) -> di
     """{unit: {bits: r}}, r = GPTQ's output error over round-to-nearest's, tr(ΔW H ΔWᵀ) summed
     over the unit's layers (H = XᵀX of the calibration inputs); 1 where GPTQ does not apply (the
     embedding). GPTQ helps some layers far more than others, which the RTN-measured KLs miss."""
-    ratios = {}
+    hessians = {}  # as MLX arrays, once: layers reading the same input share one
+
+    def output_error(path, approx) -> float:
+        key = id(rounding.hessians[path])
+        if key not in hessians:
+            hessians[key] = mx.array(rounding.hessians[path])
+        h = hessians[key]
+        delta = approx - rounding.weights[path]
+        return mx.sum((delta @ h) * delta).item()
+
+    ratios = {name: {} for name in units}
     for bits in candidate_bits:
         stored = rounding.stored({p: bits for u in units.values() for p in u["paths"]})
         for name, unit in units.items():
             covered = [p for p in unit["paths"] if p in stored]
-            if not covered:
-                ratios.setdefault(name, {})[bits] = 1.0
-                continue
-            error = {"gptq": 0.0, "rtn": 0.0}
-            for path in covered:
-                w, h = rounding.weights[path], mx.array(rounding.hessians[path])
-                for kind, approx in (("gptq", stored[path]["dequantized"]),
-                                     ("rtn", fake_quantize(w, bits, rounding.group_size))):
-                    delta = approx - w
-                    error[kind] += mx.sum((delta @ h) * delta).item()
-            ratios.setdefault(name, {})[bits] = error["gptq"] / error["rtn"] if error["rtn"] else 1.0
+            gptq = sum(output_error(p, stored[p]["dequantized"]) for p in covered)
+            rtn = sum(output_error(p, fake_quantize(rounding.weights[p], bits, rounding.group_size))
+                      for p in covered)
+            ratios[name][bits] = gptq / rtn if rtn else 1.0
     return ratios
 
 
@@ -639,13 +639,17 @@ def gradient_scores(model: nn.Module, tokens: mx.array, low_bits: int, high_bits
     instead (notebook 02 computes the pair that notebook 03 needs at the target)."""
     from mlx_lm.quant.dynamic_quant import estimate_sensitivities
 
-    key = f"{weights_digest(model)}-{tokens_hash(tokens)}-{low_bits}-{high_bits}-{group_size}"
-    cache = read_json(cache_path) if cache_path and Path(cache_path).exists() else {}
-    if key not in cache:
-        cache[key] = {path: float(score) for path, score in estimate_sensitivities(
+    def measure():
+        return {path: float(score) for path, score in estimate_sensitivities(
             model, tokens, low_bits, group_size, high_bits, group_size, batch_size=batch_rows)}
-        if cache_path:
-            atomic_write_json(cache_path, cache)
+
+    if not cache_path:
+        return measure()
+    key = f"{weights_digest(model)}-{tokens_hash(tokens)}-{low_bits}-{high_bits}-{group_size}"
+    cache = read_json(cache_path) if Path(cache_path).exists() else {}
+    if key not in cache:
+        cache[key] = measure()
+        atomic_write_json(cache_path, cache)
     return cache[key]
 
 
