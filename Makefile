@@ -1,5 +1,6 @@
 # make run    — set up .venv and run the whole notebook series (PRESET=workshop by default;
-#               EXPERIMENT=name puts everything under runs/<preset>/name/)
+#               EXPERIMENT=name puts everything under runs/<preset>/name/; with it,
+#               SET=field=value,... overrides Config fields in every notebook)
 # make readme — copy the measured results and time tables from runs/ into README.md
 # make test   — set up .venv and run unit tests + every notebook under the smoke preset, each
 #               notebook top to bottom and then every code cell again (tests/test_notebooks_rerun.py)
@@ -48,7 +49,7 @@ ifeq ($(shell uname -s),Linux)
 endif
 
 run: setup
-	$(PY) -m helpers.series --preset $(PRESET) $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
+	$(PY) -m helpers.series --preset $(PRESET) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(SET),--set $(SET))
 
 readme: setup
 	$(PY) -m helpers.report --preset workshop

@@ -13,12 +13,11 @@ and decoding.md (`make readme` copies the table into README).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import sys
 import time
 
-from helpers.config import Config, get_config
+from helpers.config import get_config, parse_overrides
 from helpers.data import load_prepared, load_slop_phrases, one_per_paragraph
 from helpers.detectors import Embedder, training_judge
 from helpers.humanizer import Humanizer
@@ -29,15 +28,10 @@ from helpers.results import format_ci, markdown_table
 
 def parse_setting(text: str) -> dict:
     """'temperature=0.3,repetition_penalty=1.15' -> {'temperature': 0.3, ...} (Config fields only)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-    setting = {}
-    for part in filter(None, text.split(",")):
-        key, _, value = part.partition("=")
-        try:  # an integer field (fact_check_samples) takes a whole number only
-            setting[key] = int(value) if type(defaults[key]) is int else float(value)
-        except (KeyError, ValueError):
-            raise SystemExit(f"--setting {text!r}: {part!r} is not <Config field>=<number>") from None
-    return setting
+    try:
+        return parse_overrides(text)
+    except ValueError as error:
+        raise SystemExit(f"--setting {text!r}: {error}") from None
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 
 from .data import chat_messages
+from .fact_repair import repair_facts
 from .io import atomic_write_json, atomic_write_jsonl
 from .lora import fused_view, load_base, load_stacked, set_adapters, stacked_layers
 
@@ -211,7 +212,8 @@ def rewrite_detailed(model, tokenizer, drafts: list[str], cfg, progress: bool = 
                      clean: bool = True, seed: int | None = None,
                      desc: str = "rewriting") -> list[Rewrite]:
     """Rewrite every draft (batched, sampled, length-capped), in input order; with
-    cfg.fact_check_samples > 0 a rewrite that lost facts is resampled (verify_and_resample)."""
+    cfg.fact_check_samples > 0 a rewrite that lost facts is resampled (verify_and_resample), then,
+    with cfg.fact_repair, what is still lost is put back sentence by sentence (fact_repair)."""
     def decode(texts, run_cfg, run_seed, label):
         reasons = []
         tokens = generate_tokens(model, tokenizer, texts, run_cfg, progress, run_seed, label,
@@ -222,9 +224,21 @@ def rewrite_detailed(model, tokenizer, drafts: list[str], cfg, progress: bool = 
     first = decode(drafts, cfg, seed, desc)
     if cfg.fact_check_samples <= 0:
         return first
+    n, base_seed = cfg.fact_check_samples, cfg.seed if seed is None else seed
     sampling = dataclasses.replace(cfg, temperature=cfg.fact_check_temperature)
-    return verify_and_resample(drafts, first, cfg.fact_check_samples, lambda texts: decode(
-        texts, sampling, (cfg.seed if seed is None else seed) + 1, "fact check"))
+    chosen = verify_and_resample(drafts, first, n, lambda texts: decode(
+        texts, sampling, base_seed + 1, "fact check"))
+    if not cfg.fact_repair:
+        return chosen
+
+    def rewrite_sentences(texts):  # the first candidate decodes as cfg does, n more are sampled
+        plain = decode(texts, cfg, base_seed + 2, "fact repair")
+        more = decode([t for t in texts for _ in range(n)], sampling, base_seed + 3, "fact repair")
+        return [[plain[i].text] + [r.text for r in more[i * n:(i + 1) * n]]
+                for i in range(len(texts))]
+
+    repaired = repair_facts(drafts, [r.text for r in chosen], rewrite_sentences)
+    return [dataclasses.replace(r, text=t) for r, t in zip(chosen, repaired)]
 
 
 def verify_and_resample(drafts: list[str], first: list[Rewrite], n: int, sample) -> list[Rewrite]:
@@ -255,7 +269,8 @@ def rewrite(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
 # every Config field that changes what `rewrite` writes for a given model and draft
 DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty",
                    "repetition_context", "max_len_ratio", "gen_max_tokens", "gen_batch_size",
-                   "seed", "fact_check_samples", "fact_check_temperature", "compute_dtype")
+                   "seed", "fact_check_samples", "fact_check_temperature", "fact_repair",
+                   "compute_dtype")
 
 
 def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "sft", "sft+dpo"),

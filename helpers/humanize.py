@@ -397,7 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fact-check", type=int, default=0, metavar="N",
                         help="the fact switch: resample a rewrite that lost any of the draft's "
                              "numbers, dates, names or URLs N times and keep the candidate that "
-                             "keeps the most (default 0: off)")
+                             "keeps the most, then rewrite each draft sentence still missing "
+                             "a fact alone and splice it in, or copy it back (default 0: off)")
+    parser.add_argument("--no-fact-repair", action="store_true",
+                        help="with --fact-check: resample only, no sentence repair")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -455,7 +458,8 @@ def run(args, humanizer) -> int:
     if args.fact_check < 0:
         raise UsageError(f"--fact-check must be 0 or more, got {args.fact_check}")
     try:
-        cfg = get_config(args.preset, fact_check_samples=args.fact_check)
+        cfg = get_config(args.preset, fact_check_samples=args.fact_check,
+                         fact_repair=not args.no_fact_repair)
     except ValueError as err:
         raise UsageError(str(err)) from None
     drafts, skipped, kind, input_files = read_inputs(args.input, args.format)

@@ -148,7 +148,7 @@ def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
         "n_bootstrap": cfg.n_bootstrap,
         # resamples generation allowed a rewrite that lost facts (0: the fact switch is off); the
         # preset's, as notebook 06 used it unless it was overridden there alone
-        "fact_check_samples": cfg.fact_check_samples,
+        "fact_check_samples": cfg.fact_check_samples, "fact_repair": cfg.fact_repair,
         "detectors": detectors, "unavailable": dict(unavailable or {}), "systems": rows,
         "differences": differences, "paired_differences": paired,
     }
@@ -246,7 +246,9 @@ def target_rows(results: dict) -> list[list[str]]:
         ["facts kept ≥ human reference (paired difference ≥ 0)",
          f"{format_ci(facts_gap, 3)} ({format_ci(final['facts'])} vs {format_ci(human['facts'])})",
          _shown(verdict(facts_gap, 0.0, ">="))],
-        ["facts kept ≥ 0.90 with the fact switch on", format_ci(final["facts"]),
+        ["facts kept ≥ 0.90 with the fact switch on", format_ci(final["facts"]) + (
+            f" ({results['fact_check_samples']} resamples, sentence repair "
+            f"{'on' if results.get('fact_repair', False) else 'off'})" if switch else ""),
          _shown(verdict(final["facts"], 0.90, ">=")) if switch
          else "— (fact switch off in this run)"],
         ["slop per 1K ≤ human reference (paired difference ≤ 0)",

@@ -3,9 +3,12 @@
 Executed copies go to runs/<preset>/notebooks/, and the time each notebook took to
 runs/<preset>/series_timing.json (README's time table: `make readme`); a partial run (--from,
 --only) writes series_timing.partial.json instead, so the whole series' record stays. With
---experiment NAME every notebook gets EXPERIMENT=NAME and all of it goes to runs/<preset>/NAME/.
+--experiment NAME every notebook gets EXPERIMENT=NAME and all of it goes to runs/<preset>/NAME/;
+--set gives every notebook the same OVERRIDES (Config fields), as its parameters cell would.
 
     python -m helpers.series --preset smoke [--experiment high-lr] [--from 04] [--only 07]
+    python -m helpers.series --preset workshop --experiment fact-switch --from 06 \
+        --set fact_check_samples=2
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import platform
 import time
 from pathlib import Path
 
-from .config import PRESETS, REPO_ROOT, get_config
+from .config import PRESETS, REPO_ROOT, get_config, parse_overrides
 from .io import atomic_write_json
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -33,12 +36,17 @@ def timing_file(start: str = "00", only: str | None = None) -> str:
     return "series_timing.json" if start == "00" and not only else "series_timing.partial.json"
 
 
-def run(preset: str, start: str = "00", only: str | None = None, experiment: str = "") -> dict:
+def run(preset: str, start: str = "00", only: str | None = None, experiment: str = "",
+        overrides: dict | None = None) -> dict:
     import os
 
     import papermill
 
-    cfg = get_config(preset, experiment=experiment)
+    overrides = dict(overrides or {})
+    if overrides and not experiment:
+        raise ValueError("--set changes what the notebooks make: give the run a name with "
+                         "--experiment, so the default run's artifacts stay as they are")
+    cfg = get_config(preset, experiment=experiment, **overrides)
     out_dir = cfg.path("notebooks")
     out_dir.mkdir(exist_ok=True)
     os.environ["HUMANIZER_PRESET"] = preset
@@ -49,11 +57,14 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
         print(f"== {book.name} (preset {preset})", flush=True)
         start_time = time.perf_counter()
         papermill.execute_notebook(str(book), str(out_dir / book.name), kernel_name="python3",
-                                   cwd=str(NOTEBOOKS), parameters={"PRESET": preset, "EXPERIMENT": experiment},
+                                   cwd=str(NOTEBOOKS), parameters={"PRESET": preset, "EXPERIMENT": experiment,
+                                                               "OVERRIDES": overrides},
                                    progress_bar=False)
         timing[book.name] = round(time.perf_counter() - start_time, 1)
         print(f"   {timing[book.name]:.0f} s", flush=True)
     timing["total"] = round(time.perf_counter() - total, 1)
+    if overrides:
+        timing["overrides"] = overrides
     # other work on the machine slows the series down: the load average says how busy it was
     timing["machine"] = {"date": dt.date.today().isoformat(), "cpus": os.cpu_count(),
                          "platform": platform.platform(),
@@ -69,8 +80,16 @@ def main() -> None:
     parser.add_argument("--from", dest="start", default="00", help="first notebook number")
     parser.add_argument("--only", default=None, help="run just this notebook number")
     parser.add_argument("--experiment", default="", help="a name: artifacts go to runs/<preset>/NAME/")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE[,...]",
+                        help="Config overrides for every notebook (needs --experiment)")
     args = parser.parse_args()
-    run(args.preset, args.start, args.only, args.experiment)
+    try:
+        overrides = {k: v for text in args.set for k, v in parse_overrides(text).items()}
+    except ValueError as error:
+        parser.error(f"--set: {error}")
+    if overrides and not args.experiment:
+        parser.error("--set needs --experiment NAME: the default run's artifacts stay as they are")
+    run(args.preset, args.start, args.only, args.experiment, overrides)
 
 
 if __name__ == "__main__":

@@ -95,8 +95,10 @@ def test_verdict_on_hand_made_cis(ci, limit, direction, expected):
 
 def test_fact_switch_target_is_judged_only_when_the_switch_was_on(tmp_path):
     _, summary = summary_of(tmp_path, fact_check_samples=2)
-    checks = {row[0]: row[2] for row in results.target_rows(summary)}
-    assert checks["facts kept ≥ 0.90 with the fact switch on"] == "**not met**"  # 0 of 2 kept
+    rows = {row[0]: row[1:] for row in results.target_rows(summary)}
+    measured, verdict = rows["facts kept ≥ 0.90 with the fact switch on"]
+    assert verdict == "**not met**"  # 0 of 2 kept
+    assert measured.endswith("(2 resamples, sentence repair on)")
 
 
 def test_verdict_rejects_an_unknown_direction():
