@@ -4,7 +4,8 @@ Rewrites `--n` validation drafts (one per held-out training paragraph) with the 
 under each setting and reports the training judge's P(AI) (never an evaluation detector: what is
 chosen here must not be tuned to the detectors that judge it), meaning similarity, facts kept and
 slop, means with 95% bootstrap CIs. Writes runs/<preset>/experiments/decoding.json
-and decoding.md (`make readme` copies the table into README).
+and decoding.md (`make readme` copies the table into README; `--name fact_switch` writes
+fact_switch.json/.md instead, README's fact-switch table).
 
     python experiments/decoding.py --preset workshop --n 40 --systems base,sft,sft+dpo \
         --setting temperature=0.7,repetition_penalty=1.0 \
@@ -42,6 +43,8 @@ def main() -> None:
     parser.add_argument("--systems", default="base,sft,sft+dpo")
     parser.add_argument("--setting", action="append", required=True,
                         help="comma-separated Config overrides, e.g. temperature=0.3")
+    parser.add_argument("--name", default="decoding", choices=("decoding", "fact_switch"),
+                        help="the table it writes (README has a section for each)")
     args = parser.parse_args()
 
     cfg = get_config(args.preset, experiment=args.experiment)
@@ -76,16 +79,16 @@ def main() -> None:
     out = cfg.path("experiments")
     out.mkdir(exist_ok=True)
     command = "python " + " ".join(sys.argv)
-    atomic_write_json(out / "decoding.json", {"command": command, "n": len(items), "rows": rows})
+    atomic_write_json(out / f"{args.name}.json", {"command": command, "n": len(items), "rows": rows})
     metrics = [k for k in rows[0] if k not in ("system", "setting")]
-    table = markdown_table(["system", "decoding"] + metrics,
+    table = markdown_table(["system", "decoding"] + metrics + ["rewrite s"],
                            [[r["system"], r["setting"].replace(",", ", ") or "—"]
                             + [format_ci(r[k], 1 if k == "slop/1K" else 2) for k in metrics]
-                            for r in rows])
+                            + [str(r.get("seconds", "—"))] for r in rows])
     caption = (f"Preset `{cfg.preset}`, {len(items)} validation drafts (held-out training "
                f"paragraphs, not the evaluation items), {dt.date.today().isoformat()}, generated "
                f"by `{command}`. Means with 95% bootstrap CIs.\n\n")
-    atomic_write_text(out / "decoding.md", caption + table + "\n")
+    atomic_write_text(out / f"{args.name}.md", caption + table + "\n")
     print(caption + table)
 
 

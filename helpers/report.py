@@ -28,7 +28,7 @@ def section(name: str, body: str) -> str:
 
 START, END = markers("results")
 # runs/<preset>/experiments/<name>.md, written by experiments/<name>.py and by bench/quant.py
-EXPERIMENT_TABLES = ("decoding", "quant_downstream", "bench_quant")
+EXPERIMENT_TABLES = ("decoding", "fact_switch", "quant_downstream", "bench_quant")
 
 
 def readme_section(results_md: str, preset: str, timing: dict | None) -> str:
