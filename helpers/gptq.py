@@ -157,27 +157,57 @@ class _HessianCatcher(nn.Module):
         return self.module(x)
 
 
+class _OutputCatcher(nn.Module):
+    """Wraps the final norm of a model with tied embeddings: its output is the input of the
+    output layer (the embedding matrix used as a linear layer), whose xᵀx it adds under `path`."""
+
+    def __init__(self, module, path: str, inputs: _Inputs):
+        super().__init__()
+        self.module, self.path, self.inputs = module, path, inputs
+
+    def __call__(self, x):
+        y = self.module(x)
+        flat = y.reshape(-1, y.shape[-1]).astype(mx.float32)
+        sums = self.inputs.sums
+        sums[self.path] = flat.T @ flat + (sums[self.path] if self.path in sums else 0)
+        return y
+
+
 def _nested(flat: dict) -> dict:
     from mlx.utils import tree_unflatten
     return tree_unflatten(list(flat.items()))
 
 
+TIED_OUTPUT = "model.embed_tokens"  # with tied embeddings, also the output layer
+
+
+def ties_embeddings(model: nn.Module) -> bool:
+    return not hasattr(model, "lm_head") and hasattr(model.model, "embed_tokens")
+
+
 def layer_hessians(model: nn.Module, tokens: mx.array, paths, batch_rows: int = 8) -> dict:
     """{path: H = XᵀX} (float32) of the inputs each nn.Linear in `paths` sees while the
     (unquantized) model reads `tokens` (rows, length), accumulated over batches of rows. Layers
-    that read the same input get the same array."""
+    that read the same input get the same array. With tied embeddings, `paths` may hold
+    TIED_OUTPUT: its H is that of the final norm's output, what the output layer reads."""
     paths = list(paths)
     modules = dict(model.named_modules())
-    wrong = [p for p in paths if not isinstance(modules.get(p), nn.Linear)]
+    tied = TIED_OUTPUT in paths and ties_embeddings(model)
+    linear = [p for p in paths if not (tied and p == TIED_OUTPUT)]
+    wrong = [p for p in linear if not isinstance(modules.get(p), nn.Linear)]
     if wrong:
-        raise ValueError(f"GPTQ needs nn.Linear layers; not one: {wrong[:3]}")
+        raise ValueError(f"GPTQ needs nn.Linear layers (or the tied output layer); not one: "
+                         f"{wrong[:3]}")
     inputs = _Inputs()
-    model.update_modules(_nested({p: _HessianCatcher(modules[p], p, inputs) for p in paths}))
+    wrapped = {p: _HessianCatcher(modules[p], p, inputs) for p in linear}
+    if tied:
+        wrapped["model.norm"] = _OutputCatcher(modules["model.norm"], TIED_OUTPUT, inputs)
+    model.update_modules(_nested(wrapped))
     try:
         for i in range(0, tokens.shape[0], batch_rows):
             mx.eval(model(tokens[i:i + batch_rows]), inputs.sums)
             inputs.last = (None, None)
     finally:
-        model.update_modules(_nested({p: modules[p] for p in paths}))
+        model.update_modules(_nested({p: modules[p] for p in wrapped}))
     sums = {p: np.array(h) for p, h in inputs.sums.items()}
     return {p: sums[inputs.twin_of.get(p, p)] for p in paths}

@@ -468,8 +468,10 @@ def gptq_calibration(cfg, tokenizer) -> mx.array:
 class GPTQRounding:
     """GPTQ-rounded layers on demand, for any {path: bits}: one pass of the reference model
     records every block linear's input Hessian; each (layer, bits) is rounded once and kept.
-    The token embedding stays round-to-nearest: it is a lookup table, not a matmul on inputs
-    (tied, it is also the output layer, but its lookup error would go unaccounted).
+    A tied embedding is rounded as the output layer (H of the final norm's output): its lookup
+    error is not in GPTQ's objective, but the KL measured on the whole model counts both, and at
+    4 bits GPTQ there lowers it far more than the lookup loses. An untied embedding stays
+    round-to-nearest: a lookup table only.
 
     Hessians and rounded layers are shared with the last GPTQRounding made on the same weights,
     calibration tokens and damping, so that rerunning a notebook cell does not redo them;
@@ -482,6 +484,7 @@ class GPTQRounding:
 
         modules = dict(model.named_modules())
         paths = [p for p, m in modules.items() if isinstance(m, nn.Linear)]
+        paths += [gptq.TIED_OUTPUT] * gptq.ties_embeddings(model)
         self.weights = {p: modules[p].weight for p in paths}  # as they are now, unrounded
         key = f"{weights_digest(model)}-{tokens_hash(tokens)}-{damp!r}"
         if key not in GPTQRounding._last:
@@ -529,8 +532,11 @@ class GPTQRounding:
 
 def gptq_error_ratios(rounding: GPTQRounding, units: dict, candidate_bits) -> dict:
     """{unit: {bits: r}}, r = GPTQ's output error over round-to-nearest's, tr(ΔW H ΔWᵀ) summed
-    over the unit's layers (H = XᵀX of the calibration inputs); 1 where GPTQ does not apply (the
-    embedding). GPTQ helps some layers far more than others, which the RTN-measured KLs miss."""
+    over the unit's layers (H = XᵀX of the calibration inputs); 1 for the embedding, whose lookup
+    error that ratio would leave out. GPTQ helps some layers far more than others, which the
+    RTN-measured KLs miss."""
+    from .gptq import TIED_OUTPUT
+
     hessians = {}  # as MLX arrays, once: layers reading the same input share one
 
     def output_error(path, approx) -> float:
@@ -545,7 +551,7 @@ def gptq_error_ratios(rounding: GPTQRounding, units: dict, candidate_bits) -> di
     for bits in candidate_bits:
         stored = rounding.stored({p: bits for u in units.values() for p in u["paths"]})
         for name, unit in units.items():
-            covered = [p for p in unit["paths"] if p in stored]
+            covered = [p for p in unit["paths"] if p in stored and p != TIED_OUTPUT]
             gptq = sum(output_error(p, stored[p]["dequantized"]) for p in covered)
             rtn = sum(output_error(p, fake_quantize(rounding.weights[p], bits, rounding.group_size))
                       for p in covered)

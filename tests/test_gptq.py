@@ -133,7 +133,21 @@ def test_layer_hessians_are_the_inputs_gram_matrix_and_the_model_is_restored():
     assert type(model.layers[0].self_attn.q_proj).__name__ == "Linear"
     np.testing.assert_array_equal(np.array(model(tokens)), np.array(before))
     with pytest.raises(ValueError, match="nn.Linear"):
-        gptq.layer_hessians(model, tokens, ["model.embed_tokens"])
+        gptq.layer_hessians(model, tokens, ["model.norm"])
+
+
+def test_a_tied_embeddings_hessian_is_that_of_the_final_norms_output():
+    model, _ = make_tiny_model()  # tied: the embedding is also the output layer
+    tokens = mx.random.randint(0, 49152, (3, 10), key=mx.random.key(1))
+    before = model(tokens)
+    hessians = gptq.layer_hessians(model, tokens, [gptq.TIED_OUTPUT], batch_rows=2)
+    x = np.array(model.model(tokens).reshape(-1, 64), dtype=np.float64)  # what the head reads
+    np.testing.assert_allclose(hessians[gptq.TIED_OUTPUT], x.T @ x, rtol=1e-5, atol=1e-5)
+    assert type(model.model.norm).__name__ == "RMSNorm"
+    np.testing.assert_array_equal(np.array(model(tokens)), np.array(before))
+    untied, _ = make_tiny_model(tie_word_embeddings=False)
+    with pytest.raises(ValueError, match="nn.Linear"):  # untied, it is a lookup table only
+        gptq.layer_hessians(untied, tokens, [gptq.TIED_OUTPUT])
 
 
 def test_layers_reading_the_same_input_share_one_hessian():
