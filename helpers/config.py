@@ -251,8 +251,7 @@ def parse_overrides(text: str) -> dict:
         try:
             if key not in defaults or kind in (tuple, list):
                 raise ValueError
-            overrides[key] = booleans[value.lower()] if kind is bool else \
-                kind(value) if kind is not float else float(value)
+            overrides[key] = booleans[value.lower()] if kind is bool else kind(value)
         except (KeyError, ValueError):
             expected = {bool: "true or false", int: "a whole number", str: "text"}.get(kind, "a number")
             raise ValueError(f"{part!r} is not <Config field>=<value>"

@@ -136,6 +136,13 @@ class _Inputs:
     def __init__(self):
         self.sums, self.twin_of, self.last = {}, {}, (None, None)
 
+    def add(self, path: str, x: mx.array) -> None:
+        """Add xᵀx of these rows to path's sum, in MLX, lazily: numpy's own BLAS threads would
+        fight MLX's for the cores."""
+        flat = x.reshape(-1, x.shape[-1]).astype(mx.float32)
+        gram = flat.T @ flat
+        self.sums[path] = gram if path not in self.sums else self.sums[path] + gram
+
 
 class _HessianCatcher(nn.Module):
     """Wraps a linear layer and adds xᵀx of every input it sees to a running sum."""
@@ -148,11 +155,8 @@ class _HessianCatcher(nn.Module):
         last_x, last_path = self.inputs.last
         if last_x is x:  # a sibling read this very input: share its sum
             self.inputs.twin_of[self.path] = last_path
-        else:  # in MLX, lazily: numpy's own BLAS threads would fight MLX's for the cores
-            flat = x.reshape(-1, x.shape[-1]).astype(mx.float32)
-            gram = flat.T @ flat
-            sums = self.inputs.sums
-            sums[self.path] = gram if self.path not in sums else sums[self.path] + gram
+        else:
+            self.inputs.add(self.path, x)
             self.inputs.last = (x, self.path)
         return self.module(x)
 
@@ -167,9 +171,7 @@ class _OutputCatcher(nn.Module):
 
     def __call__(self, x):
         y = self.module(x)
-        flat = y.reshape(-1, y.shape[-1]).astype(mx.float32)
-        sums = self.inputs.sums
-        sums[self.path] = flat.T @ flat + (sums[self.path] if self.path in sums else 0)
+        self.inputs.add(self.path, y)
         return y
 
 

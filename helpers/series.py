@@ -36,6 +36,12 @@ def timing_file(start: str = "00", only: str | None = None) -> str:
     return "series_timing.json" if start == "00" and not only else "series_timing.partial.json"
 
 
+def require_experiment(overrides: dict, experiment: str) -> None:
+    if overrides and not experiment:
+        raise ValueError("--set needs --experiment NAME: give the run a name with --experiment, "
+                         "so the default run's artifacts stay as they are")
+
+
 def run(preset: str, start: str = "00", only: str | None = None, experiment: str = "",
         overrides: dict | None = None) -> dict:
     import os
@@ -43,9 +49,7 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
     import papermill
 
     overrides = dict(overrides or {})
-    if overrides and not experiment:
-        raise ValueError("--set changes what the notebooks make: give the run a name with "
-                         "--experiment, so the default run's artifacts stay as they are")
+    require_experiment(overrides, experiment)
     cfg = get_config(preset, experiment=experiment, **overrides)
     out_dir = cfg.path("notebooks")
     out_dir.mkdir(exist_ok=True)
@@ -85,10 +89,9 @@ def main() -> None:
     args = parser.parse_args()
     try:
         overrides = {k: v for text in args.set for k, v in parse_overrides(text).items()}
+        require_experiment(overrides, args.experiment)
     except ValueError as error:
         parser.error(f"--set: {error}")
-    if overrides and not args.experiment:
-        parser.error("--set needs --experiment NAME: the default run's artifacts stay as they are")
     run(args.preset, args.start, args.only, args.experiment, overrides)
 
 
