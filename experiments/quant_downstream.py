@@ -24,16 +24,15 @@ import shutil
 import sys
 import time
 
-import numpy as np
-
 from helpers import generate, lora, quant, train
 from helpers.config import get_config
 from helpers.data import load_prepared, one_per_paragraph
 from helpers.detectors import Embedder, training_judge
 from helpers.io import atomic_write_json, atomic_write_text, read_json
-from helpers.metrics import fact_preservation, meaning_similarity, paired_bootstrap_ci
+from helpers.metrics import fact_preservation, meaning_similarity
 from helpers.models import load_model, save_mlx_model
-from helpers.results import format_ci, markdown_table, verdict
+from helpers.results import format_ci, markdown_table, paired_difference
+from helpers.results import reading as results_reading
 
 ARMS = {"uniform": "base-uniform", "mixed": "base-mixed"}
 
@@ -83,12 +82,9 @@ def paired_rows(measures: dict, n_boot: int, seed: int) -> list[dict]:
     each arm's mean and the paired difference mixed - uniform with its 95% bootstrap CI."""
     rows = []
     for name, arms in measures.items():
-        a, b = np.asarray(arms["uniform"], float), np.asarray(arms["mixed"], float)
-        keep = ~(np.isnan(a) | np.isnan(b))  # e.g. drafts without facts
-        diff = paired_bootstrap_ci(lambda x, y: float(np.mean(y - x)), a[keep], b[keep],
-                                   n_boot=n_boot, seed=seed)
-        rows.append({"measure": name, "uniform": float(a[keep].mean()),
-                     "mixed": float(b[keep].mean()), "mixed - uniform": diff})
+        diff = paired_difference(arms["uniform"], arms["mixed"], n_boot, seed)
+        rows.append({"measure": name, "uniform": diff.pop("first"), "mixed": diff.pop("second"),
+                     "mixed - uniform": diff})
     return rows
 
 
@@ -158,14 +154,9 @@ def write_table(out, result: dict) -> None:
     print(text)
 
 
-BETTER = {"validation loss": "<", "P(AI)": "<", "meaning": ">", "facts kept": ">"}
-
-
 def reading(measure: str, diff: dict) -> str:
-    """What the paired CI of mixed - uniform says, in words, for a measure in BETTER."""
-    side = next(v for k, v in BETTER.items() if measure.startswith(k))
-    return {"met": "mixed better", "not met": "mixed worse",
-            "not shown": "no difference shown"}.get(verdict(diff, 0.0, side), "—")
+    """What the paired CI of mixed - uniform says, in words."""
+    return results_reading(measure, diff, "mixed better", "mixed worse")
 
 
 def markdown(result: dict) -> str:

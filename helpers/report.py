@@ -1,7 +1,8 @@
 """Copy generated tables into README.md, each between its markers: the time each notebook took
 per preset (runs/<preset>/series_timing.json, written by helpers.series), notebook 07's results
 table, notebook 03's equal-size quantization table and, when they were run, the experiments on
-validation drafts (experiments/decoding.py, experiments/quant_downstream.py).
+validation drafts (experiments/decoding.py, experiments/quant_downstream.py,
+experiments/compare_runs.py).
 
     python -m helpers.report --preset workshop      # what `make readme` runs
 """
@@ -28,7 +29,7 @@ def section(name: str, body: str) -> str:
 
 START, END = markers("results")
 # runs/<preset>/experiments/<name>.md, written by experiments/<name>.py and by bench/quant.py
-EXPERIMENT_TABLES = ("decoding", "fact_switch", "quant_downstream", "bench_quant")
+EXPERIMENT_TABLES = ("decoding", "fact_switch", "quant_downstream", "bench_quant", "compare_runs")
 
 
 def readme_section(results_md: str, preset: str, timing: dict | None) -> str:

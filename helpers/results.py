@@ -198,6 +198,29 @@ def verdict(ci: dict | None, limit: float, direction: str) -> str:
     return "met" if lo and hi else "not shown" if lo or hi else "not met"
 
 
+def paired_difference(a, b, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean of b - a over the items both measure (NaN, e.g. a draft without facts, leaves the
+    item out), with its 95% paired bootstrap CI; also each side's mean over those items."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    diff = paired_bootstrap_ci(lambda x, y: float(np.mean(y - x)), a[keep], b[keep],
+                               n_boot=n_boot, seed=seed)
+    return {**diff, "first": float(a[keep].mean()) if keep.any() else None,
+            "second": float(b[keep].mean()) if keep.any() else None}
+
+
+# which side of a paired difference is better, by the measure's name
+BETTER_SIDE = {"validation loss": "<", "P(AI)": "<", "meaning": ">", "facts": ">", "slop": "<"}
+
+
+def reading(measure: str, diff: dict | None, better: str = "better", worse: str = "worse") -> str:
+    """What a paired difference's CI says in words: `better`, `worse` or 'no difference shown'
+    (the CI includes 0), by the measure's better side (BETTER_SIDE)."""
+    side = next(v for k, v in BETTER_SIDE.items() if measure.startswith(k))
+    return {"met": better, "not met": worse,
+            "not shown": "no difference shown"}.get(verdict(diff, 0.0, side), "—")
+
+
 def separates(auroc_ci: dict | None) -> bool:
     """Can a detector tell human text from the AI drafts? Only if its AUROC CI lies above 0.5:
     otherwise its P(AI) moving says nothing about looking human, so gap closed and the

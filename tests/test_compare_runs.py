@@ -1,0 +1,61 @@
+"""experiments/compare_runs.py: runs compared on the same validation drafts, paired."""
+import importlib.util
+import math
+
+import pytest
+
+from helpers.config import REPO_ROOT
+from helpers.results import paired_difference, reading
+
+spec = importlib.util.spec_from_file_location("compare_runs", REPO_ROOT / "experiments" / "compare_runs.py")
+compare_runs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare_runs)
+
+
+def values(p_ai, facts):
+    return {"P(AI)": p_ai, "meaning": [0.9] * len(p_ai), "facts kept": facts,
+            "slop/1K": [0.0] * len(p_ai)}
+
+
+def test_later_runs_are_differenced_against_the_first_on_the_same_system():
+    per_item = {("default", "sft"): values([0.5, 0.6, 0.7], [0.5, 1.0, math.nan]),
+                ("default", "sft+dpo"): values([0.4, 0.4, 0.4], [1.0, 1.0, 1.0]),
+                ("fact-complete", "sft"): values([0.5, 0.6, 0.7], [1.0, 1.0, 1.0])}
+    rows = compare_runs.summary_rows(per_item, n_boot=200, seed=0)
+    assert [(r["run"], r["system"]) for r in rows] == list(per_item)
+    assert "difference" not in rows[0] and "difference" not in rows[1]
+    facts = rows[2]["difference"]["facts kept"]
+    assert facts["mean"] == pytest.approx(0.25) and facts["n"] == 2  # the NaN draft is left out
+    assert facts["first"] == pytest.approx(0.75) and facts["second"] == 1.0
+    assert rows[2]["difference"]["P(AI)"]["mean"] == rows[2]["difference"]["P(AI)"]["hi"] == 0.0
+
+
+def test_a_run_without_the_first_runs_system_gets_no_difference():
+    per_item = {("default", "sft"): values([0.5], [1.0]),
+                ("ranked", "sft+dpo"): values([0.4], [1.0])}
+    assert "difference" not in compare_runs.summary_rows(per_item, n_boot=20, seed=0)[1]
+
+
+def test_paired_difference_is_second_minus_first_and_reading_follows_the_better_side():
+    diff = paired_difference([0.6, 0.7, 0.8, 0.9], [0.5, 0.5, 0.6, 0.6], n_boot=500, seed=0)
+    assert diff["mean"] == pytest.approx(-0.2) and diff["hi"] < 0
+    assert reading("P(AI) n-gram judge", diff) == "better"
+    assert reading("facts kept", diff) == "worse"
+    assert reading("meaning", {"mean": 0.0, "lo": -0.1, "hi": 0.1}) == "no difference shown"
+
+
+def test_the_table_names_the_difference_and_its_reading():
+    ci = lambda m: {"mean": m, "lo": m - 0.01, "hi": m + 0.01, "n": 3}  # noqa: E731
+    row = lambda run: {"run": run, "system": "sft", **{m: ci(0.5) for m in compare_runs.MEASURES}}  # noqa: E731
+    later = {**row("fact-complete"), "seconds": 12,
+             "difference": {m: ci(0.1) for m in compare_runs.MEASURES}}
+    result = {"preset": "workshop", "n": 3, "date": "2026-12-04", "command": "python x",
+              "judge": "n-gram judge", "runs": ["default", "fact-complete"],
+              "reference_rows": [{"system": "human reference",
+                                  **{m: ci(0.4) for m in compare_runs.MEASURES}}],
+              "rows": [row("default"), later]}
+    text = compare_runs.markdown(result)
+    assert "| — | human reference | 0.40 [0.39, 0.41] |" in text
+    assert "| fact-complete | sft | 0.50 [0.49, 0.51]; − default: 0.10 [0.09, 0.11], worse |" in text
+    assert "0.50 [0.49, 0.51]; − default: 0.10 [0.09, 0.11], better |" in text  # facts kept
+    assert text.rstrip().endswith("| 12 |")
