@@ -76,6 +76,19 @@ def splice(source: str, output: str, pieces: dict[int, str]) -> str:
     return " ".join(out)
 
 
+def sentence_candidates(texts: list[str], n: int, plain: Callable[[list[str]], list[str]],
+                        sample: Callable[[list[str]], list[str]]) -> list[list[str]]:
+    """Candidate rewrites for each sentence to repair: its plain rewrite first, then n samples,
+    drawn only for the sentences whose plain rewrite loses one of their facts (for the others the
+    plain rewrite is the one kept, so samples would be decoded for nothing)."""
+    candidates = [[c] for c in plain(texts)]
+    failing = [i for i, (t, c) in enumerate(zip(texts, candidates)) if not keeps_all_facts(t, c[0])]
+    more = sample([texts[i] for i in failing for _ in range(n)]) if failing and n > 0 else []
+    for k, i in enumerate(failing):
+        candidates[i] += more[k * n:(k + 1) * n]
+    return candidates
+
+
 def repair_facts(sources: list[str], outputs: list[str],
                  rewrite_sentences: Callable[[list[str]], list[list[str]]]) -> list[str]:
     """Every output with its source's lost facts put back (see the module's docstring).

@@ -17,7 +17,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 
 from .data import chat_messages
-from .fact_repair import repair_facts
+from .fact_repair import repair_facts, sentence_candidates
 from .io import atomic_write_json, atomic_write_jsonl
 from .lora import fused_view, load_base, load_stacked, set_adapters, stacked_layers
 
@@ -232,10 +232,9 @@ def rewrite_detailed(model, tokenizer, drafts: list[str], cfg, progress: bool = 
         return chosen
 
     def rewrite_sentences(texts):  # the first candidate decodes as cfg does, n more are sampled
-        plain = decode(texts, cfg, base_seed + 2, "fact repair")
-        more = decode([t for t in texts for _ in range(n)], sampling, base_seed + 3, "fact repair")
-        return [[plain[i].text] + [r.text for r in more[i * n:(i + 1) * n]]
-                for i in range(len(texts))]
+        return sentence_candidates(
+            texts, n, lambda t: [r.text for r in decode(t, cfg, base_seed + 2, "fact repair")],
+            lambda t: [r.text for r in decode(t, sampling, base_seed + 3, "fact repair")])
 
     repaired = repair_facts(drafts, [r.text for r in chosen], rewrite_sentences)
     return [dataclasses.replace(r, text=t) for r, t in zip(chosen, repaired)]

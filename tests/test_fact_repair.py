@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.fact_repair import (best_place, repair_facts, sentences, sentences_with_lost_facts,
-                                 word_overlap)
+from helpers.fact_repair import (best_place, repair_facts, sentence_candidates, sentences,
+                                 sentences_with_lost_facts, word_overlap)
 from helpers.metrics import fact_preservation
 
 DRAFT = "The bridge opened in 1932. It cost $4.5 million. Mayor Jane Holt cut the ribbon."
@@ -77,3 +77,21 @@ def test_best_place_prefers_overlap_then_position():
     assert best_place("gamma rays", 0.9, outs) == 1
     assert best_place("nothing shared", 0.9, outs) == 2
     assert best_place("nothing shared", 0.1, outs) == 0
+
+
+def test_samples_are_drawn_only_for_sentences_whose_plain_rewrite_loses_a_fact():
+    texts = ["Rome had 7 hills.", "Paris hosted 3 events.", "No facts here."]
+    plain = {"Rome had 7 hills.": "Rome had seven hills.",  # loses the 7
+             "Paris hosted 3 events.": "Paris hosted 3 events.", "No facts here.": "Nothing."}
+    asked = []
+
+    def sample(ts):
+        asked.append(ts)
+        return [f"sample {i}" for i in range(len(ts))]
+
+    candidates = sentence_candidates(texts, 2, lambda ts: [plain[t] for t in ts], sample)
+    assert asked == [["Rome had 7 hills.", "Rome had 7 hills."]]
+    assert candidates == [["Rome had seven hills.", "sample 0", "sample 1"],
+                          ["Paris hosted 3 events."], ["Nothing."]]
+    assert sentence_candidates(texts[1:], 3, lambda ts: [plain[t] for t in ts], never_called) == \
+        [["Paris hosted 3 events."], ["Nothing."]]
