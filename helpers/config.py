@@ -121,6 +121,9 @@ class Config:
     # dates, names or URLs is sampled this many more times, and the candidate keeping the most wins
     fact_check_samples: int = 0  # 0 = off
     fact_check_temperature: float = 0.7
+    # first a rewrite that lost facts is resampled whole; off, the switch goes straight to the
+    # sentence repair below (fewer tokens decoded, more draft sentences repaired)
+    fact_resample: bool = True
     # then each draft sentence holding a fact still lost is rewritten alone and spliced in (the
     # draft sentence itself when no candidate keeps its facts): facts come back, at a detector cost
     fact_repair: bool = True
@@ -205,8 +208,8 @@ FIELDS_READ: dict[str, tuple[str, ...]] = {
     "03": ('calib_max_tokens', 'calib_texts', 'experiment', 'gptq_calib_texts', 'gptq_calib_tokens', 'gptq_damp', 'model', 'preset', 'protect', 'quant_decode_tokens', 'quant_eval_max_tokens', 'quant_eval_texts', 'quant_targets', 'target_bpw'),
     "04": ('batch_size', 'checkpoint_every', 'compute_dtype', 'experiment', 'fact_check_samples', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'lora_alpha', 'lora_dropout', 'lora_layers', 'lora_rank', 'lora_targets', 'max_len_ratio', 'max_seq_len', 'model', 'preset', 'repetition_penalty', 'seed', 'sft_lr', 'sft_steps', 'system_prompt', 'temperature', 'top_p', 'val_every', 'val_examples'),
     "05": ('checkpoint_every', 'compute_dtype', 'data_source', 'detector_train_pairs', 'dpo_alpha', 'dpo_batch_size', 'dpo_beta', 'dpo_chosen', 'dpo_lr', 'dpo_pair_source', 'dpo_rank', 'dpo_samples_k', 'dpo_steps', 'drop_low_overlap', 'embedder', 'experiment', 'fact_check_samples', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'lora_dropout', 'lora_layers', 'lora_targets', 'max_len_ratio', 'max_seq_len', 'max_words', 'min_words', 'model', 'on_policy_rejected', 'on_policy_temperature', 'pref_weight_facts', 'pref_weight_judge', 'pref_weight_meaning', 'pref_weight_surprise', 'preset', 'repetition_penalty', 'seed', 'system_prompt', 'temperature', 'top_p'),
-    "06": ('compute_dtype', 'experiment', 'fact_check_samples', 'fact_check_temperature', 'fact_repair', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'lora_dropout', 'max_len_ratio', 'max_seq_len', 'model', 'n_bootstrap', 'preset', 'repetition_context', 'repetition_penalty', 'seed', 'system_prompt', 'temperature', 'top_p'),
-    "07": ('binoculars_models', 'data_source', 'detector_calib_pairs', 'detector_max_tokens', 'detector_train_pairs', 'drop_low_overlap', 'embedder', 'experiment', 'fact_check_samples', 'fact_repair', 'max_words', 'min_words', 'model', 'n_bootstrap', 'preset', 'radar_model', 'scorer_model', 'seed', 'target_fpr'),
+    "06": ('compute_dtype', 'experiment', 'fact_check_samples', 'fact_check_temperature', 'fact_repair', 'fact_resample', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'lora_dropout', 'max_len_ratio', 'max_seq_len', 'model', 'n_bootstrap', 'preset', 'repetition_context', 'repetition_penalty', 'seed', 'system_prompt', 'temperature', 'top_p'),
+    "07": ('binoculars_models', 'data_source', 'detector_calib_pairs', 'detector_max_tokens', 'detector_train_pairs', 'drop_low_overlap', 'embedder', 'experiment', 'fact_check_samples', 'fact_repair', 'fact_resample', 'max_words', 'min_words', 'model', 'n_bootstrap', 'preset', 'radar_model', 'scorer_model', 'seed', 'target_fpr'),
 }
 
 

@@ -212,8 +212,9 @@ def rewrite_detailed(model, tokenizer, drafts: list[str], cfg, progress: bool = 
                      clean: bool = True, seed: int | None = None,
                      desc: str = "rewriting") -> list[Rewrite]:
     """Rewrite every draft (batched, sampled, length-capped), in input order; with
-    cfg.fact_check_samples > 0 a rewrite that lost facts is resampled (verify_and_resample), then,
-    with cfg.fact_repair, what is still lost is put back sentence by sentence (fact_repair)."""
+    cfg.fact_check_samples > 0 a rewrite that lost facts is resampled (verify_and_resample, unless
+    cfg.fact_resample is off), then, with cfg.fact_repair, what is still lost is put back sentence
+    by sentence (fact_repair)."""
     def decode(texts, run_cfg, run_seed, label):
         reasons = []
         tokens = generate_tokens(model, tokenizer, texts, run_cfg, progress, run_seed, label,
@@ -227,7 +228,7 @@ def rewrite_detailed(model, tokenizer, drafts: list[str], cfg, progress: bool = 
     n, base_seed = cfg.fact_check_samples, cfg.seed if seed is None else seed
     sampling = dataclasses.replace(cfg, temperature=cfg.fact_check_temperature)
     chosen = verify_and_resample(drafts, first, n, lambda texts: decode(
-        texts, sampling, base_seed + 1, "fact check"))
+        texts, sampling, base_seed + 1, "fact check")) if cfg.fact_resample else first
     if not cfg.fact_repair:
         return chosen
 
@@ -268,8 +269,8 @@ def rewrite(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
 # every Config field that changes what `rewrite` writes for a given model and draft
 DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty",
                    "repetition_context", "max_len_ratio", "gen_max_tokens", "gen_batch_size",
-                   "seed", "fact_check_samples", "fact_check_temperature", "fact_repair",
-                   "compute_dtype")
+                   "seed", "fact_check_samples", "fact_check_temperature", "fact_resample",
+                   "fact_repair", "compute_dtype")
 
 
 def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "sft", "sft+dpo"),

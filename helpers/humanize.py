@@ -401,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "a fact alone and splice it in, or copy it back (default 0: off)")
     parser.add_argument("--no-fact-repair", action="store_true",
                         help="with --fact-check: resample only, no sentence repair")
+    parser.add_argument("--no-resample", action="store_true",
+                        help="with --fact-check: no whole-rewrite resampling, straight to the "
+                             "sentence repair (fewer tokens decoded)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -457,9 +460,11 @@ def run(args, humanizer) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.fact_check < 0:
         raise UsageError(f"--fact-check must be 0 or more, got {args.fact_check}")
+    if args.no_resample and args.no_fact_repair:
+        raise UsageError("--no-resample with --no-fact-repair leaves the fact check nothing to do")
     try:
         cfg = get_config(args.preset, fact_check_samples=args.fact_check,
-                         fact_repair=not args.no_fact_repair)
+                         fact_resample=not args.no_resample, fact_repair=not args.no_fact_repair)
     except ValueError as err:
         raise UsageError(str(err)) from None
     drafts, skipped, kind, input_files = read_inputs(args.input, args.format)

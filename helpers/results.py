@@ -148,7 +148,8 @@ def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
         "n_bootstrap": cfg.n_bootstrap,
         # resamples generation allowed a rewrite that lost facts (0: the fact switch is off); the
         # preset's, as notebook 06 used it unless it was overridden there alone
-        "fact_check_samples": cfg.fact_check_samples, "fact_repair": cfg.fact_repair,
+        "fact_check_samples": cfg.fact_check_samples, "fact_resample": cfg.fact_resample,
+        "fact_repair": cfg.fact_repair,
         "detectors": detectors, "unavailable": dict(unavailable or {}), "systems": rows,
         "differences": differences, "paired_differences": paired,
     }
@@ -239,6 +240,15 @@ def _shown(v: str) -> str:
     return "**not met**" if v == "not met" else v
 
 
+def fact_switch_setting(results: dict) -> str:
+    """'2 resamples, sentence repair on' (older results lack fact_resample: they resampled)."""
+    n = results["fact_check_samples"]
+    repair = "on" if results.get("fact_repair", False) else "off"
+    if not results.get("fact_resample", True):
+        return f"no resampling, sentence repair {repair} ({n} samples a sentence)"
+    return f"{n} resamples, sentence repair {repair}"
+
+
 def target_rows(results: dict) -> list[list[str]]:
     """[target, measured, verdict] for each target, from the summary alone (rules: VERDICT_RULE)."""
     by_key = {r["system"]: r for r in results["systems"]}
@@ -270,8 +280,7 @@ def target_rows(results: dict) -> list[list[str]]:
          f"{format_ci(facts_gap, 3)} ({format_ci(final['facts'])} vs {format_ci(human['facts'])})",
          _shown(verdict(facts_gap, 0.0, ">="))],
         ["facts kept ≥ 0.90 with the fact switch on", format_ci(final["facts"]) + (
-            f" ({results['fact_check_samples']} resamples, sentence repair "
-            f"{'on' if results.get('fact_repair', False) else 'off'})" if switch else ""),
+            f" ({fact_switch_setting(results)})" if switch else ""),
          _shown(verdict(final["facts"], 0.90, ">=")) if switch
          else "— (fact switch off in this run)"],
         ["slop per 1K ≤ human reference (paired difference ≤ 0)",

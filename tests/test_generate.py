@@ -154,3 +154,26 @@ def test_fact_switch_never_keeps_fewer_facts(tokenizer):
                                                                               fact_repair=True),
                                 progress=False)
     assert [fact_preservation(d, r) for d, r in zip(drafts, repaired)] == [1.0, 1.0]
+
+
+def test_without_resampling_the_fact_switch_goes_straight_to_the_repair(monkeypatch):
+    from helpers.metrics import fact_preservation
+
+    drafts = ["Berlin hosted 120 delegates on 4 May 2021.", "Ada Lovelace wrote in 1843."]
+    decoded = []
+
+    def fake_tokens(model, tokenizer, texts, cfg, progress, seed, desc, finish_reasons):
+        decoded.append((desc, list(texts)))
+        finish_reasons[:] = ["stop"] * len(texts)
+        return [[] for _ in texts]  # every rewrite empty: every fact lost
+
+    class Decoder:
+        def decode(self, tokens):
+            return ""
+
+    monkeypatch.setattr(generate, "generate_tokens", fake_tokens)
+    cfg = get_config("smoke", fact_check_samples=2, fact_resample=False)
+    repaired = generate.rewrite(None, Decoder(), drafts, cfg, progress=False)
+    assert [desc for desc, _ in decoded] == ["rewriting", "fact repair", "fact repair"]
+    assert decoded[2][1] == [drafts[0]] * 2 + [drafts[1]] * 2  # 2 samples a failing sentence
+    assert [fact_preservation(d, r) for d, r in zip(drafts, repaired)] == [1.0, 1.0]

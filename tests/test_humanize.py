@@ -134,6 +134,9 @@ def test_usage_errors_are_exit_2(tmp_path, capsys):
     assert "Unknown preset 'nope'" in capsys.readouterr().err
     assert run("--input", src, "--adapter", "merged") == 2
     assert run("--input", src, "--output", tmp_path / "o.jsonl.gz") == 2
+    capsys.readouterr()
+    assert run("--input", src, "--fact-check", "2", "--no-resample", "--no-fact-repair") == 2
+    assert "leaves the fact check nothing to do" in capsys.readouterr().err
 
 
 def test_the_output_may_not_be_the_input(tmp_path, monkeypatch, capsys):

@@ -99,6 +99,10 @@ def test_fact_switch_target_is_judged_only_when_the_switch_was_on(tmp_path):
     measured, verdict = rows["facts kept ≥ 0.90 with the fact switch on"]
     assert verdict == "**not met**"  # 0 of 2 kept
     assert measured.endswith("(2 resamples, sentence repair on)")
+    _, summary = summary_of(tmp_path, fact_check_samples=2, fact_resample=False)
+    rows = {row[0]: row[1:] for row in results.target_rows(summary)}
+    assert rows["facts kept ≥ 0.90 with the fact switch on"][0].endswith(
+        "(no resampling, sentence repair on (2 samples a sentence))")
 
 
 def test_verdict_rejects_an_unknown_direction():
