@@ -27,9 +27,9 @@ from helpers.config import get_config
 from helpers.data import load_prepared, load_slop_phrases, one_per_paragraph
 from helpers.detectors import Embedder, training_judge
 from helpers.humanizer import Humanizer
-from helpers.io import atomic_write_json, atomic_write_text, read_json
 from helpers.metrics import bootstrap_ci, fact_preservation, meaning_similarity, slop_per_1k
-from helpers.results import format_ci, markdown_table, paired_difference, reading
+from helpers.results import (format_ci, markdown_table, paired_difference, reading,
+                             save_experiment)
 
 DEFAULT_RUN = "default"  # the run without an experiment name, runs/<preset>/
 MEASURES = ("P(AI)", "meaning", "facts kept", "slop/1K")
@@ -100,7 +100,7 @@ def main() -> None:
     cfg = get_config(args.preset, experiment="")
     out = cfg.path("experiments")
     if args.table_only:
-        return write_table(out, read_json(out / "compare_runs.json"))
+        return save_experiment(out, "compare_runs", None, markdown)
 
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     splits = load_prepared(cfg)  # every run shares the default run's validation paragraphs
@@ -133,15 +133,7 @@ def main() -> None:
     result = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
               "preset": cfg.preset, "judge": judge.name, "n": len(items), "runs": runs,
               "reference_rows": reference_rows, "rows": rows}
-    out.mkdir(exist_ok=True)
-    atomic_write_json(out / "compare_runs.json", result)
-    write_table(out, result)
-
-
-def write_table(out, result: dict) -> None:
-    text = markdown(result)
-    atomic_write_text(out / "compare_runs.md", text)
-    print(text)
+    save_experiment(out, "compare_runs", result, markdown)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,10 @@ from helpers import generate, lora, quant, train
 from helpers.config import get_config
 from helpers.data import load_prepared, one_per_paragraph
 from helpers.detectors import Embedder, training_judge
-from helpers.io import atomic_write_json, atomic_write_text, read_json
+from helpers.io import read_json
 from helpers.metrics import fact_preservation, meaning_similarity
 from helpers.models import load_model, save_mlx_model
-from helpers.results import format_ci, markdown_table, paired_difference
+from helpers.results import format_ci, markdown_table, paired_difference, save_experiment
 from helpers.results import reading as results_reading
 
 ARMS = {"uniform": "base-uniform", "mixed": "base-mixed"}
@@ -100,7 +100,7 @@ def main() -> None:
         cfg = get_config(args.preset)
         result = read_json(cfg.path("experiments") / "quant_downstream.json")
         result.setdefault("preset", cfg.preset)  # older results lack it
-        return write_table(cfg.path("experiments"), result)
+        return save_experiment(cfg.path("experiments"), "quant_downstream", result, markdown)
 
     default_cfg = get_config(args.preset, experiment="")
     steps = {"sft_steps": args.steps} if args.steps else {}
@@ -136,22 +136,13 @@ def main() -> None:
     base_kl = {arm: heldout.get(name, {}).get("kl") for arm, name in
                (("uniform", "uniform"), ("mixed", "KL knapsack + GPTQ"))}
     command = "python " + " ".join(sys.argv)
-    out = default_cfg.path("experiments")
-    out.mkdir(exist_ok=True)
     result = {
         "command": command, "date": dt.date.today().isoformat(), "preset": default_cfg.preset,
         "uniform": uniform, "mixed_bpw": chosen["bpw"], "base_kl": base_kl, "rows": rows,
         "n_drafts": len(drafts), "n_val_rows": len(val_rows), "steps": cfgs["uniform"].sft_steps,
         "train_s": {a: r["train_s"] for a, r in arms.items()},
         "val_curve": {a: r["val_curve"] for a, r in arms.items()}}
-    atomic_write_json(out / "quant_downstream.json", result)
-    write_table(out, result)
-
-
-def write_table(out, result: dict) -> None:
-    text = markdown(result)
-    atomic_write_text(out / "quant_downstream.md", text)
-    print(text)
+    save_experiment(default_cfg.path("experiments"), "quant_downstream", result, markdown)
 
 
 def reading(measure: str, diff: dict) -> str:

@@ -313,6 +313,20 @@ def column_name(results: dict, detector: str) -> str:
     return detector if kind == "evaluation" else f"{detector} ({kind})"
 
 
+def save_experiment(out: Path, name: str, result: dict, render) -> str:
+    """An experiment's measurements as out/<name>.json and its README table, render(result), as
+    out/<name>.md (printed too); with result None the table is rebuilt from the saved JSON."""
+    out.mkdir(parents=True, exist_ok=True)
+    if result is None:
+        result = read_json(out / f"{name}.json")
+    else:
+        atomic_write_json(out / f"{name}.json", result)
+    text = render(result)
+    atomic_write_text(out / f"{name}.md", text)
+    print(text)
+    return text
+
+
 def render_markdown(results: dict) -> str:
     """results.md, from results.json alone (so it can be re-rendered without rerunning)."""
     names = list(results["detectors"])

@@ -59,3 +59,14 @@ def test_the_table_names_the_difference_and_its_reading():
     assert "| fact-complete | sft | 0.50 [0.49, 0.51]; − default: 0.10 [0.09, 0.11], worse |" in text
     assert "0.50 [0.49, 0.51]; − default: 0.10 [0.09, 0.11], better |" in text  # facts kept
     assert text.rstrip().endswith("| 12 |")
+
+
+def test_an_experiment_saves_its_measurements_and_rebuilds_its_table_from_them(tmp_path, capsys):
+    from helpers.results import save_experiment
+
+    render = lambda result: f"{result['n']} drafts\n"  # noqa: E731
+    assert save_experiment(tmp_path / "experiments", "x", {"n": 3}, render) == "3 drafts\n"
+    (tmp_path / "experiments" / "x.md").unlink()
+    assert save_experiment(tmp_path / "experiments", "x", None, render) == "3 drafts\n"
+    assert (tmp_path / "experiments" / "x.md").read_text() == "3 drafts\n"
+    assert capsys.readouterr().out == "3 drafts\n\n3 drafts\n\n"
