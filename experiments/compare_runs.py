@@ -67,11 +67,11 @@ def markdown(result: dict) -> str:
     for r in result["reference_rows"] + result["rows"]:
         cells = [r.get("run", "—"), r["system"]]
         for m in MEASURES:
-            cell = format_ci(r[m], 1 if m == "slop/1K" else 2)
+            digits = 1 if m == "slop/1K" else 2
+            cell = format_ci(r[m], digits)
             diff = r.get("difference", {}).get(m)
             if diff is not None:
-                cell += (f"; − {first}: {format_ci(diff, 1 if m == 'slop/1K' else 2)}, "
-                         f"{reading(m, diff)}")
+                cell += f"; − {first}: {format_ci(diff, digits)}, {reading(m, diff)}"
             cells.append(cell)
         cells.append(str(r.get("seconds", "—")))
         body.append(cells)
