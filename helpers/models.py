@@ -74,6 +74,8 @@ def load_model(spec: str, keep_quantized: bool = True, dtype: str = "float32",
     """
     import mlx_lm
 
+    from .fast_cpu import install
+    install()  # fast exp-based kernels on a Linux CPU (see fast_cpu)
     path = resolve(spec)
     if path.endswith(".gguf"):
         model, tokenizer, config = load_gguf(path, keep_quantized=keep_quantized)

@@ -1,0 +1,85 @@
+"""mlx-lm's stock kernels against helpers/fast_cpu.py's (softmax and SiLU in numpy), in one run.
+
+    python bench/fast_cpu.py [--preset workshop] [--batch 8] [--tokens 250] [--decode-batch 32]
+                             [--decode-tokens 32] [--repeats 5]
+
+The two jobs the series spends its time on outside training (which keeps mlx-lm's kernels): a
+prefill (rewriting's prompts, notebook 07's scorers, DPO's reference log-probs) and batched
+decoding (notebooks 05-06). Stock and fast are measured in turns in one process (rotated, medians
+after a warm-up round), then how far the fast kernels move the logits. Ratios > 1: fast_cpu is
+faster.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import mlx.core as mx
+from inference import greedy, rotated_medians
+from mlx_lm.generate import BatchGenerator
+
+from helpers import fast_cpu, lora
+from helpers.config import get_config
+from helpers.env import matmul_gflops
+
+
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default=None)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=250)
+    parser.add_argument("--decode-batch", type=int, default=32)
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    cfg = get_config(args.preset)
+    model, _ = lora.load_base(cfg)
+    tokens = mx.random.randint(100, 40000, (args.batch, args.tokens), key=mx.random.key(0))
+
+    def decode():
+        model.eval()
+        generator = BatchGenerator(model, sampler=greedy, completion_batch_size=args.decode_batch,
+                                   prefill_batch_size=8)
+        generator.insert([tokens[0].tolist()] * args.decode_batch,
+                         [args.decode_tokens] * args.decode_batch)
+        with generator.stats() as stats:
+            while generator.next_generated():
+                pass
+        generator.close()
+        return stats.generation_tps
+
+    def measure(name):
+        fast_cpu.install(force=True) if name == "fast" else fast_cpu.uninstall()
+        prefill = seconds(lambda: mx.eval(model.model(tokens)))  # no lm_head: as in generation
+        return {"prefill ms": 1000 * prefill, "decode tok/s": decode()}
+
+    gflops = matmul_gflops()
+    model.eval()
+    table = rotated_medians(["stock", "fast"], args.repeats, measure)
+    fast_cpu.uninstall()
+    stock_logits = model(tokens)
+    fast_cpu.install(force=True)
+    fast_logits = model(tokens)
+    diff = float(mx.abs(fast_logits - stock_logits).max())
+    agree = float((fast_logits.argmax(-1) == stock_logits.argmax(-1)).mean())
+
+    stock, fast = table["stock"], table["fast"]
+    print(f"\npreset {cfg.preset}; prefill of {args.batch} x {args.tokens} tokens, decode "
+          f"{args.decode_batch} sequences x {args.decode_tokens} tokens; median of {args.repeats}; "
+          f"matmul {gflops:.0f} GFLOP/s")
+    print(f"{'job':14s} {'stock':>10s} {'fast':>10s} {'speed-up':>9s}")
+    for key in stock:
+        ratio = stock[key] / fast[key] if "ms" in key else fast[key] / stock[key]
+        print(f"{key:14s} {stock[key]:10.1f} {fast[key]:10.1f} {ratio:8.2f}x")
+    print(f"logits: max |fast - stock| {diff:.1e}; same argmax at {agree:.1%} of positions")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""fast_cpu: numpy softmax and SwiGLU, grouped-query attention, swapped into mlx-lm's llama."""
+from __future__ import annotations
+
+import warnings
+
+import mlx.core as mx
+import pytest
+from conftest import make_tiny_model
+from mlx_lm.models import activations, base, llama
+
+from helpers import fast_cpu
+
+MIN = float(mx.finfo(mx.float32).min)
+
+
+@pytest.fixture(autouse=True)
+def restore_kernels():
+    before = llama.swiglu, llama.scaled_dot_product_attention
+    yield
+    llama.swiglu, llama.scaled_dot_product_attention = before
+
+
+def close(a, b, tol=1e-5):
+    return mx.abs(a - b).max().item() <= tol
+
+
+def test_softmax_matches_mlx_with_masked_entries_and_rows():
+    x = mx.array([[1.0, 2.0, 3.0], [0.5, MIN, -1.0], [MIN, MIN, MIN], [-100.0, 0.0, 100.0]])
+    ours = fast_cpu.softmax(x)
+    assert close(ours, mx.softmax(x, axis=-1), 1e-7)
+    assert ours[2].tolist() == pytest.approx([1 / 3] * 3)  # fully masked: uniform, not NaN
+    assert ours[1, 1].item() == 0.0
+
+
+def test_softmax_gradient_matches_mlx():
+    x, w = mx.random.normal((3, 6), key=mx.random.key(1)), mx.arange(6.0)
+    ours = mx.grad(lambda x: (fast_cpu.softmax(2 * x) * w).sum())(x)
+    theirs = mx.grad(lambda x: (mx.softmax(2 * x, axis=-1) * w).sum())(x)
+    assert close(ours, theirs, 1e-6)
+
+
+def test_swiglu_is_silu_times_up_even_far_out():
+    gate = mx.array([-200.0, -30.0, -1.0, 0.0, 0.5, 3.0, 90.0])
+    up = mx.array([2.0, 1.0, -1.0, 5.0, 2.0, 1.0, -1.0])
+    with warnings.catch_warnings():  # exp(200) overflows to inf: no warning, no NaN
+        warnings.simplefilter("error")
+        ours = fast_cpu.swiglu(gate, up)
+    assert close(ours, nn_silu(gate) * up, 1e-5)
+    assert ours[0].item() == 0.0 and ours[-1].item() == pytest.approx(-90.0)
+
+
+def nn_silu(x):
+    return x * mx.sigmoid(x)
+
+
+def test_swiglu_gradients_match_mlx():
+    gate, up = 4 * mx.random.normal((2, 3, 5), key=mx.random.key(2)), mx.random.normal((2, 3, 5))
+    w = mx.arange(5.0)
+    ours = mx.grad(lambda g, u: (fast_cpu.swiglu(g, u) * w).sum(), argnums=(0, 1))(gate, up)
+    theirs = mx.grad(lambda g, u: (activations.swiglu(g, u) * w).sum(), argnums=(0, 1))(gate, up)
+    assert all(close(a, b, 1e-5) for a, b in zip(ours, theirs))
+
+
+def test_swiglu_leaves_other_dtypes_to_mlx_lm():
+    gate = mx.array([1.0, -2.0], dtype=mx.float16)
+    assert fast_cpu.swiglu(gate, gate).dtype == mx.float16
+
+
+def masks(b, h, q_len, k_len):
+    key = mx.random.key(3)
+    return [None, "causal", mx.random.uniform(shape=(b, 1, q_len, k_len), key=key) > 0.3,
+            mx.random.normal((b, h, q_len, k_len), key=key), mx.zeros((b, 1, q_len, k_len), mx.bool_)]
+
+
+@pytest.mark.parametrize("q_len,k_len", [(5, 5), (1, 12), (3, 8)])
+def test_attention_matches_mlx_for_grouped_heads_and_every_mask(q_len, k_len):
+    b, heads, kv_heads, dim = 2, 6, 2, 8
+    q = mx.random.normal((b, heads, q_len, dim), key=mx.random.key(4))
+    k = mx.random.normal((b, kv_heads, k_len, dim), key=mx.random.key(5))
+    v = mx.random.normal((b, kv_heads, k_len, dim), key=mx.random.key(6))
+    for mask in masks(b, heads, q_len, k_len):
+        ours = fast_cpu.scaled_dot_product_attention(q, k, v, None, scale=0.3, mask=mask)
+        theirs = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)
+        assert ours.shape == (b, heads, q_len, dim)
+        assert close(ours, theirs, 1e-5), mask
+
+
+def test_attention_gradients_match_mlx():
+    q = mx.random.normal((1, 4, 3, 8), key=mx.random.key(7))
+    kv = mx.random.normal((1, 2, 3, 8), key=mx.random.key(8))
+
+    def loss(attention):
+        return lambda q, kv: (attention(q, kv, kv, None, scale=0.5, mask="causal") ** 2).sum()
+
+    theirs_fn = lambda q, k, v, cache, scale, mask: mx.fast.scaled_dot_product_attention(
+        q, k, v, scale=scale, mask=mask)
+    ours = mx.grad(loss(fast_cpu.scaled_dot_product_attention), argnums=(0, 1))(q, kv)
+    theirs = mx.grad(loss(theirs_fn), argnums=(0, 1))(q, kv)
+    assert all(close(a, b, 1e-5) for a, b in zip(ours, theirs))
+
+
+def test_installed_model_gives_the_stock_logits_and_uninstalls():
+    model, _ = make_tiny_model()
+    tokens = mx.array([[5, 17, 300, 9000, 42, 7, 7, 123]])
+    fast_cpu.uninstall()
+    stock = model(tokens)
+    assert fast_cpu.install(force=True)
+    assert llama.scaled_dot_product_attention is fast_cpu.scaled_dot_product_attention
+    assert close(model(tokens), stock, 1e-5)
+    with fast_cpu.stock_kernels():
+        assert llama.swiglu is activations.swiglu
+        assert llama.scaled_dot_product_attention is base.scaled_dot_product_attention
+    assert llama.swiglu is fast_cpu.swiglu  # put back as it was
+    fast_cpu.uninstall()
+    assert llama.swiglu is activations.swiglu
+
+
+def test_off_switch(monkeypatch):
+    monkeypatch.setenv("HUMANIZER_FAST_CPU", "0")
+    fast_cpu.uninstall()
+    assert not fast_cpu.install()
+    assert llama.swiglu is activations.swiglu
+
+
+def test_training_compiles_and_runs_on_the_stock_kernels(tmp_path):
+    from test_train import run_training, train_losses
+
+    from helpers.config import get_config
+
+    cfg = get_config("smoke", lora_layers=-1, lora_rank=4)
+    fast_cpu.uninstall()
+    _, stock = run_training(cfg, tmp_path / "stock", steps=2)
+    fast_cpu.install(force=True)
+    _, fast = run_training(cfg, tmp_path / "fast", steps=2)  # mx.compile cannot trace numpy
+    assert train_losses(fast) == train_losses(stock)
