@@ -66,6 +66,7 @@ serve: setup   # the humanizer over HTTP on 127.0.0.1:8080 (PORT=..., ADAPTER=..
 bench: setup
 	$(PY) bench/quant.py
 	$(PY) bench/inference.py
+	$(PY) bench/fast_cpu.py
 	$(PY) bench/runtimes.py
 
 clean:

@@ -69,6 +69,8 @@ def report() -> dict:
 
     import mlx_lm
 
+    from . import fast_cpu
+
     info = {
         "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.machine()}",
@@ -80,6 +82,7 @@ def report() -> dict:
         "LD_PRELOAD": os.environ.get("LD_PRELOAD", ""),
         "HUMANIZER_ASSETS": os.environ.get("HUMANIZER_ASSETS", ""),
         "fp32 matmul GFLOP/s": round(matmul_gflops(), 1),
+        "softmax and SiLU in numpy (helpers/fast_cpu.py)": "on" if fast_cpu.wanted() else "off",
     }
     return info
 
