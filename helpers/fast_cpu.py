@@ -31,6 +31,11 @@ import mlx.core as mx
 import numpy as np
 
 
+# below this many elements a numpy round trip (an evaluation and two copies) costs more than
+# MLX's exp: single-sequence decoding keeps MLX's own
+NUMPY_FROM = 16_384
+
+
 def _numpy(x: mx.array) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
@@ -81,8 +86,9 @@ def _swiglu_vjp(primals, cotangent, output):
 
 
 def swiglu(gate: mx.array, up: mx.array) -> mx.array:
-    """mlx-lm's swiglu, silu(gate) · up (dtypes other than float32 go to mlx-lm's own)."""
-    if gate.dtype != mx.float32 or up.dtype != mx.float32:
+    """mlx-lm's swiglu, silu(gate) · up (small arrays and dtypes other than float32 go to
+    mlx-lm's own)."""
+    if gate.dtype != mx.float32 or up.dtype != mx.float32 or gate.size < NUMPY_FROM:
         from mlx_lm.models.activations import swiglu as stock_swiglu
         return stock_swiglu(gate, up)
     return _swiglu(gate, up)
@@ -122,7 +128,8 @@ def scaled_dot_product_attention(queries, keys, values, cache, scale: float, mas
         scores = (scores.reshape(b, n_kv_heads, repeats, q_len, k_len)
                   + _grouped_mask(mask, n_kv_heads, repeats, q_len, k_len, scores.dtype))
         scores = scores.reshape(b, n_kv_heads, repeats * q_len, k_len)
-    out = softmax(scores) @ values
+    probs = softmax(scores) if scores.size >= NUMPY_FROM else mx.softmax(scores, axis=-1)
+    out = probs @ values
     return out.reshape(b, n_heads, q_len, dim)
 
 

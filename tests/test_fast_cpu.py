@@ -10,6 +10,11 @@ from mlx_lm.models import activations, base, llama
 
 from helpers import fast_cpu
 
+
+@pytest.fixture(autouse=True)
+def numpy_for_every_size(monkeypatch):
+    monkeypatch.setattr(fast_cpu, "NUMPY_FROM", 0)  # tiny test arrays take the numpy path too
+
 MIN = float(mx.finfo(mx.float32).min)
 
 
@@ -61,9 +66,13 @@ def test_swiglu_gradients_match_mlx():
     assert all(close(a, b, 1e-5) for a, b in zip(ours, theirs))
 
 
-def test_swiglu_leaves_other_dtypes_to_mlx_lm():
+def test_swiglu_leaves_other_dtypes_and_small_arrays_to_mlx_lm(monkeypatch):
     gate = mx.array([1.0, -2.0], dtype=mx.float16)
     assert fast_cpu.swiglu(gate, gate).dtype == mx.float16
+    monkeypatch.setattr(fast_cpu, "_swiglu", None)  # the numpy path would fail now
+    monkeypatch.setattr(fast_cpu, "NUMPY_FROM", 3)
+    assert close(fast_cpu.swiglu(mx.array([1.0, -2.0]), mx.array([2.0, 1.0])),
+                 activations.swiglu(mx.array([1.0, -2.0]), mx.array([2.0, 1.0])), 1e-7)
 
 
 def masks(b, h, q_len, k_len):
