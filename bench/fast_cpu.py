@@ -1,13 +1,13 @@
-"""mlx-lm's stock kernels against helpers/fast_cpu.py's (softmax and SiLU in numpy), in one run.
+"""mlx-lm's stock kernels against helpers/fast_cpu.py's (exp from multiply-adds), in one run.
 
     python bench/fast_cpu.py [--preset workshop] [--batch 8] [--tokens 250] [--decode-batch 32]
-                             [--decode-tokens 32] [--repeats 5]
+                             [--decode-tokens 32] [--train-batch 4] [--repeats 5]
 
-The two jobs the series spends its time on outside training (which keeps mlx-lm's kernels): a
-prefill (rewriting's prompts, notebook 07's scorers, DPO's reference log-probs) and batched
-decoding (notebooks 05-06). Stock and fast are measured in turns in one process (rotated, medians
-after a warm-up round), then how far the fast kernels move the logits. Ratios > 1: fast_cpu is
-faster.
+The jobs the series spends its time on: a prefill (rewriting's prompts, notebook 07's scorers,
+DPO's reference log-probs), batched decoding (notebooks 05-06), decoding one sequence (the CLI and
+the server) and a compiled LoRA training step (notebooks 04-05). Stock and fast are measured in
+turns in one process (rotated, medians after a warm-up round), then how far the fast kernels move
+the logits. Ratios > 1: fast_cpu is faster.
 """
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import argparse
 import time
 
 import mlx.core as mx
-from inference import greedy, rotated_medians
+from inference import greedy, prefill_and_decode, rotated_medians
 from mlx_lm.generate import BatchGenerator
+from mlx.nn.utils import value_and_grad
 
-from helpers import fast_cpu, lora
+from helpers import fast_cpu, lora, train
 from helpers.config import get_config
 from helpers.env import matmul_gflops
 
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=250)
     parser.add_argument("--decode-batch", type=int, default=32)
     parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
@@ -55,10 +57,25 @@ def main() -> None:
         generator.close()
         return stats.generation_tps
 
+    lora.add_lora(model, lora.lora_config(cfg))
+    lengths = mx.array([[args.tokens // 2, args.tokens]] * args.train_batch)
+    step = {}  # one compiled training step per kernel set, as helpers/train.py compiles it
+
+    def train_step(name):
+        if name not in step:
+            loss_and_grad = value_and_grad(model, lambda b, n: train.sft_loss(model, b, n)[0])
+            step[name] = mx.compile(loss_and_grad)
+        model.train()
+        loss, grads = step[name](tokens[:args.train_batch], lengths)
+        mx.eval(loss, grads)
+        model.eval()
+
     def measure(name):
         fast_cpu.install(force=True) if name == "fast" else fast_cpu.uninstall()
         prefill = seconds(lambda: mx.eval(model.model(tokens)))  # no lm_head: as in generation
-        return {"prefill ms": 1000 * prefill, "decode tok/s": decode()}
+        single = prefill_and_decode(model, tokens[0], args.decode_tokens)[1]
+        return {"prefill ms": 1000 * prefill, "decode tok/s": decode(), "decode B=1 tok/s": single,
+                "train step ms": 1000 * seconds(lambda: train_step(name))}
 
     gflops = matmul_gflops()
     model.eval()
@@ -72,12 +89,13 @@ def main() -> None:
 
     stock, fast = table["stock"], table["fast"]
     print(f"\npreset {cfg.preset}; prefill of {args.batch} x {args.tokens} tokens, decode "
-          f"{args.decode_batch} sequences x {args.decode_tokens} tokens; median of {args.repeats}; "
+          f"{args.decode_batch} sequences x {args.decode_tokens} tokens; LoRA training step of "
+          f"{args.train_batch} x {args.tokens} tokens; median of {args.repeats}; "
           f"matmul {gflops:.0f} GFLOP/s")
-    print(f"{'job':14s} {'stock':>10s} {'fast':>10s} {'speed-up':>9s}")
+    print(f"{'job':18s} {'stock':>10s} {'fast':>10s} {'speed-up':>9s}")
     for key in stock:
         ratio = stock[key] / fast[key] if "ms" in key else fast[key] / stock[key]
-        print(f"{key:14s} {stock[key]:10.1f} {fast[key]:10.1f} {ratio:8.2f}x")
+        print(f"{key:18s} {stock[key]:10.1f} {fast[key]:10.1f} {ratio:8.2f}x")
     print(f"logits: max |fast - stock| {diff:.1e}; same argmax at {agree:.1%} of positions")
 
 

@@ -82,7 +82,7 @@ def report() -> dict:
         "LD_PRELOAD": os.environ.get("LD_PRELOAD", ""),
         "HUMANIZER_ASSETS": os.environ.get("HUMANIZER_ASSETS", ""),
         "fp32 matmul GFLOP/s": round(matmul_gflops(), 1),
-        "softmax and SiLU in numpy (helpers/fast_cpu.py)": "on" if fast_cpu.wanted() else "off",
+        "fast exp for softmax and SiLU (helpers/fast_cpu.py)": "on" if fast_cpu.wanted() else "off",
     }
     return info
 

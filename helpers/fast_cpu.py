@@ -1,43 +1,66 @@
 """Faster attention and SwiGLU for MLX on a Linux CPU (used by every notebook there).
 
-MLX's Linux x86 CPU build evaluates exp one element at a time (~12 ns each); numpy's exp is
-vectorised and ~15x faster. exp sits inside every attention softmax and every SiLU of the MLP, so
-in a prefill of 8 prompts of 250 tokens it is about half of the model's time. The two kernels here
-hand that part to numpy and keep everything else in MLX:
+MLX's Linux x86 CPU build evaluates exp one element at a time (~25 ns each), and exp sits inside
+every attention softmax and every SiLU of the MLP: in a prefill of 8 prompts of 250 tokens it is
+about half of the model's time. Multiplications, floor and casts are fast, so exp is rebuilt from
+them and fused by `mx.compile` (~4 ns an element):
 
-    softmax(x) = e / Σ e,  e = exp(x − max x)          (numpy, in place)
-    swiglu(g, u) = silu(g) · u = g · u / (1 + exp(−g))  (numpy, in place)
+    exp(x) = 2^t,  t = x·log2(e) = k + f,  k = round(t),  |f| ≤ 1/2
+    2^f    = Σ_{i≤6} (f·ln 2)^i / i!       (relative error < 2e-7 on |f| ≤ 1/2)
+    2^k    = the float32 whose exponent bits are k + 127 (0 for t ≤ −127, inf for t ≥ 128)
 
-Their backward passes are written out (`mx.custom_function`), so `mx.grad` through them is right:
+and the two kernels use it:
+
+    softmax(x) = e / Σ e,  e = exp(x − max x)
+    swiglu(g, u) = silu(g) · u = g · u / (1 + exp(−g))
+
+Their backward passes are written out (`mx.custom_function`), so `mx.grad` never differentiates
+through the bit manipulation:
 
     softmax:  dx = y ⊙ (dy − Σ dy ⊙ y)          swiglu: dg = dy · u · σ(1 + g(1 − σ)),  du = dy · g · σ
 
-but a numpy round trip evaluates the graph halfway, which `mx.compile` forbids and which makes a
-backward pass slower than MLX's own: training runs inside `stock_kernels()` (helpers/train.py).
-
-Attention also lays grouped-query heads out so that one matmul per key/value head serves all the
-query heads that share it. `install()` swaps both into mlx-lm's llama model (SmolLM2's architecture)
-on a Linux CPU in fp32 and does nothing elsewhere (Apple and CUDA GPUs have fast kernels, and a
-numpy round trip would cost a copy there); HUMANIZER_FAST_CPU=0 turns it off. Outputs match the
-stock kernels to float32 rounding (~1e-6 relative). bench/fast_cpu.py measures the gain.
+Everything stays in MLX, so the kernels run inside training's compiled step and inside mlx-lm's
+asynchronous batched decoding alike. Attention also lays grouped-query heads out so that one matmul
+per key/value head serves all the query heads that share it. `install()` swaps both into mlx-lm's
+llama model (SmolLM2's architecture) on a Linux CPU in float32 and does nothing elsewhere (Apple and
+CUDA GPUs have fast kernels); HUMANIZER_FAST_CPU=0 turns it off. Outputs match the stock kernels
+to float32 rounding (~1e-6 relative). bench/fast_cpu.py measures the gain.
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
-from contextlib import contextmanager
+from functools import partial
 
 import mlx.core as mx
-import numpy as np
+
+LOG2E = 1 / math.log(2)
+# below this many elements a compiled call costs more than it saves (decoding one sequence):
+# mlx-lm's own kernels
+FAST_FROM = 4096
+_TAYLOR_2F = [math.log(2) ** i / math.factorial(i) for i in range(7)]  # 2^f = e^(f ln 2)
 
 
-# below this many elements a numpy round trip (an evaluation and two copies) costs more than
-# MLX's exp: single-sequence decoding keeps MLX's own
-NUMPY_FROM = 16_384
+# ---------------------------------------------------------------- exp from multiply-adds
 
 
-def _numpy(x: mx.array) -> np.ndarray:
-    return np.asarray(x, dtype=np.float32)
+@partial(mx.compile, shapeless=True)
+def _exp_parts(x: mx.array) -> tuple[mx.array, mx.array]:
+    """2^f, and the float32 bits of 2^k (as int32), for exp(x) = 2^f · 2^k."""
+    t = mx.clip(x * LOG2E, -127.0, 128.0)
+    k = mx.floor(t + 0.5)
+    f = t - k
+    p = _TAYLOR_2F[-1]
+    for c in reversed(_TAYLOR_2F[:-1]):  # Horner
+        p = p * f + c
+    return p, (k.astype(mx.int32) + 127) * (1 << 23)
+
+
+def exp(x: mx.array) -> mx.array:
+    """exp of a float32 array (see the module docstring); no gradient."""
+    p, bits = _exp_parts(x)
+    return p * bits.view(mx.float32)  # a view, not a copy: it cannot be traced shapeless
 
 
 # ---------------------------------------------------------------- softmax over the last axis
@@ -45,10 +68,8 @@ def _numpy(x: mx.array) -> np.ndarray:
 
 @mx.custom_function
 def softmax(x: mx.array) -> mx.array:
-    e = _numpy(x) - _numpy(x.max(axis=-1, keepdims=True))
-    np.exp(e, out=e)
-    e /= e.sum(axis=-1, keepdims=True)
-    return mx.array(e)
+    e = exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 @softmax.vjp
@@ -59,36 +80,32 @@ def _softmax_vjp(primals, cotangent, output):
 # ---------------------------------------------------------------- SwiGLU: silu(g) · u
 
 
-def _sigmoid(gate: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):  # exp(−g) = inf for g < −88: σ = 0, as it should
-        s = np.exp(-gate)
-    s += 1.0
-    return np.reciprocal(s, out=s)
+@partial(mx.compile, shapeless=True)
+def _swiglu_forward(gate, up, exp_minus_gate):
+    return gate * up / (1.0 + exp_minus_gate)
+
+
+@partial(mx.compile, shapeless=True)
+def _swiglu_backward(gate, up, exp_minus_gate, dy):
+    sig = 1.0 / (1.0 + exp_minus_gate)
+    return dy * up * sig * (1.0 + gate * (1.0 - sig)), dy * gate * sig
 
 
 @mx.custom_function
 def _swiglu(gate: mx.array, up: mx.array) -> mx.array:
-    g = _numpy(gate)
-    out = _sigmoid(g)
-    out *= g
-    out *= _numpy(up)
-    return mx.array(out)
+    return _swiglu_forward(gate, up, exp(-gate))  # exp(−g) = inf for g < −88: σ = 0, as it should
 
 
 @_swiglu.vjp
 def _swiglu_vjp(primals, cotangent, output):
     gate, up = primals
-    g, u, dy = _numpy(gate), _numpy(up), _numpy(cotangent)
-    sig = _sigmoid(g)
-    d_up = dy * g * sig
-    d_gate = dy * u * sig * (1.0 + g * (1.0 - sig))
-    return mx.array(d_gate), mx.array(d_up)
+    return _swiglu_backward(gate, up, exp(-gate), cotangent)
 
 
 def swiglu(gate: mx.array, up: mx.array) -> mx.array:
     """mlx-lm's swiglu, silu(gate) · up (small arrays and dtypes other than float32 go to
     mlx-lm's own)."""
-    if gate.dtype != mx.float32 or up.dtype != mx.float32 or gate.size < NUMPY_FROM:
+    if gate.dtype != mx.float32 or up.dtype != mx.float32 or gate.size < FAST_FROM:
         from mlx_lm.models.activations import swiglu as stock_swiglu
         return stock_swiglu(gate, up)
     return _swiglu(gate, up)
@@ -128,7 +145,7 @@ def scaled_dot_product_attention(queries, keys, values, cache, scale: float, mas
         scores = (scores.reshape(b, n_kv_heads, repeats, q_len, k_len)
                   + _grouped_mask(mask, n_kv_heads, repeats, q_len, k_len, scores.dtype))
         scores = scores.reshape(b, n_kv_heads, repeats * q_len, k_len)
-    probs = softmax(scores) if scores.size >= NUMPY_FROM else mx.softmax(scores, axis=-1)
+    probs = softmax(scores) if scores.size >= FAST_FROM else mx.softmax(scores, axis=-1)
     out = probs @ values
     return out.reshape(b, n_heads, q_len, dim)
 
@@ -157,17 +174,3 @@ def uninstall() -> None:
 
     llama.swiglu = activations.swiglu
     llama.scaled_dot_product_attention = base.scaled_dot_product_attention
-
-
-@contextmanager
-def stock_kernels():
-    """Within the block mlx-lm's own kernels run (training: see the module docstring); afterwards
-    whatever was in use before."""
-    from mlx_lm.models import llama
-
-    before = llama.swiglu, llama.scaled_dot_product_attention
-    uninstall()
-    try:
-        yield
-    finally:
-        llama.swiglu, llama.scaled_dot_product_attention = before

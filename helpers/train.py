@@ -28,7 +28,6 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.tuner.datasets import ChatDataset
 
 from .data import chat_messages, sft_examples
-from .fast_cpu import stock_kernels
 from .io import atomic_write_json, atomic_write_text
 from .lora import (base_fingerprint, lora_config, save_dpo_adapter, save_sft_adapter,
                    set_adapters, stacked_layers)
@@ -308,9 +307,8 @@ def train(model, loss_fn, batch_at, settings: RunSettings, checkpoint_dir: Path,
         for step in range(start + 1, settings.steps + 1):
             mx.random.seed(settings.seed * 1_000_003 + step)  # dropout masks depend on step only
             tic = time.perf_counter()
-            with stock_kernels():  # mx.compile cannot trace fast_cpu's numpy kernels
-                loss, metrics = step_fn(*batch_at(step))
-                mx.eval(loss, metrics, model.trainable_parameters(), optimizer.state)
+            loss, metrics = step_fn(*batch_at(step))
+            mx.eval(loss, metrics, model.trainable_parameters(), optimizer.state)
             elapsed += time.perf_counter() - tic
             last = snapshot(step)
             record({"step": step, "split": "train", "loss": loss.item(),
