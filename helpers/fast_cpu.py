@@ -19,8 +19,12 @@ through the bit manipulation:
 
     softmax:  dx = y ⊙ (dy − Σ dy ⊙ y)          swiglu: dg = dy · u · σ(1 + g(1 − σ)),  du = dy · g · σ
 
-Everything stays in MLX, so the kernels run inside training's compiled step and inside mlx-lm's
-asynchronous batched decoding alike. Attention also lays grouped-query heads out so that one matmul
+That exp stays in MLX, so it runs inside training's compiled step and inside mlx-lm's
+asynchronous batched decoding. numpy's vectorised exp is faster still (~1 ns an element), but
+handing an array to numpy evaluates the graph there and then, which `mx.compile` forbids and which
+stalls asynchronous decoding. So arrays of NUMPY_FROM elements or more (prefills, scoring whole
+texts) go through numpy when they can be evaluated, and through the MLX exp inside `mx.compile`;
+arrays under FAST_FROM (decoding one sequence) keep mlx-lm's kernels. Attention also lays grouped-query heads out so that one matmul
 per key/value head serves all the query heads that share it. `install()` swaps both into mlx-lm's
 llama model (SmolLM2's architecture) on a Linux CPU in float32 and does nothing elsewhere (Apple and
 CUDA GPUs have fast kernels); HUMANIZER_FAST_CPU=0 turns it off. Outputs match the stock kernels
@@ -34,11 +38,15 @@ import platform
 from functools import partial
 
 import mlx.core as mx
+import numpy as np
 
 LOG2E = 1 / math.log(2)
 # below this many elements a compiled call costs more than it saves (decoding one sequence):
 # mlx-lm's own kernels
 FAST_FROM = 4096
+# from this many elements, outside mx.compile, numpy's exp pays for its round trip (an evaluation
+# and two copies); decoding 32 sequences stays under it, so it stays asynchronous
+NUMPY_FROM = 1 << 18
 _TAYLOR_2F = [math.log(2) ** i / math.factorial(i) for i in range(7)]  # 2^f = e^(f ln 2)
 
 
@@ -63,11 +71,27 @@ def exp(x: mx.array) -> mx.array:
     return p * bits.view(mx.float32)  # a view, not a copy: it cannot be traced shapeless
 
 
+def _numpy_now(x: mx.array) -> np.ndarray | None:
+    """x evaluated as a float32 numpy array if it is big enough to be worth it, else None (also
+    inside mx.compile or mx.vmap, which refuse to evaluate: the MLX path takes over there)."""
+    if x.size < NUMPY_FROM:
+        return None
+    try:
+        return np.asarray(x, dtype=np.float32)
+    except ValueError:
+        return None
+
+
 # ---------------------------------------------------------------- softmax over the last axis
 
 
 @mx.custom_function
 def softmax(x: mx.array) -> mx.array:
+    if (a := _numpy_now(x)) is not None:
+        e = a - a.max(axis=-1, keepdims=True)
+        np.exp(e, out=e)
+        e /= e.sum(axis=-1, keepdims=True)
+        return mx.array(e)
     e = exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
@@ -91,15 +115,23 @@ def _swiglu_backward(gate, up, exp_minus_gate, dy):
     return dy * up * sig * (1.0 + gate * (1.0 - sig)), dy * gate * sig
 
 
+def _exp_minus(gate: mx.array) -> mx.array:
+    """exp(−gate): inf for gate < −88, so that σ = 0, as it should."""
+    if (g := _numpy_now(gate)) is not None:
+        with np.errstate(over="ignore"):
+            return mx.array(np.exp(-g))
+    return exp(-gate)
+
+
 @mx.custom_function
 def _swiglu(gate: mx.array, up: mx.array) -> mx.array:
-    return _swiglu_forward(gate, up, exp(-gate))  # exp(−g) = inf for g < −88: σ = 0, as it should
+    return _swiglu_forward(gate, up, _exp_minus(gate))
 
 
 @_swiglu.vjp
 def _swiglu_vjp(primals, cotangent, output):
     gate, up = primals
-    return _swiglu_backward(gate, up, exp(-gate), cotangent)
+    return _swiglu_backward(gate, up, _exp_minus(gate), cotangent)
 
 
 def swiglu(gate: mx.array, up: mx.array) -> mx.array:

@@ -153,3 +153,26 @@ def test_compiled_training_on_the_fast_kernels_follows_the_stock_losses(tmp_path
     _, fast = run_training(cfg, tmp_path / "fast", steps=3)
     assert train_losses(fast) == pytest.approx(train_losses(stock), rel=1e-4)
     assert train_losses(fast) != train_losses(stock)  # the fast kernels really ran
+
+
+def test_numpy_path_eagerly_and_the_mlx_path_under_compile_agree(monkeypatch):
+    monkeypatch.setattr(fast_cpu, "NUMPY_FROM", 0)  # every array may go through numpy
+    x = 3 * mx.random.normal((4, 7), key=mx.random.key(9))
+    up = mx.random.normal((4, 7), key=mx.random.key(10))
+    eager = fast_cpu.softmax(x), fast_cpu.swiglu(x, up)
+    assert fast_cpu._numpy_now(x) is not None
+    compiled = mx.compile(lambda x, up: (fast_cpu.softmax(x), fast_cpu.swiglu(x, up)))(x, up)
+    for ours, theirs in zip(eager, (mx.softmax(x, axis=-1), activations.swiglu(x, up))):
+        assert close(ours, theirs, 1e-6)
+    assert all(close(a, b, 1e-6) for a, b in zip(eager, compiled))
+    grad = mx.grad(lambda g, u: (fast_cpu.swiglu(g, u) * fast_cpu.softmax(g)).sum(), argnums=(0, 1))
+    assert all(close(a, b, 1e-5) for a, b in zip(grad(x, up), mx.compile(grad)(x, up)))
+
+
+def test_numpy_path_is_taken_only_for_big_arrays_outside_compile():
+    big = mx.zeros((fast_cpu.NUMPY_FROM,))
+    assert fast_cpu._numpy_now(big) is not None
+    assert fast_cpu._numpy_now(big[:-1]) is None
+    seen = []
+    mx.compile(lambda x: seen.append(fast_cpu._numpy_now(x)) or x)(big)
+    assert seen == [None]
