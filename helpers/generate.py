@@ -167,8 +167,12 @@ def decode_steps(model, tokenizer, prompts: list[list[int]], budgets: list[int],
             logits_processors=repetition_processors(cfg),
             completion_batch_size=cfg.gen_batch_size,
             prefill_batch_size=min(8, cfg.gen_batch_size))
+        # longest first: prefill batches pad less, and the last, shrinking batches hold the
+        # short rewrites, not the long ones
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         try:
-            index = {uid: i for i, uid in enumerate(generator.insert(prompts, budgets))}
+            uids = generator.insert([prompts[i] for i in order], [budgets[i] for i in order])
+            index = {uid: i for uid, i in zip(uids, order)}
             while responses := generator.next_generated():
                 for r in responses:
                     yield index[r.uid], None if r.finish_reason == "stop" else r.token, \
