@@ -1,4 +1,4 @@
-"""mlx-lm's stock kernels against helpers/fast_cpu.py's (exp from multiply-adds), in one run.
+"""mlx-lm's stock kernels against helpers/fast_cpu.py's (MLX exp, numpy for big arrays), in one run.
 
     python bench/fast_cpu.py [--preset workshop] [--batch 8] [--tokens 250] [--decode-batch 32]
                              [--decode-tokens 32] [--train-batch 4] [--repeats 5]
