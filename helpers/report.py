@@ -29,7 +29,8 @@ def section(name: str, body: str) -> str:
 
 START, END = markers("results")
 # runs/<preset>/experiments/<name>.md, written by experiments/<name>.py and by bench/quant.py
-EXPERIMENT_TABLES = ("decoding", "fact_switch", "quant_downstream", "bench_quant", "compare_runs")
+EXPERIMENT_TABLES = ("decoding", "fact_switch", "fact_switch_eval", "quant_downstream", "bench_quant",
+                     "compare_runs")
 
 
 def readme_section(results_md: str, preset: str, timing: dict | None) -> str:
