@@ -96,15 +96,16 @@ def summary_rows(values: dict, targets, n_boot: int, seed: int) -> list[dict]:
 
 def markdown(result: dict) -> str:
     """The README table, from the saved result alone."""
-    def cell(stat, name):
+    def cell(stat, name, digits=2):
         if name == "chat artefacts":
             return format_ci(stat, percent=True)
-        return format_ci(stat, 1 if name == "slop/1K" else 2)
+        return format_ci(stat, 1 if name == "slop/1K" else digits)
 
     body = [[r["measure"], r["target"], cell(r["plain"], r["measure"]),
              cell(r["switch"], r["measure"]),
-             f"{format_ci(r['switch - plain'], 3)}, {reading(r['measure'], r['switch - plain'])}",
-             format_ci(r["switch - human"], 3),
+             f"{cell(r['switch - plain'], r['measure'], 3)}, "
+             f"{reading(r['measure'], r['switch - plain'])}",
+             cell(r["switch - human"], r["measure"], 3),
              "**not met**" if r["verdict"] == "not met" else r["verdict"]]
             for r in result["rows"]]
     body.append(["empty outputs", "none", str(result["empty"]["plain"]),

@@ -50,10 +50,14 @@ def test_the_table_is_rebuilt_from_the_saved_result_alone(tmp_path):
               "preset": "smoke", "n": 2, "system": "sft+dpo", "seconds": 9,
               "empty": {"plain": 0, "switch": 1},
               "rows": [{"measure": "facts kept", "target": "≥ 0.90", "plain": ci, "switch": ci,
-                        "switch - plain": diff, "switch - human": diff, "verdict": "met"}]}
+                        "switch - plain": diff, "switch - human": diff, "verdict": "met"},
+                       {"measure": "chat artefacts", "target": "≤ 1%", "plain": ci, "switch": ci,
+                        "switch - plain": diff, "switch - human": diff, "verdict": "not met"}]}
     written = save_experiment(tmp_path, "fact_switch_eval", result, fact_switch_eval.markdown)
     assert save_experiment(tmp_path, "fact_switch_eval", None, fact_switch_eval.markdown) == written
     assert written.endswith(
         "| facts kept | ≥ 0.90 | 0.95 [0.90, 1.00] | 0.95 [0.90, 1.00] | 0.200 [0.100, 0.300], "
         "better | 0.200 [0.100, 0.300] | met |\n"
+        "| chat artefacts | ≤ 1% | 95% [90, 100] | 95% [90, 100] | 20% [10, 30], worse "
+        "| 20% [10, 30] | **not met** |\n"
         "| empty outputs | none | 0 | 1 | — | — | **not met** |\n")
