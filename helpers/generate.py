@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from pathlib import Path
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import make_prompt_cache
 
 from .data import chat_messages
 from .fact_repair import repair_facts, sentence_candidates
@@ -151,6 +153,26 @@ def max_new_tokens(tokenizer, draft: str, cfg) -> int:
     return min(cfg.gen_max_tokens, max(16, math.ceil(cfg.max_len_ratio * n_source)))
 
 
+MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth a separate prefill
+
+
+def shared_prefix(prompts: list[list[int]]) -> list[int]:
+    """The tokens every prompt starts with (the chat template and system prompt), less what
+    would leave a prompt with no token of its own to prefill."""
+    if len(prompts) < 2:
+        return []
+    return os.path.commonprefix(prompts)[:min(map(len, prompts)) - 1]
+
+
+def prefix_cache(model, prefix: list[int]) -> list:
+    """The KV cache of `prefix`, computed once: BatchGenerator copies it into each prompt's
+    row (its merge only reads it), so the shared tokens are not prefilled again per prompt."""
+    cache = make_prompt_cache(model)
+    model(mx.array([prefix]), cache=cache)
+    mx.eval([c.state for c in cache])
+    return cache
+
+
 def decode_steps(model, tokenizer, prompts: list[list[int]], budgets: list[int], cfg,
                  seed: int | None = None):
     """Decode the prompts together, step by step: yields (index, token, finish_reason) as mlx-lm's
@@ -170,8 +192,14 @@ def decode_steps(model, tokenizer, prompts: list[list[int]], budgets: list[int],
         # longest first: prefill batches pad less, and the last, shrinking batches hold the
         # short rewrites, not the long ones
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        prefix = shared_prefix(prompts)
+        prefix = prefix if len(prefix) >= MIN_SHARED_PREFIX else []
+        shared = {"caches": [prefix_cache(model, prefix)] * len(prompts),
+                  # the tokens the cache holds: the repetition penalty sees the same context
+                  "all_tokens": [list(prefix) for _ in prompts]} if prefix else {}
         try:
-            uids = generator.insert([prompts[i] for i in order], [budgets[i] for i in order])
+            uids = generator.insert([prompts[i][len(prefix):] for i in order],
+                                    [budgets[i] for i in order], **shared)
             index = {uid: i for uid, i in zip(uids, order)}
             while responses := generator.next_generated():
                 for r in responses:

@@ -89,6 +89,27 @@ def test_rewrite_batches_in_order_and_caps_length(tokenizer):
     assert together == alone
 
 
+def test_the_shared_prefix_is_prefilled_once_and_decodes_alike(tokenizer, monkeypatch):
+    assert generate.shared_prefix([[1, 2, 3, 4], [1, 2, 5]]) == [1, 2]
+    assert generate.shared_prefix([[1, 2, 3], [1, 2, 3, 4]]) == [1, 2]  # each keeps a token
+    assert generate.shared_prefix([[1, 2, 3]]) == []  # one prompt: nothing to share
+    cfg = get_config("smoke", gen_max_tokens=12, temperature=0.0, repetition_penalty=1.3)
+    model, _ = make_tiny_model()
+    drafts = ["One short draft.", "A second, slightly longer draft about mills.", "Third."]
+    prompts = [generate.prompt_tokens(tokenizer, d, cfg.system_prompt) for d in drafts]
+    prefix = generate.shared_prefix(prompts)
+    assert len(prefix) >= generate.MIN_SHARED_PREFIX  # the chat template and system prompt
+    prefilled = []
+    original = generate.prefix_cache
+    monkeypatch.setattr(generate, "prefix_cache",
+                        lambda m, p: prefilled.append(list(p)) or original(m, p))
+    shared = generate.generate_tokens(model, tokenizer, drafts, cfg, progress=False)
+    assert prefilled == [prefix]
+    monkeypatch.setattr(generate, "MIN_SHARED_PREFIX", 10 ** 6)  # every prompt prefilled whole
+    assert generate.generate_tokens(model, tokenizer, drafts, cfg, progress=False) == shared
+    assert prefilled == [prefix]
+
+
 def test_use_system_switches():
     cfg = get_config("smoke", lora_layers=-1)
     model, _ = make_tiny_model()
