@@ -9,25 +9,28 @@ them and fused by `mx.compile` (~4 ns an element):
     2^f    = Σ_{i≤6} (f·ln 2)^i / i!       (relative error < 2e-7 on |f| ≤ 1/2)
     2^k    = the float32 whose exponent bits are k + 127 (0 for t ≤ −127, inf for t ≥ 128)
 
-and the two kernels use it:
+and three kernels use it:
 
     softmax(x) = e / Σ e,  e = exp(x − max x)
     swiglu(g, u) = silu(g) · u = g · u / (1 + exp(−g))
+    cross_entropy(x, y) = log Σ exp(x) − x_y   (training's loss, over the 49,152-token vocabulary)
 
 Their backward passes are written out (`mx.custom_function`), so `mx.grad` never differentiates
 through the bit manipulation:
 
     softmax:  dx = y ⊙ (dy − Σ dy ⊙ y)          swiglu: dg = dy · u · σ(1 + g(1 − σ)),  du = dy · g · σ
+    log Σ exp: dx = dy · exp(x − log Σ exp x)
 
 That exp stays in MLX, so it runs inside training's compiled step and inside mlx-lm's
 asynchronous batched decoding. numpy's vectorised exp is faster still (~1 ns an element), but
 handing an array to numpy evaluates the graph there and then, which `mx.compile` forbids and which
 stalls asynchronous decoding. So arrays of NUMPY_FROM elements or more (prefills, scoring whole
 texts) go through numpy when they can be evaluated, and through the MLX exp inside `mx.compile`;
-arrays under FAST_FROM (decoding one sequence) keep mlx-lm's kernels. Attention also lays grouped-query heads out so that one matmul
-per key/value head serves all the query heads that share it. `install()` swaps both into mlx-lm's
-llama model (SmolLM2's architecture) on a Linux CPU in float32 and does nothing elsewhere (Apple and
-CUDA GPUs have fast kernels); HUMANIZER_FAST_CPU=0 turns it off. Outputs match the stock kernels
+arrays under FAST_FROM (decoding one sequence) keep mlx-lm's kernels. Attention also lays
+grouped-query heads out so that one matmul per key/value head serves all the query heads that
+share it. `install()` swaps softmax and SwiGLU into mlx-lm's llama model (SmolLM2's architecture)
+on a Linux CPU in float32 and does nothing elsewhere (Apple and CUDA GPUs have fast kernels);
+training's `cross_entropy` follows the same switch. HUMANIZER_FAST_CPU=0 turns it off. Outputs match the stock kernels
 to float32 rounding (~1e-6 relative). bench/fast_cpu.py measures the gain.
 """
 from __future__ import annotations
@@ -99,6 +102,43 @@ def softmax(x: mx.array) -> mx.array:
 @softmax.vjp
 def _softmax_vjp(primals, cotangent, output):
     return (output * (cotangent - (cotangent * output).sum(axis=-1, keepdims=True)),)
+
+
+# ---------------------------------------------------------------- cross-entropy over the vocabulary
+
+
+def _exp_of(x: mx.array) -> mx.array:
+    """exp(x), through numpy when x can be evaluated and is big, else the MLX exp above."""
+    if (a := _numpy_now(x)) is not None:
+        with np.errstate(over="ignore"):
+            return mx.array(np.exp(a))
+    return exp(x)
+
+
+@mx.custom_function
+def _logsumexp(x: mx.array) -> mx.array:
+    top = x.max(axis=-1, keepdims=True)
+    return (top + mx.log(_exp_of(x - top).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+@_logsumexp.vjp
+def _logsumexp_vjp(primals, cotangent, output):
+    x = primals  # a function of one array gets it alone, not in a tuple
+    return (cotangent[..., None] * _exp_of(x - output[..., None]),)  # d lse / dx = softmax(x)
+
+
+def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
+    """mlx.nn.losses.cross_entropy(logits, targets) per position (class indices, no reduction):
+    log Σ exp(logits) − logits[target]. Its log-sum-exp over the vocabulary is the biggest exp of
+    a training step (B × T × 49,152 values, forward and backward), so it uses the exp above
+    while the kernels are installed (`install`), else mlx's own."""
+    from mlx_lm.models import llama
+
+    if logits.dtype != mx.float32 or llama.swiglu is not swiglu:
+        import mlx.nn as nn
+        return nn.losses.cross_entropy(logits, targets)
+    picked = mx.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return _logsumexp(logits) - picked
 
 
 # ---------------------------------------------------------------- SwiGLU: silu(g) · u

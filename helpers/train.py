@@ -28,6 +28,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.tuner.datasets import ChatDataset
 
 from .data import chat_messages, sft_examples
+from .fast_cpu import cross_entropy
 from .io import atomic_write_json, atomic_write_text
 from .lora import (base_fingerprint, lora_config, save_dpo_adapter, save_sft_adapter,
                    set_adapters, stacked_layers)
@@ -109,7 +110,7 @@ def answer_mask(lengths: mx.array, width: int) -> mx.array:
 def answer_logprobs(model, batch: mx.array, lengths: mx.array) -> mx.array:
     """Sum of log p(answer token | everything before it), one number per sequence."""
     logits = model(batch[:, :-1])
-    token_logprobs = -nn.losses.cross_entropy(logits, batch[:, 1:])
+    token_logprobs = -cross_entropy(logits, batch[:, 1:])
     return (token_logprobs * answer_mask(lengths, logits.shape[1])).sum(axis=1)
 
 
@@ -118,7 +119,7 @@ def sft_loss(model, batch, lengths):
     logits = model(batch[:, :-1])
     mask = answer_mask(lengths, logits.shape[1])
     n_tokens = mask.sum()
-    loss = (nn.losses.cross_entropy(logits, batch[:, 1:]) * mask).astype(mx.float32).sum() / n_tokens
+    loss = (cross_entropy(logits, batch[:, 1:]) * mask).astype(mx.float32).sum() / n_tokens
     return loss, {"tokens": n_tokens}
 
 

@@ -176,3 +176,38 @@ def test_numpy_path_is_taken_only_for_big_arrays_outside_compile():
     seen = []
     mx.compile(lambda x: seen.append(fast_cpu._numpy_now(x)) or x)(big)
     assert seen == [None]
+
+
+def test_cross_entropy_and_its_gradient_match_mlx_eagerly_and_compiled(monkeypatch):
+    import mlx.nn as nn
+    logits = 4 * mx.random.normal((2, 3, 50), key=mx.random.key(2))
+    targets = mx.array([[0, 7, 49], [3, 3, 11]])
+    weights = mx.arange(6.0).reshape(2, 3)
+
+    def loss(f):
+        return lambda x: (f(x, targets) * weights).sum()
+
+    theirs = nn.losses.cross_entropy(logits, targets)
+    theirs_grad = mx.grad(loss(nn.losses.cross_entropy))(logits)
+    fast_cpu.install(force=True)
+    for numpy_from in (0, 1 << 30):  # numpy's exp eagerly, then the MLX exp
+        monkeypatch.setattr(fast_cpu, "NUMPY_FROM", numpy_from)
+        assert close(fast_cpu.cross_entropy(logits, targets), theirs)
+        assert close(mx.grad(loss(fast_cpu.cross_entropy))(logits), theirs_grad, 1e-6)
+    monkeypatch.setattr(fast_cpu, "NUMPY_FROM", 0)  # compiled: numpy cannot run, MLX's exp does
+    compiled = mx.compile(mx.grad(loss(fast_cpu.cross_entropy)))
+    assert close(compiled(logits), theirs_grad, 1e-6)
+    assert close(mx.compile(fast_cpu.cross_entropy)(logits, targets), theirs)
+
+
+def test_cross_entropy_takes_the_fast_exp_only_while_installed(monkeypatch):
+    calls = []
+    original = fast_cpu._exp_of
+    monkeypatch.setattr(fast_cpu, "_exp_of", lambda x: calls.append(x.shape) or original(x))
+    logits, targets = mx.zeros((1, 2, 8)), mx.array([[1, 2]])
+    fast_cpu.uninstall()
+    mx.eval(fast_cpu.cross_entropy(logits, targets))
+    assert calls == []
+    fast_cpu.install(force=True)
+    assert fast_cpu.cross_entropy(logits, targets).tolist() == [[pytest.approx(math.log(8))] * 2]
+    assert calls == [(1, 2, 8)]
