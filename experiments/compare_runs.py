@@ -10,8 +10,8 @@ never the evaluation items) with each run's humanizer, under the preset's decodi
 training judge's P(AI) (never an evaluation detector: what is chosen here must not be tuned to the
 detectors that judge it), meaning similarity, facts kept and slop, and for every run after the
 first the paired difference to the first run's same system, with a 95% bootstrap CI and its
-reading. Writes runs/<preset>/experiments/compare_runs.json and .md (`make readme` copies the
-table into README).
+reading. Writes runs/<preset>/experiments/compare_runs.json and .md, or NAME.json and .md with
+`--name NAME` (`make readme` copies each table into README).
 
     python experiments/compare_runs.py --preset workshop --runs default,fact-complete \
         --systems sft,sft+dpo --n 40
@@ -94,13 +94,15 @@ def main() -> None:
                              "the first is the one the others are compared with")
     parser.add_argument("--systems", default="sft,sft+dpo")
     parser.add_argument("--n", type=int, default=40, help="validation drafts (one per paragraph)")
+    parser.add_argument("--name", default="compare_runs",
+                        help="writes experiments/NAME.json and .md (README's NAME markers)")
     parser.add_argument("--table-only", action="store_true",
                         help="rebuild the .md table from the saved .json, without rewriting")
     args = parser.parse_args()
     cfg = get_config(args.preset, experiment="")
     out = cfg.path("experiments")
     if args.table_only:
-        return save_experiment(out, "compare_runs", None, markdown)
+        return save_experiment(out, args.name, None, markdown)
 
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     splits = load_prepared(cfg)  # every run shares the default run's validation paragraphs
@@ -133,7 +135,7 @@ def main() -> None:
     result = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
               "preset": cfg.preset, "judge": judge.name, "n": len(items), "runs": runs,
               "reference_rows": reference_rows, "rows": rows}
-    save_experiment(out, "compare_runs", result, markdown)
+    save_experiment(out, args.name, result, markdown)
 
 
 if __name__ == "__main__":
