@@ -25,16 +25,22 @@ endif
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup run readme test lab serve bench clean blas
-setup: $(VENV)/.installed blas
+# The kernel's stamp names its environment, so installing OpenBLAS later re-registers the kernel.
+KERNEL_STAMP := $(VENV)/.kernel-$(if $(LD_PRELOAD),openblas,plain)-$(if $(HUMANIZER_ASSETS),assets,hub)
+setup: $(VENV)/.installed $(KERNEL_STAMP) blas
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+$(KERNEL_STAMP): $(VENV)/.installed
 	$(PY) -m ipykernel install --sys-prefix --name humanizer --display-name "Python (humanizer)" \
 	  $(if $(LD_PRELOAD),--env LD_PRELOAD $(LD_PRELOAD)) \
 	  $(if $(HUMANIZER_ASSETS),--env HUMANIZER_ASSETS $(HUMANIZER_ASSETS))
+	rm -f $(VENV)/.kernel-*
 	touch $@
 
 blas:
