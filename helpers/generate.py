@@ -242,11 +242,12 @@ class Rewrite:
 
 def rewrite_detailed(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
                      clean: bool = True, seed: int | None = None,
-                     desc: str = "rewriting") -> list[Rewrite]:
+                     desc: str = "rewriting", plain: list[Rewrite] | None = None) -> list[Rewrite]:
     """Rewrite every draft (batched, sampled, length-capped), in input order; with
     cfg.fact_check_samples > 0 a rewrite that lost facts is resampled (verify_and_resample, unless
     cfg.fact_resample is off), then, with cfg.fact_repair, what is still lost is put back sentence
-    by sentence (fact_repair)."""
+    by sentence (fact_repair). `plain`: these drafts' rewrites with the switch off, when the caller
+    already decoded them with the same model and settings; the switch starts from them."""
     def decode(texts, run_cfg, run_seed, label):
         reasons = []
         tokens = generate_tokens(model, tokenizer, texts, run_cfg, progress, run_seed, label,
@@ -254,7 +255,9 @@ def rewrite_detailed(model, tokenizer, drafts: list[str], cfg, progress: bool = 
         return [Rewrite(clean_output(tokenizer.decode(t)) if clean else tokenizer.decode(t),
                         len(t), r == "length") for t, r in zip(tokens, reasons)]
 
-    first = decode(drafts, cfg, seed, desc)
+    if plain is not None and len(plain) != len(drafts):
+        raise ValueError(f"rewrite_detailed: {len(plain)} plain rewrites for {len(drafts)} drafts")
+    first = decode(drafts, cfg, seed, desc) if plain is None else list(plain)
     if cfg.fact_check_samples <= 0:
         return first
     n, base_seed = cfg.fact_check_samples, cfg.seed if seed is None else seed

@@ -103,14 +103,16 @@ class Humanizer:
 
     def rewrite_detailed(self, texts: list[str], adapter: str | None = None,
                          system_prompt: str | None = None, progress: bool = False,
-                         **decoding) -> list[Rewrite]:
+                         plain: list[Rewrite] | None = None, **decoding) -> list[Rewrite]:
         """Rewrite every text (decoded together), in input order: generate.rewrite_detailed, the
         series' own rewrite. `decoding` may override cfg's temperature, top_p,
-        repetition_penalty, gen_max_tokens, seed or fact_check_samples for this call."""
+        repetition_penalty, gen_max_tokens, seed or fact_check_samples for this call; `plain`
+        (this call's rewrites with the fact switch off) saves decoding them again."""
         if adapter:
             self.use(adapter)
         cfg = self._decoding(system_prompt=system_prompt, **decoding)
-        return rewrite_detailed(self.model, self.tokenizer, texts, cfg, progress=progress)
+        return rewrite_detailed(self.model, self.tokenizer, texts, cfg, progress=progress,
+                                plain=plain)
 
     def rewrite(self, texts: list[str], adapter: str | None = None,
                 system_prompt: str | None = None, **decoding) -> list[str]:

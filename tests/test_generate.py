@@ -198,3 +198,28 @@ def test_without_resampling_the_fact_switch_goes_straight_to_the_repair(monkeypa
     assert [desc for desc, _ in decoded] == ["rewriting", "fact repair", "fact repair"]
     assert decoded[2][1] == [drafts[0]] * 2 + [drafts[1]] * 2  # 2 samples a failing sentence
     assert [fact_preservation(d, r) for d, r in zip(drafts, repaired)] == [1.0, 1.0]
+
+
+def test_given_plain_rewrites_the_fact_switch_starts_from_them(monkeypatch):
+    drafts = ["Berlin hosted 120 delegates.", "Ada wrote in 1843."]
+    decoded = []
+
+    def fake_tokens(model, tokenizer, texts, cfg, progress, seed, desc, finish_reasons):
+        decoded.append(desc)
+        finish_reasons[:] = ["stop"] * len(texts)
+        return [[] for _ in texts]
+
+    class Decoder:
+        def decode(self, tokens):
+            return "Berlin hosted 120 delegates."  # every sample keeps the first draft's facts
+
+    monkeypatch.setattr(generate, "generate_tokens", fake_tokens)
+    plain = [generate.Rewrite("Berlin hosted delegates.", 3, False),
+             generate.Rewrite("Ada wrote in 1843.", 4, False)]
+    cfg = get_config("smoke", fact_check_samples=2, fact_repair=False)
+    chosen = generate.rewrite_detailed(None, Decoder(), drafts, cfg, progress=False, plain=plain)
+    assert decoded == ["fact check"]  # no plain decode: only the lossy first draft is resampled
+    assert [r.text for r in chosen] == ["Berlin hosted 120 delegates.", "Ada wrote in 1843."]
+    assert chosen[1] is plain[1]
+    with pytest.raises(ValueError, match="1 plain rewrites for 2 drafts"):
+        generate.rewrite_detailed(None, Decoder(), drafts, cfg, progress=False, plain=plain[:1])
