@@ -25,6 +25,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm.models import llama
 from mlx_lm.tuner.datasets import ChatDataset
 
 from .data import chat_messages, sft_examples
@@ -107,19 +108,39 @@ def answer_mask(lengths: mx.array, width: int) -> mx.array:
     return mx.logical_and(steps >= lengths[:, 0:1], steps < lengths[:, 1:])
 
 
-def answer_logprobs(model, batch: mx.array, lengths: mx.array) -> mx.array:
-    """Sum of log p(answer token | everything before it), one number per sequence."""
-    logits = model(batch[:, :-1])
-    token_logprobs = -cross_entropy(logits, batch[:, 1:])
-    return (token_logprobs * answer_mask(lengths, logits.shape[1])).sum(axis=1)
+def first_answer_position(items: list[tuple[list[int], int]]) -> int:
+    """The first logit position any item's answer needs: target j is token j + 1, so the earliest
+    answer target is min(offset) - 1. Logits before it only score the prompt."""
+    return max(0, min(offset for _, offset in items) - 1)
 
 
-def sft_loss(model, batch, lengths):
+def answer_logits(model, inputs: mx.array, start: int = 0) -> mx.array:
+    """The model's logits at positions start.. only. The prompt is half a batch's positions, and
+    the vocabulary projection with its cross-entropy is the costliest per-position work, so mlx-lm's
+    llama (SmolLM2) gets its hidden states cut before its head; another architecture may scale or
+    soft-cap in its head, so it gets its full logits, cut after."""
+    if start and type(model).__call__ is llama.Model.__call__:
+        hidden = model.model(inputs)[:, start:]
+        if model.args.tie_word_embeddings:
+            return model.model.embed_tokens.as_linear(hidden)
+        return model.lm_head(hidden)
+    return model(inputs)[:, start:]
+
+
+def answer_logprobs(model, batch: mx.array, lengths: mx.array, start: int = 0) -> mx.array:
+    """Sum of log p(answer token | everything before it), one number per sequence; `start`
+    (first_answer_position) skips logits no answer token needs."""
+    logits = answer_logits(model, batch[:, :-1], start)
+    token_logprobs = -cross_entropy(logits, batch[:, 1 + start:])
+    return (token_logprobs * answer_mask(lengths, batch.shape[1] - 1)[:, start:]).sum(axis=1)
+
+
+def sft_loss(model, batch, lengths, start: int = 0):
     """Mean cross-entropy over the answer tokens of the batch: the prompt is context only."""
-    logits = model(batch[:, :-1])
-    mask = answer_mask(lengths, logits.shape[1])
+    logits = answer_logits(model, batch[:, :-1], start)
+    mask = answer_mask(lengths, batch.shape[1] - 1)[:, start:]
     n_tokens = mask.sum()
-    loss = (cross_entropy(logits, batch[:, 1:]) * mask).astype(mx.float32).sum() / n_tokens
+    loss = (cross_entropy(logits, batch[:, 1 + start:]) * mask).astype(mx.float32).sum() / n_tokens
     return loss, {"tokens": n_tokens}
 
 
@@ -139,12 +160,16 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
     }
 
 
-def make_dpo_batch_loss(beta: float):
+def make_dpo_batch_loss(beta: float, start: int = 0):
     def loss_fn(model, batch, lengths, ref_chosen, ref_rejected):
-        logps = answer_logprobs(model, batch, lengths)
+        logps = answer_logprobs(model, batch, lengths, start)
         half = logps.shape[0] // 2  # chosen first, then rejected
         return dpo_loss(logps[:half], logps[half:], ref_chosen, ref_rejected, beta)
     return loss_fn
+
+
+def dpo_answer_position(dataset: list[dict]) -> int:
+    return first_answer_position([d[side] for d in dataset for side in ("chosen", "rejected")])
 
 
 def dpo_batch(dataset: list[dict], indices: list[int]) -> tuple[mx.array, mx.array]:
@@ -159,12 +184,12 @@ def reference_logprobs(model, dataset: list[dict], batch_size: int,
 
     set_adapters(model, sft=True, dpo=False)
     model.eval()
-    chosen, rejected = [], []
+    chosen, rejected, start = [], [], dpo_answer_position(dataset)
     try:
         for start in tqdm(range(0, len(dataset), batch_size), disable=not progress,
                           desc="reference log-probs"):
             indices = list(range(start, min(start + batch_size, len(dataset))))
-            logps = answer_logprobs(model, *dpo_batch(dataset, indices))
+            logps = answer_logprobs(model, *dpo_batch(dataset, indices), start)
             mx.eval(logps)
             chosen += logps[:len(indices)].tolist()
             rejected += logps[len(indices):].tolist()
@@ -177,9 +202,9 @@ def evaluate_sft(model, dataset: list[tuple[list[int], int]], batch_size: int) -
     """Mean cross-entropy per answer token over the whole dataset (dropout off)."""
     was_training = model.training
     model.eval()
-    total, tokens = 0.0, 0
+    total, tokens, first = 0.0, 0, first_answer_position(dataset)
     for start in range(0, len(dataset), batch_size):
-        loss, metrics = sft_loss(model, *pad_batch(dataset[start:start + batch_size]))
+        loss, metrics = sft_loss(model, *pad_batch(dataset[start:start + batch_size]), first)
         mx.eval(loss, metrics)
         total += loss.item() * metrics["tokens"].item()
         tokens += metrics["tokens"].item()
@@ -349,8 +374,9 @@ def train_sft(model, tokenizer, cfg, data: dict, on_log=None, compile: bool = Tr
     def batch_at(step):
         return pad_batch([train_set[i] for i in batch_order(lengths, cfg.batch_size, step, cfg.seed)])
 
-    log = train(model, sft_loss, batch_at, settings, cfg.path("checkpoints/sft"),
-                cfg.path("sft_log.csv"), config, cfg.checkpoint_every,
+    start = first_answer_position(train_set)  # one value per run: one compiled step per width
+    log = train(model, lambda m, *batch: sft_loss(m, *batch, start), batch_at, settings,
+                cfg.path("checkpoints/sft"), cfg.path("sft_log.csv"), config, cfg.checkpoint_every,
                 evaluate=lambda: evaluate_sft(model, val_set, cfg.batch_size),
                 val_every=cfg.val_every, on_log=on_log, compile=compile)
     save_sft_adapter(model, cfg.path("adapters/sft"), config)
@@ -403,9 +429,10 @@ def train_dpo(model, cfg, reference: dict, on_log=None, compile: bool = True) ->
                 mx.array(ref_rejected[indices]))
 
     set_adapters(model, sft=True, dpo=True)
-    log = train(model, make_dpo_batch_loss(cfg.dpo_beta), batch_at, settings,
-                cfg.path("checkpoints/dpo"), cfg.path("dpo_log.csv"), config,
-                cfg.checkpoint_every, on_log=on_log, compile=compile)
+    loss_fn = make_dpo_batch_loss(cfg.dpo_beta, dpo_answer_position(dataset))
+    log = train(model, loss_fn, batch_at, settings, cfg.path("checkpoints/dpo"),
+                cfg.path("dpo_log.csv"), config, cfg.checkpoint_every, on_log=on_log,
+                compile=compile)
     save_dpo_adapter(model, cfg.path("adapters/dpo"), config)
     return log
 

@@ -54,6 +54,39 @@ def test_answer_logprobs_sum_the_answer_tokens():
     assert logps.item() == pytest.approx(by_hand, rel=1e-5)
 
 
+def test_logits_from_the_first_answer_position_give_the_same_losses():
+    from mlx_lm.models import llama
+
+    class ScaledHead(llama.Model):  # another head: answer_logits must cut its full logits
+        def __call__(self, inputs, cache=None, input_embeddings=None):
+            return 0.5 * super().__call__(inputs, cache, input_embeddings)
+
+    model, config = make_tiny_model()
+    items = [([10, 11, 12, 13, 14, 15, 16], 4), ([20, 21, 22, 23, 24], 3)]
+    start = train.first_answer_position(items)
+    assert start == 2
+    batch, lengths = train.pad_batch(items)
+    for m in (model, ScaledHead(llama.ModelArgs.from_dict(config))):
+        m.update(model.parameters())
+        assert train.answer_logits(m, batch[:, :-1], start).shape[1] == batch.shape[1] - 1 - start
+        np.testing.assert_allclose(train.answer_logprobs(m, batch, lengths, start),
+                                   train.answer_logprobs(m, batch, lengths), rtol=1e-6)
+        assert train.sft_loss(m, batch, lengths, start)[0].item() == pytest.approx(
+            train.sft_loss(m, batch, lengths)[0].item(), rel=1e-6)
+    scaled = train.answer_logits(m, batch[:, :-1], start)  # the subclass keeps its own head
+    np.testing.assert_allclose(scaled, 0.5 * model(batch[:, :-1])[:, start:], rtol=1e-6)
+
+
+def test_llama_projects_only_the_answer_positions_onto_the_vocabulary(monkeypatch):
+    widths, as_linear = [], nn.Embedding.as_linear
+    monkeypatch.setattr(nn.Embedding, "as_linear",
+                        lambda self, x: widths.append(x.shape[1]) or as_linear(self, x))
+    model, _ = make_tiny_model(tie_word_embeddings=True)
+    batch, lengths = train.pad_batch([([10, 11, 12, 13, 14, 15, 16], 4)])
+    train.answer_logprobs(model, batch, lengths, 3)
+    assert widths == [batch.shape[1] - 1 - 3]
+
+
 @pytest.mark.slow
 def test_chat_offset_marks_the_answer(tokenizer):
     from helpers.data import chat_messages
