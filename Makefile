@@ -73,6 +73,7 @@ bench: setup
 	$(PY) bench/quant.py
 	$(PY) bench/inference.py
 	$(PY) bench/fast_cpu.py
+	$(PY) bench/train_step.py
 	$(PY) bench/runtimes.py
 
 clean:
