@@ -184,12 +184,12 @@ def reference_logprobs(model, dataset: list[dict], batch_size: int,
 
     set_adapters(model, sft=True, dpo=False)
     model.eval()
-    chosen, rejected, start = [], [], dpo_answer_position(dataset)
+    chosen, rejected, first = [], [], dpo_answer_position(dataset)
     try:
         for start in tqdm(range(0, len(dataset), batch_size), disable=not progress,
                           desc="reference log-probs"):
             indices = list(range(start, min(start + batch_size, len(dataset))))
-            logps = answer_logprobs(model, *dpo_batch(dataset, indices), start)
+            logps = answer_logprobs(model, *dpo_batch(dataset, indices), first)
             mx.eval(logps)
             chosen += logps[:len(indices)].tolist()
             rejected += logps[len(indices):].tolist()

@@ -135,6 +135,19 @@ def test_reference_logprobs_are_the_sft_model(cfg):
     assert np.abs(np.array(policy) - np.array(sft_only)).max() > 1e-3  # DPO term back on
 
 
+def test_reference_logprobs_keep_every_answer_token_whatever_the_batch(cfg):
+    model, _ = make_tiny_model()
+    lora.add_lora(model, lora.lora_config(cfg), seed=0)
+    lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"))
+    model.eval()
+    item = ([10, 11, 12, 13, 14, 15, 16], 2)  # answer from token 2: later batches start past it
+    dataset = [{"id": str(i), "chosen": item, "rejected": item} for i in range(5)]
+    chosen, _ = train.reference_logprobs(model, dataset, batch_size=1, progress=False)
+    train.set_adapters(model, sft=True, dpo=False)
+    whole = train.answer_logprobs(model, *train.pad_batch([item])).item()
+    np.testing.assert_allclose(chosen, [whole] * 5, rtol=1e-5)
+
+
 def test_batch_order_is_a_stable_per_epoch_permutation():
     lengths = [5, 1, 4, 2, 3, 6, 8, 7]
     epoch = [train.batch_order(lengths, 2, step, seed=0) for step in range(1, 5)]
