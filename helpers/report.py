@@ -53,6 +53,17 @@ def duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+def machine_load(machine: dict) -> str:
+    """What else ran beside the series. Older records have only the load average, which counts
+    the series' own threads, so it cannot say whether other work was there."""
+    other = machine.get("other_work_cores")
+    if other is None:
+        return (f"15-minute load average {machine['load_average_15min']:.1f} at the end, "
+                "the series' own threads included")
+    return (f"other processes kept {other:.2f} cores busy on average"
+            + (", so an idle machine is faster" if other >= 0.1 else ": the machine was otherwise idle"))
+
+
 def timing_table(runs_root=None) -> str:
     """Each notebook's measured time, one column per preset with a series_timing.json (the
     workshop column always, saying how to measure it when it is missing)."""
@@ -65,10 +76,7 @@ def timing_table(runs_root=None) -> str:
                           for p in presets] for b in books]
     rows.append(["whole series"] + [duration(timings[p]["total"]) if "total" in timings.get(p, {})
                                     else "not measured yet" for p in presets])
-    notes = [f"`{p}`: measured {m['date']} on {m['cpus']} CPU cores (15-minute load average "
-             f"{m['load_average_15min']:.1f} at the end"
-             + ("; other work shared the CPUs, so an idle machine is faster)"
-                if m["load_average_15min"] > m["cpus"] else ")")
+    notes = [f"`{p}`: measured {m['date']} on {m['cpus']} CPU cores ({machine_load(m)})"
              for p, t in timings.items() if (m := t.get("machine"))]
     notes += [f"`{p}`: not measured yet; `PRESET={p} make run` writes "
               f"`runs/{p}/series_timing.json`, then `make readme`" for p in presets

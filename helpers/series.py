@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -42,10 +44,36 @@ def require_experiment(overrides: dict, experiment: str) -> None:
                          "so the default run's artifacts stay as they are")
 
 
+def busy_cpu_seconds(proc_stat_first_line: str, ticks_per_second: int) -> float:
+    """CPU time all cores spent working since boot, from /proc/stat's `cpu` line (user, nice,
+    system, idle, iowait, irq, softirq, ...): idle and iowait are not work."""
+    user, nice, system, _idle, _iowait, irq, softirq = map(int, proc_stat_first_line.split()[1:8])
+    return (user + nice + system + irq + softirq) / ticks_per_second
+
+
+def cpu_clocks() -> tuple[float | None, float]:
+    """(the machine's busy CPU seconds, or None where /proc/stat is missing; this process's and
+    its finished children's CPU seconds, the notebook kernels included)."""
+    try:
+        with open("/proc/stat") as f:
+            machine = busy_cpu_seconds(f.readline(), os.sysconf("SC_CLK_TCK"))
+    except OSError:
+        machine = None
+    own = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return machine, sum(r.ru_utime + r.ru_stime for r in own)
+
+
+def other_work_cores(before: tuple, after: tuple, wall_seconds: float) -> float | None:
+    """How many cores other processes kept busy on average while the series ran: the machine's
+    busy time minus the series' own. A load average cannot say this: it counts the series' threads."""
+    if before[0] is None or after[0] is None:
+        return None
+    other = (after[0] - before[0]) - (after[1] - before[1])
+    return round(max(other, 0.0) / wall_seconds, 2)
+
+
 def run(preset: str, start: str = "00", only: str | None = None, experiment: str = "",
         overrides: dict | None = None) -> dict:
-    import os
-
     import papermill
 
     overrides = dict(overrides or {})
@@ -57,6 +85,7 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
     os.environ["HUMANIZER_EXPERIMENT"] = experiment
     timing = {}
     total = time.perf_counter()
+    clocks_before = cpu_clocks()
     for book in series(start, only):
         print(f"== {book.name} (preset {preset})", flush=True)
         start_time = time.perf_counter()
@@ -69,10 +98,12 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
     timing["total"] = round(time.perf_counter() - total, 1)
     if overrides:
         timing["overrides"] = overrides
-    # other work on the machine slows the series down: the load average says how busy it was
+    # other work on the machine slows the series down: record how much of it there was
     timing["machine"] = {"date": dt.date.today().isoformat(), "cpus": os.cpu_count(),
                          "platform": platform.platform(),
-                         "load_average_15min": round(os.getloadavg()[2], 1)}
+                         "load_average_15min": round(os.getloadavg()[2], 1),
+                         "other_work_cores": other_work_cores(clocks_before, cpu_clocks(),
+                                                              timing["total"])}
     atomic_write_json(cfg.path(timing_file(start, only)), timing)
     print(f"== done in {timing['total'] / 60:.1f} min; executed notebooks in {out_dir}")
     return timing

@@ -51,10 +51,24 @@ def test_time_table_has_a_column_per_measured_preset_and_always_workshop(tmp_pat
     assert "| notebook | `smoke` | `workshop` |\n|---|---|---|\n" in table
     assert "| `00_tour.ipynb` | 75 s | — |\n| `01_data.ipynb` | 29 s | — |\n" in table
     assert "| whole series | 10.1 min | not measured yet |" in table
-    assert ("`smoke`: measured 2026-12-01 on 2 CPU cores (15-minute load average 3.2 at the end; "
-            "other work shared the CPUs, so an idle machine is faster)") in table
+    assert ("`smoke`: measured 2026-12-01 on 2 CPU cores (15-minute load average 3.2 at the end, "
+            "the series' own threads included)") in table
     assert "`workshop`: not measured yet; `PRESET=workshop make run` writes" in table
     assert "paper" not in table
+
+
+@pytest.mark.parametrize("cores, note", [
+    (0.02, "other processes kept 0.02 cores busy on average: the machine was otherwise idle"),
+    (0.6, "other processes kept 0.60 cores busy on average, so an idle machine is faster")])
+def test_time_table_says_how_busy_other_work_kept_the_machine(tmp_path, cores, note):
+    import json
+
+    (tmp_path / "workshop").mkdir()
+    (tmp_path / "workshop" / "series_timing.json").write_text(json.dumps({
+        "machine": {"date": "2026-12-06", "cpus": 2, "platform": "Linux", "load_average_15min": 2.2,
+                    "other_work_cores": cores},
+        "00_tour.ipynb": 70.0, "total": 70.0}))
+    assert f"`workshop`: measured 2026-12-06 on 2 CPU cores ({note})" in report.timing_table(tmp_path)
 
 
 def test_update_readme_without_results_still_refreshes_the_time_table(tmp_path, monkeypatch):

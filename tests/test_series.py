@@ -22,3 +22,16 @@ def test_the_command_line_names_a_bad_set(monkeypatch, capsys, argv, message):
     with pytest.raises(SystemExit):
         series.main()
     assert message in capsys.readouterr().err
+
+
+def test_busy_cpu_seconds_leaves_out_idle_and_iowait():
+    line = "cpu  100 20 30 1000 50 5 5 0 0 0\n"
+    assert series.busy_cpu_seconds(line, ticks_per_second=10) == (100 + 20 + 30 + 5 + 5) / 10
+
+
+def test_other_work_is_the_machine_busy_time_minus_the_series_own():
+    # 300 s of wall time: the machine worked 700 CPU seconds, the series 640 of them
+    assert series.other_work_cores((1000.0, 10.0), (1700.0, 650.0), 300.0) == 0.2
+    # clock granularity can make the difference slightly negative: no work, not negative work
+    assert series.other_work_cores((1000.0, 10.0), (1600.0, 611.0), 300.0) == 0.0
+    assert series.other_work_cores((None, 10.0), (None, 650.0), 300.0) is None
