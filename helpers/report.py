@@ -30,7 +30,7 @@ def section(name: str, body: str) -> str:
 START, END = markers("results")
 # runs/<preset>/experiments/<name>.md, written by experiments/<name>.py and by bench/quant.py
 EXPERIMENT_TABLES = ("decoding", "fact_switch", "fact_switch_eval", "quant_downstream", "bench_quant",
-                     "compare_runs", "compare_ranked_pairs")
+                     "compare_runs", "compare_ranked_pairs", "compare_dpo_steps")
 
 
 def readme_section(results_md: str, preset: str, timing: dict | None) -> str:
