@@ -127,20 +127,25 @@ def answer_logits(model, inputs: mx.array, start: int = 0) -> mx.array:
     return model(inputs)[:, start:]
 
 
-def answer_logprobs(model, batch: mx.array, lengths: mx.array, start: int = 0) -> mx.array:
-    """Sum of log p(answer token | everything before it), one number per sequence; `start`
-    (first_answer_position) skips logits no answer token needs."""
+def answer_token_losses(model, batch: mx.array, lengths: mx.array, start: int = 0):
+    """(cross-entropy of every next-token target from position `start` on, the mask of those
+    that are answer tokens): `start` (first_answer_position) skips logits no answer token needs."""
     logits = answer_logits(model, batch[:, :-1], start)
-    token_logprobs = -cross_entropy(logits, batch[:, 1 + start:])
-    return (token_logprobs * answer_mask(lengths, batch.shape[1] - 1)[:, start:]).sum(axis=1)
+    mask = answer_mask(lengths, batch.shape[1] - 1)[:, start:]
+    return cross_entropy(logits, batch[:, 1 + start:]), mask
+
+
+def answer_logprobs(model, batch: mx.array, lengths: mx.array, start: int = 0) -> mx.array:
+    """Sum of log p(answer token | everything before it), one number per sequence."""
+    token_losses, mask = answer_token_losses(model, batch, lengths, start)
+    return (-token_losses * mask).sum(axis=1)
 
 
 def sft_loss(model, batch, lengths, start: int = 0):
     """Mean cross-entropy over the answer tokens of the batch: the prompt is context only."""
-    logits = answer_logits(model, batch[:, :-1], start)
-    mask = answer_mask(lengths, batch.shape[1] - 1)[:, start:]
+    token_losses, mask = answer_token_losses(model, batch, lengths, start)
     n_tokens = mask.sum()
-    loss = (cross_entropy(logits, batch[:, 1 + start:]) * mask).astype(mx.float32).sum() / n_tokens
+    loss = (token_losses * mask).astype(mx.float32).sum() / n_tokens
     return loss, {"tokens": n_tokens}
 
 
