@@ -1,7 +1,7 @@
 """Paired data: (AI draft -> human text), split by human paragraph, turned into SFT and DPO sets.
 
 Rows look like {"id", "domain", "human", "ai", "ai_model", "low_overlap"} (the L2R files in
-HUMANIZER_ASSETS). Every row carries `group`, a hash of its human paragraph: splits are made on
+data/l2r/, CC BY 3.0: data/README.md). Every row carries `group`, a hash of its human paragraph: splits are made on
 groups so that no paragraph is in two splits.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ from .io import DataError, ReadReport, iter_jsonl
 from .models import assets_dir
 
 REQUIRED_FIELDS = ("human", "ai")
-L2R_FILES = {"train": "data/l2r/l2r_train.jsonl.gz", "dev": "data/l2r/l2r_dev.jsonl.gz"}
+REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+L2R_FILES = {"train": "l2r/l2r_train.jsonl.gz", "dev": "l2r/l2r_dev.jsonl.gz"}
 EDITLENS_ID = "pangram/editlens_iclr"
 
 
@@ -78,7 +79,7 @@ def load_editlens(split: str) -> list[dict]:
         ds = load_dataset(EDITLENS_ID, split="train" if split == "train" else "test")
     except Exception as err:  # noqa: BLE001 - hub errors come in many types
         raise DataError(f"Cannot load {EDITLENS_ID!r} from the hub ({err}); offline, use "
-                        "data_source='l2r' with HUMANIZER_ASSETS set") from err
+                        "data_source='l2r' (the repository's data/l2r/)") from err
     columns = set(ds.column_names)
     human_col = next((c for c in ("human", "source_text", "original_text") if c in columns), None)
     ai_col = next((c for c in ("ai", "text", "edited_text") if c in columns), None)
@@ -95,6 +96,19 @@ def load_editlens(split: str) -> list[dict]:
     return rows
 
 
+def l2r_file(split: str) -> Path:
+    """The L2R file of `split`: the repository's own copy (data/l2r/, see data/README.md), else the
+    one in HUMANIZER_ASSETS (an offline pack made by `make assets`)."""
+    candidates = [REPO_DATA / L2R_FILES[split]]
+    if (root := assets_dir()) is not None:
+        candidates.append(root / "data" / L2R_FILES[split])
+    for path in candidates:
+        if path.exists():
+            return path
+    raise DataError(f"{candidates[0]} is missing: it comes with the repository (git checkout -- "
+                    f"data/l2r), or set data_source to your own JSONL files")
+
+
 def load_split(cfg, split: str) -> tuple[list[dict], ReadReport | None]:
     """All rows of 'train' or 'dev' for the configured data source (before cleaning)."""
     if split not in L2R_FILES:
@@ -103,11 +117,7 @@ def load_split(cfg, split: str) -> tuple[list[dict], ReadReport | None]:
     if source == "editlens":
         return load_editlens(split), None
     if source == "l2r":
-        root = assets_dir()
-        if root is None or not (root / L2R_FILES[split]).exists():
-            raise DataError(f"data_source='l2r' needs HUMANIZER_ASSETS pointing at a folder with "
-                            f"{L2R_FILES[split]} (now: {root}); online, use data_source='editlens'")
-        return read_pairs(root / L2R_FILES[split])
+        return read_pairs(l2r_file(split))
     path = Path(source.format(split=split))
     return read_pairs(path)
 
@@ -243,7 +253,7 @@ def tokens(text: str) -> list[str]:
 
 
 def load_slop_phrases(path: str | Path | None = None) -> list[str]:
-    path = Path(path) if path else Path(__file__).resolve().parent.parent / "data" / "slop_phrases.txt"
+    path = Path(path) if path else REPO_DATA / "slop_phrases.txt"
     phrases = []
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip().lower()

@@ -144,3 +144,36 @@ def test_atomic_json_roundtrip_leaves_no_temp_files(tmp_path):
     atomic_write_json(tmp_path / "x.json", {"a": 1})
     assert read_json(tmp_path / "x.json") == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+L2R_SHA256 = {  # data/README.md
+    "train": "004b539acd10582ac55be21e4f84733c7c19116854c52444352800e104fed788",
+    "dev": "43590d18ff2a35afa935b6f264bd44dc49454622ca7bbecb7df540a6a1279474",
+}
+
+
+@pytest.mark.parametrize("split, pairs, paragraphs", [("train", 12273, 3113), ("dev", 1654, 421)])
+def test_l2r_data_ships_with_the_repository(split, pairs, paragraphs, monkeypatch):
+    import hashlib
+
+    monkeypatch.delenv("HUMANIZER_ASSETS", raising=False)
+    path = data.l2r_file(split)
+    assert path == data.REPO_DATA / data.L2R_FILES[split]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == L2R_SHA256[split]
+    raw = [json.loads(line) for line in gzip.open(path, "rt", encoding="utf-8")]
+    assert (len(raw), len({r["human"] for r in raw})) == (pairs, paragraphs)
+    rows, report = data.load_split(get_config("smoke"), split)
+    assert len(rows) + len(report.skipped) == pairs  # the loader skips only exact duplicates
+    assert all(why.startswith("duplicate") for _, why in report.skipped)
+
+
+def test_l2r_falls_back_to_an_offline_pack_then_says_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "REPO_DATA", tmp_path / "repo-data")
+    monkeypatch.setenv("HUMANIZER_ASSETS", str(tmp_path / "pack"))
+    with pytest.raises(DataError, match=r"repo-data/l2r/l2r_dev.jsonl.gz is missing: it comes "
+                                        r"with the repository"):
+        data.l2r_file("dev")
+    packed = tmp_path / "pack" / "data" / "l2r" / "l2r_dev.jsonl.gz"
+    packed.parent.mkdir(parents=True)
+    packed.write_bytes(b"")
+    assert data.l2r_file("dev") == packed
