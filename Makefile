@@ -2,9 +2,11 @@
 #               EXPERIMENT=name puts everything under runs/<preset>/name/; with it,
 #               SET=field=value,... overrides Config fields in every notebook)
 # make readme — copy the measured results and time tables from runs/ into README.md
-# make test   — set up .venv and run unit tests + every notebook under the smoke preset, each
-#               notebook top to bottom and then every code cell again (tests/test_notebooks_rerun.py)
-# make lab   — JupyterLab (localhost only) with the same environment
+# make test   — set up .venv, then under the smoke preset: every notebook top to bottom in series
+#               order (pytest --nbmake), the unit tests, and every code cell run again
+#               (tests/test_notebooks_rerun.py)
+# make lab    — JupyterLab (localhost only); the notebooks open in the "Python (humanizer)" kernel
+# make assets DEST=folder — an offline pack of the models and data (README, "Offline classroom")
 PRESET ?= workshop
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -18,15 +20,15 @@ export LD_PRELOAD := $(OPENBLAS)
 endif
 endif
 
-# Offline copies of hub models and data (CI, workshop machines): shared/assets beside the repository
+# Offline copies of hub models (this project's CI, or an offline pack made by `make assets`)
 ifneq ($(wildcard ../shared/assets),)
 export HUMANIZER_ASSETS ?= $(abspath ../shared/assets)
 endif
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run readme test lab serve bench clean blas
+.PHONY: setup run readme test lab serve bench clean blas assets
 # The kernel's stamp names its environment, so installing OpenBLAS later re-registers the kernel.
-KERNEL_STAMP := $(VENV)/.kernel-$(if $(LD_PRELOAD),openblas,plain)-$(if $(HUMANIZER_ASSETS),assets,hub)
+KERNEL_STAMP := $(VENV)/.kernel-$(if $(LD_PRELOAD),openblas,plain)
 setup: $(VENV)/.installed $(KERNEL_STAMP) blas
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -38,8 +40,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 $(KERNEL_STAMP): $(VENV)/.installed
 	$(PY) -m ipykernel install --sys-prefix --name humanizer --display-name "Python (humanizer)" \
-	  $(if $(LD_PRELOAD),--env LD_PRELOAD $(LD_PRELOAD)) \
-	  $(if $(HUMANIZER_ASSETS),--env HUMANIZER_ASSETS $(HUMANIZER_ASSETS))
+	  $(if $(LD_PRELOAD),--env LD_PRELOAD $(LD_PRELOAD))
 	rm -f $(VENV)/.kernel-*
 	touch $@
 
@@ -61,7 +62,11 @@ readme: setup
 	$(PY) -m helpers.report --preset workshop
 
 test: setup
-	HUMANIZER_PRESET=smoke $(PY) -m pytest tests -p no:cacheprovider
+	HUMANIZER_PRESET=smoke $(PY) -m pytest --nbmake --nbmake-timeout=900 notebooks tests -p no:cacheprovider
+
+assets: setup   # on a connected machine: DEST=folder (PRESET=... to pack one preset only)
+	@test -n "$(DEST)" || { echo "usage: make assets DEST=/path/to/folder"; exit 2; }
+	$(PY) -m helpers.assets --dest "$(DEST)" $(if $(filter command line,$(origin PRESET)),--preset $(PRESET))
 
 lab: setup
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --notebook-dir .

@@ -57,12 +57,17 @@ def resolve(spec: str) -> str:
 
 def _hub_error(spec: str, err: Exception) -> ModelNotAvailable:
     root = assets_dir()
-    where = f"HUMANIZER_ASSETS={root} has no copy of it" if root else "HUMANIZER_ASSETS is not set"
+    if root is None:
+        where = "HUMANIZER_ASSETS is not set"
+    elif not root.is_dir():
+        where = f"HUMANIZER_ASSETS={root} is not a folder"
+    else:
+        where = f"HUMANIZER_ASSETS={root} has no {ASSET_PATHS.get(spec, 'models/' + spec.split('/')[-1])}"
+    fetch = f"make assets DEST={root}" if root else f"huggingface-cli download {spec}"
     return ModelNotAvailable(
         f"Cannot load {spec!r}: it is not a local path, {where}, and the Hugging Face hub "
-        f"could not be reached ({type(err).__name__}: {err}). Download it on a connected machine, "
-        f"or set HUMANIZER_ASSETS to a folder with models/{spec.split('/')[-1]}."
-    )
+        f"could not be reached ({type(err).__name__}: {err}). On a connected machine run "
+        f"`{fetch}` once (an offline pack: README, \"Offline classroom\").")
 
 
 def load_model(spec: str, keep_quantized: bool = True, dtype: str = "float32",

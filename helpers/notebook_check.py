@@ -17,6 +17,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from .config import REPO_ROOT
+from .series import kernel_name
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 TRACE_START = "import helpers.config as __field_trace\n__field_trace.start_field_trace()"
@@ -40,7 +41,7 @@ def run_twice(path: Path, timeout: int = 900) -> dict:
     code = [(i, cell) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
     start, stop = nbformat.v4.new_code_cell(TRACE_START), nbformat.v4.new_code_cell(TRACE_STOP)
     nb.cells += [start, stop]  # executed by hand below; the cell list only gives them an index
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name(),
                             resources={"metadata": {"path": str(path.parent)}})
     seconds, cell_seconds, failure = [], {}, None
     with client.setup_kernel():

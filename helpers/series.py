@@ -20,10 +20,24 @@ import resource
 import time
 from pathlib import Path
 
+from . import assets
 from .config import PRESETS, REPO_ROOT, get_config, parse_overrides
 from .io import atomic_write_json
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
+# Every notebook's metadata names this kernel; `make setup` registers it (the project's .venv, with
+# OpenBLAS preloaded on Linux), so JupyterLab, papermill, nbmake and the tests all run the same one.
+KERNEL = "humanizer"
+
+
+def kernel_name() -> str:
+    """KERNEL, or a one-line error saying how to register it."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if KERNEL not in KernelSpecManager().find_kernel_specs():
+        raise SystemExit(f"error: the Jupyter kernel {KERNEL!r} is not registered: run `make setup` "
+                         "(or: python -m ipykernel install --sys-prefix --name humanizer)")
+    return KERNEL
 
 
 def series(start: str = "00", only: str | None = None) -> list[Path]:
@@ -78,6 +92,11 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
 
     overrides = dict(overrides or {})
     require_experiment(overrides, experiment)
+    kernel = kernel_name()
+    try:
+        assets.check()
+    except assets.PackError as err:
+        raise SystemExit(f"error: {err}") from None
     cfg = get_config(preset, experiment=experiment, **overrides)
     out_dir = cfg.path("notebooks")
     out_dir.mkdir(exist_ok=True)
@@ -89,7 +108,7 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
     for book in series(start, only):
         print(f"== {book.name} (preset {preset})", flush=True)
         start_time = time.perf_counter()
-        papermill.execute_notebook(str(book), str(out_dir / book.name), kernel_name="python3",
+        papermill.execute_notebook(str(book), str(out_dir / book.name), kernel_name=kernel,
                                    cwd=str(NOTEBOOKS), parameters={"PRESET": preset, "EXPERIMENT": experiment,
                                                                "OVERRIDES": overrides},
                                    progress_bar=False)

@@ -145,3 +145,35 @@ def runs(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "RUNS_ROOT", tmp_path / "runs")
     monkeypatch.delenv("HUMANIZER_EXPERIMENT", raising=False)
     return tmp_path / "runs"
+
+
+def fresh_clone(folder: Path) -> Path:
+    """A copy of the repository as a clone of the working tree would have it (tracked and
+    untracked files that git does not ignore: no runs/, no .venv), in `folder`."""
+    import shutil
+    import subprocess
+
+    names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                           check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, names):
+        if (REPO / name).is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, folder / name)
+    return folder
+
+
+def learner_env(clone: Path, **extra) -> dict:
+    """The environment of a learner's shell in `clone`: no HUMANIZER_ASSETS unless given, the
+    clone's own helpers first on the path (the notebooks' kernel inherits it), offline hub."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HUMANIZER_ASSETS", "HUMANIZER_EXPERIMENT", "HF_HOME", "HF_HUB_CACHE")}
+    return {**env, "PYTHONPATH": str(clone), "HF_HUB_OFFLINE": "1", **extra}
+
+
+def run_in(clone: Path, env: dict, *args: str, timeout: int = 600):
+    """`python *args` in `clone`; the completed process (stdout and stderr together)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, *args], cwd=clone, env=env, timeout=timeout,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
