@@ -73,3 +73,14 @@ def test_fields_a_notebook_names_are_in_its_traced_reads(path):
              for m in re.findall(r"\bcfg\.(\w+)", c.source) if m in fields}
     missing = sorted(named - set(FIELDS_READ.get(path.name[:2], ())))
     assert not missing, f"{path.name} reads {missing}, absent from FIELDS_READ[{path.name[:2]!r}]"
+
+
+def test_one_kernel_for_jupyterlab_papermill_nbmake_and_the_tests():
+    """The notebooks name the kernel that `make setup` registers (OpenBLAS preloaded), so a learner
+    opening one from `make lab` gets it without choosing, and every runner uses the same one."""
+    from helpers.series import KERNEL
+
+    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    assert f"ipykernel install --sys-prefix --name {KERNEL} " in makefile
+    for path in NOTEBOOKS:
+        assert nbformat.read(path, as_version=4).metadata.kernelspec.name == KERNEL, path.name
