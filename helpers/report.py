@@ -1,8 +1,9 @@
-"""Copy generated tables into README.md, each between its markers: the time each notebook took
-per preset (runs/<preset>/series_timing.json, written by helpers.series), notebook 07's results
-table, notebook 03's equal-size quantization table and, when they were run, the experiments on
-validation drafts (experiments/decoding.py, experiments/quant_downstream.py,
-experiments/compare_runs.py).
+"""Copy generated tables into the documents, each between its markers: README.md gets the time
+each notebook took per preset (runs/<preset>/series_timing.json, written by helpers.series) and one
+example rewrite; docs/RESULTS.md notebook 07's results, notebook 03's equal-size quantization table
+and, when they were run, the experiments on validation drafts (experiments/decoding.py,
+experiments/quant_downstream.py, experiments/compare_runs.py); docs/BENCHMARKS.md bench/quant.py's
+table.
 
     python -m helpers.report --preset workshop      # what `make readme` runs
 """
@@ -10,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 
 from . import config
 from .config import PRESETS, REPO_ROOT, get_config
 from .io import atomic_write_text, read_json
-from .results import markdown_table
+from .results import column_name, format_ci, markdown_table
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -33,12 +35,13 @@ EXPERIMENT_TABLES = ("decoding", "fact_switch", "fact_switch_eval", "quant_downs
                      "compare_runs", "compare_ranked_pairs", "compare_dpo_steps")
 
 
-def readme_section(results_md: str, preset: str, timing: dict | None) -> str:
+def results_body(results_md: str, preset: str, timing: dict | None) -> str:
+    """Notebook 07's results.md under a line saying where it came from."""
     stamp = dt.date.today().isoformat()
     minutes = f", whole series {timing['total'] / 60:.0f} min" if timing and "total" in timing else ""
     head = (f"Generated on {stamp} by `make readme` from `runs/{preset}/results.md` (notebook 07 "
             f"of `PRESET={preset} make run`{minutes}). Do not edit by hand.\n\n")
-    return section("results", head + results_md)
+    return head + results_md
 
 
 def replace_section(text: str, section: str, where="README.md", name: str = "results") -> str:
@@ -120,42 +123,122 @@ def quant_table(runs_dir, preset: str) -> str | None:
                                   "perplexity", "MB", "× uniform", "× best anchor"], rows) + note
 
 
-def update_readme(preset: str, readme=REPO_ROOT / "README.md") -> bool:
-    """Refresh the time table, then the results tables when notebook 07 has written them."""
-    text = replace_section(readme.read_text(encoding="utf-8"),
-                           section("timing", timing_table()), readme, "timing")
-    atomic_write_text(readme, text)
-    print("README.md time table updated from runs/*/series_timing.json")
+README = REPO_ROOT / "README.md"
+RESULTS_DOC = REPO_ROOT / "docs" / "RESULTS.md"
+BENCHMARKS_DOC = REPO_ROOT / "docs" / "BENCHMARKS.md"
+DOCS = (README, RESULTS_DOC, BENCHMARKS_DOC)  # each generated section goes where its markers are
+ITEM_SCORES = "item_scores.json"  # notebook 07: {detector: {system: [P(AI) per evaluation draft]}}
+
+
+def example_item(rows: list[dict]) -> int:
+    """Which evaluation draft README shows: a fixed pseudo-random one (the smallest hash of its
+    id), so that no score, good or bad, chose it."""
+    return min(range(len(rows)), key=lambda i: hashlib.sha1(str(rows[i].get("id", i)).encode()).hexdigest())
+
+
+def example_section(runs_dir, preset: str) -> str | None:
+    """One evaluation draft, its SFT and SFT+DPO rewrites and the human text, with every
+    detector's P(AI) for each (notebook 06's rewrites.jsonl, notebook 07's item scores)."""
+    from .results import SYSTEMS, load_rewrites
+
+    rewrites, scores_path = runs_dir / "rewrites.jsonl", runs_dir / ITEM_SCORES
+    if not rewrites.exists() or not scores_path.exists():
+        return None
+    rows, scores = load_rewrites(rewrites), read_json(scores_path)
+    i = example_item(rows)
+    texts = {"source": rows[i]["source"], **{k: rows[i]["outputs"][k] for k in ("sft", "sft+dpo")
+                                             if k in rows[i]["outputs"]}, "human": rows[i]["human"]}
+    quoted = "\n\n".join(f"**{SYSTEMS[k]}**\n\n> " + v.replace("\n", "\n> ") for k, v in texts.items())
+    table = markdown_table(["text"] + [f"P(AI) {d}" for d in scores],
+                           [[SYSTEMS[k]] + [f"{scores[d][k][i]:.2f}" if k in scores[d] else "—"
+                                            for d in scores] for k in texts])
+    return (f"Generated on {dt.date.today().isoformat()} by `make readme` from `runs/{preset}/` "
+            f"(notebooks 06 and 07 of `PRESET={preset} make run`): evaluation draft {i + 1} of "
+            f"{len(rows)}, picked by the hash of its id, not by its scores. Do not edit by hand."
+            f"\n\n{quoted}\n\n{table}\n\nP(AI): each detector's probability that the text is "
+            "AI-written (docs/RESULTS.md says which detectors can tell human text from the drafts "
+            "at all).\n")
+
+
+def generated_sections(preset: str) -> dict[str, str]:
+    """{marker name: section body} for every table a run of `preset` has made so far (the time
+    table always)."""
     cfg = get_config(preset)
+    sections = {"timing": timing_table()}
     results = cfg.runs_dir / "results.md"
-    if not results.exists():
-        print(f"{results} does not exist: run notebook 07 first; README results unchanged")
-        return False
-    timing_path = cfg.runs_dir / "series_timing.json"
-    timing = read_json(timing_path) if timing_path.exists() else None
-    text = readme.read_text(encoding="utf-8")
-    text = replace_section(text, readme_section(results.read_text(encoding="utf-8"), preset,
-                                                timing), readme)
-    quantization = quant_table(cfg.runs_dir, preset)
-    if quantization and markers("quantization")[0] in text:
-        text = replace_section(text, section("quantization", quantization), readme, "quantization")
-    copied = [results]
-    for name in EXPERIMENT_TABLES:  # each only when its script was run and README has its markers
+    if results.exists():
+        timing_path = cfg.runs_dir / "series_timing.json"
+        timing = read_json(timing_path) if timing_path.exists() else None
+        sections["results"] = results_body(results.read_text(encoding="utf-8"), preset, timing)
+    for name, body in (("quantization", quant_table(cfg.runs_dir, preset)),
+                       ("example", example_section(cfg.runs_dir, preset))):
+        if body:
+            sections[name] = body
+    for name in EXPERIMENT_TABLES:  # each only when its script was run
         experiment = cfg.runs_dir / "experiments" / f"{name}.md"
-        if experiment.exists() and markers(name)[0] in text:
-            text = replace_section(text, section(name, experiment.read_text(encoding="utf-8")),
-                                   readme, name)
-            copied.append(experiment)
-    atomic_write_text(readme, text)
-    print("README.md updated from " + ", ".join(map(str, copied)))
-    return True
+        if experiment.exists():
+            sections[name] = experiment.read_text(encoding="utf-8")
+    return sections
+
+
+def update_docs(preset: str, docs=DOCS) -> list[str]:
+    """Copy every generated section into the documents that have its markers; returns the
+    sections copied. Text outside the markers is never touched."""
+    sections = generated_sections(preset)
+    copied = []
+    for doc in docs:
+        text = original = doc.read_text(encoding="utf-8")
+        for name, body in sections.items():
+            if markers(name)[0] in text:
+                text = replace_section(text, section(name, body), doc, name)
+                copied.append(name)
+        if text != original:
+            atomic_write_text(doc, text)
+            print(f"{doc.relative_to(REPO_ROOT) if doc.is_relative_to(REPO_ROOT) else doc}: "
+                  f"updated {', '.join(n for n in sections if markers(n)[0] in text)}")
+    if "results" not in sections:
+        print(f"{get_config(preset).runs_dir / 'results.md'} does not exist: run notebook 07 "
+              "first; the results tables are unchanged")
+    return copied
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="workshop")
-    update_readme(parser.parse_args().preset)
+    update_docs(parser.parse_args().preset)
 
 
 if __name__ == "__main__":
     main()
+
+
+# --- what a finished run recorded, for the notebooks' closing cells --------------------------------
+
+RECORDED_MEASURES = {"p_ai": "P(AI)", "slop_per_1k": "Slop /1K"}
+
+
+def recorded_rows(systems: tuple[str, ...], measure: str = "p_ai", preset: str = "workshop",
+                  runs_root=None) -> str:
+    """The rows of `systems` ("source", "base", "sft", "sft+dpo", "human") as a finished run of
+    `preset` measured them (runs/<preset>/results.json, written by notebook 07), or a line saying
+    which command makes that run. `measure`: "p_ai" (a column per detector) or "slop_per_1k"."""
+    path = (runs_root or config.RUNS_ROOT) / preset / "results.json"
+    if not path.exists():
+        return f"no {preset} results yet: `PRESET={preset} make run` writes {path}"
+    results = read_json(path)
+    rows = [r for r in results["systems"] if r["system"] in systems]
+    if measure == "p_ai":
+        names = list(results["detectors"])
+        return markdown_table(["System"] + [f"P(AI) {column_name(results, d)}" for d in names],
+                              [[r["label"]] + [format_ci(r["p_ai"][d]) for d in names] for r in rows])
+    return markdown_table(["System", RECORDED_MEASURES[measure]],
+                          [[r["label"], format_ci(r[measure], 1)] for r in rows])
+
+
+def recorded_quant_rows(method: str, preset: str = "workshop", runs_root=None) -> str:
+    """Notebook 03's comparison table of a finished `preset` run, header and `method`'s rows."""
+    table = quant_table((runs_root or config.RUNS_ROOT) / preset, preset)
+    if table is None:
+        return f"no {preset} quantization results yet: `PRESET={preset} make run` writes them"
+    return "\n".join(line for line in table.splitlines()
+                     if line.startswith(("| target bpw", "|---")) or f"| {method} |" in line)

@@ -5,7 +5,8 @@ from helpers import report
 
 def test_section_replaced_between_markers_only():
     readme = f"# Title\n\n{report.START}\nold table\n{report.END}\n\n## Tests\n"
-    section = report.readme_section("| a | b |\n|---|---|\n| 1 | 2 |\n", "workshop", {"total": 3000})
+    section = report.section("results", report.results_body("| a | b |\n|---|---|\n| 1 | 2 |\n",
+                                                           "workshop", {"total": 3000}))
     new = report.replace_section(readme, section)
     assert new.startswith("# Title\n\n") and new.endswith("\n\n## Tests\n")
     assert "old table" not in new and "| 1 | 2 |" in new
@@ -18,7 +19,7 @@ def test_missing_markers_are_reported():
         report.replace_section("# no markers\n", "x", "README.md")
 
 
-def test_update_readme_copies_results_and_the_experiment_tables(tmp_path, monkeypatch):
+def test_update_docs_copies_results_and_the_experiment_tables(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     runs = tmp_path / "runs"
@@ -32,7 +33,7 @@ def test_update_readme_copies_results_and_the_experiment_tables(tmp_path, monkey
                       "<!-- quant_downstream:start -->\nold\n<!-- quant_downstream:end -->\n")
     monkeypatch.setattr(report, "get_config", lambda preset: SimpleNamespace(runs_dir=runs))
     monkeypatch.setattr(report.config, "RUNS_ROOT", tmp_path / "no-runs")
-    assert report.update_readme("workshop", readme)
+    assert "results" in report.update_docs("workshop", [readme])
     text = readme.read_text()
     assert "| results |" in text and "| decoding |" in text and "old" not in text
     assert "| downstream |" in text
@@ -71,7 +72,7 @@ def test_time_table_says_how_busy_other_work_kept_the_machine(tmp_path, cores, n
     assert f"`workshop`: measured 2026-12-06 on 2 CPU cores ({note})" in report.timing_table(tmp_path)
 
 
-def test_update_readme_without_results_still_refreshes_the_time_table(tmp_path, monkeypatch):
+def test_update_docs_without_results_still_refreshes_the_time_table(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     readme = tmp_path / "README.md"
@@ -79,7 +80,7 @@ def test_update_readme_without_results_still_refreshes_the_time_table(tmp_path, 
                       "<!-- timing:end -->\n")
     monkeypatch.setattr(report, "get_config", lambda preset: SimpleNamespace(runs_dir=tmp_path))
     monkeypatch.setattr(report.config, "RUNS_ROOT", tmp_path)
-    assert not report.update_readme("workshop", readme)
+    assert report.update_docs("workshop", [readme]) == ["timing"]
     text = readme.read_text()
     assert "kept" in text and "old" not in text and "not measured yet" in text
 
@@ -108,3 +109,58 @@ def test_only_a_whole_series_writes_the_time_table_record():
     assert timing_file() == timing_file("00") == "series_timing.json"
     assert timing_file("04") == timing_file(only="03") == timing_file("00", "00") \
         == "series_timing.partial.json"
+
+
+def write_run(runs):
+    import json
+
+    runs.mkdir(parents=True, exist_ok=True)
+    rows = [{"id": f"d{i}", "source": f"draft {i}", "human": f"human {i}",
+             "outputs": {"base": f"base {i}", "sft": f"sft {i}", "sft+dpo": f"dpo {i}"}}
+            for i in range(3)]
+    (runs / "rewrites.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scores = {"n-gram": {k: [0.1 * i + d for i in range(3)] for k, d in
+                         (("source", 0.5), ("sft", 0.3), ("sft+dpo", 0.2), ("human", 0.0))}}
+    (runs / report.ITEM_SCORES).write_text(json.dumps(scores))
+    return rows
+
+
+def test_the_example_is_picked_by_its_id_and_shows_each_text_with_its_scores(tmp_path):
+    import hashlib
+
+    rows = write_run(tmp_path)
+    i = min(range(3), key=lambda k: hashlib.sha1(f"d{k}".encode()).hexdigest())
+    assert report.example_item(rows) == i
+    text = report.example_section(tmp_path, "workshop")
+    assert f"evaluation draft {i + 1} of 3, picked by the hash of its id" in text
+    assert f"**SFT+DPO stacked**\n\n> dpo {i}" in text and f"> base {i}" not in text
+    assert f"| SFT+DPO stacked | {0.1 * i + 0.2:.2f} |" in text
+    assert f"| human reference | {0.1 * i:.2f} |" in text
+    assert report.example_section(tmp_path / "none", "workshop") is None
+
+
+def test_closing_cells_read_a_finished_run_or_say_how_to_make_it(tmp_path):
+    import json
+
+    ci = lambda m: {"mean": m, "lo": m - 0.1, "hi": m + 0.1}  # noqa: E731
+    results = {"detectors": {"n-gram": {"kind": "evaluation"}}, "systems": [
+        {"system": s, "label": label, "p_ai": {"n-gram": ci(p)}, "slop_per_1k": ci(slop)}
+        for s, label, p, slop in (("source", "source AI draft", 0.8, 3.0), ("sft", "SFT", 0.4, 1.0),
+                                  ("human", "human reference", 0.2, 0.5))]}
+    (tmp_path / "workshop").mkdir()
+    (tmp_path / "workshop" / "results.json").write_text(json.dumps(results))
+    assert report.recorded_rows(("source", "sft"), runs_root=tmp_path) == (
+        "| System | P(AI) n-gram |\n|---|---|\n| source AI draft | 0.80 [0.70, 0.90] |\n"
+        "| SFT | 0.40 [0.30, 0.50] |")
+    assert report.recorded_rows(("human",), "slop_per_1k", runs_root=tmp_path).endswith(
+        "| human reference | 0.5 [0.4, 0.6] |")
+    assert report.recorded_rows(("sft",), runs_root=tmp_path / "none").startswith(
+        "no workshop results yet: `PRESET=workshop make run` writes")
+
+
+def test_readme_is_a_front_door_and_every_generated_section_has_one_home():
+    assert len(report.README.read_text(encoding="utf-8").splitlines()) <= 250
+    names = ["timing", "example", "results", "quantization", *report.EXPERIMENT_TABLES]
+    for name in names:
+        homes = [doc.name for doc in report.DOCS if report.markers(name)[0] in doc.read_text()]
+        assert len(homes) == 1, f"{name}: in {homes}"
