@@ -48,11 +48,13 @@ def byte_tokenizer(extra_tokens=()):
 
 def llama_folder(folder: Path, config: dict, tokenizer, seed: int = 0) -> Path:
     """A random mlx-lm Llama with `config`, saved as a transformers checkpoint: HF parameter
-    names (mlx-lm's Llama uses the same), bfloat16, config.json with the HF fields."""
+    names (mlx-lm's Llama uses the same), bfloat16, config.json with the HF fields; the
+    vocabulary is the tokenizer's."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
+    config = {**config, "vocab_size": len(tokenizer)}
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
     folder.mkdir(parents=True, exist_ok=True)

@@ -66,3 +66,49 @@ def test_radar_loads_from_the_hub_cache_and_scores_p_ai_at_label_0(hub, tmp_path
         p_ai = (logits.exp() / logits.exp().sum())[0].item()
         assert score == pytest.approx(p_ai, abs=1e-5)
         assert abs(score - 0.5) > 1e-4  # a wrong column would give 1 - score
+
+
+# ---------------------------------------------------------------- Binoculars
+
+
+def log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_binoculars_pair_loads_from_the_hub_cache_and_scores_by_the_formula(hub, tmp_path):
+    """The workshop preset's pair, as random Llamas sharing one tokenizer. Binoculars score of
+    tokens x_1..x_n, observer p, performer q (Hans et al. 2024, reference code):
+    log PPL_q = -(1/n) Σ_t log q(x_t | x_<t);  X-PPL = -(1/n) Σ_t Σ_v p(v | x_<t) log q(v | x_<t);
+    B = log PPL / X-PPL, and the detector's raw score is -B (higher = more AI-like)."""
+    import mlx.core as mx
+    from helpers.config import get_config
+    from helpers.detectors import load_binoculars
+
+    observer_id, performer_id = get_config("workshop").binoculars_models
+    llama_repo(hub, tmp_path, observer_id, TINY_LLAMA, seed=1)
+    llama_repo(hub, tmp_path, performer_id, TINY_LLAMA, seed=2)
+    detector = load_binoculars(observer_id, performer_id)
+    text = "The river rose 3 metres overnight."
+    ids = detector.tokenizer.encode(text)
+    assert detector.tokenizer.decode(ids, skip_special_tokens=True) == text
+    inputs, targets = mx.array([ids[:-1]]), np.array(ids[1:])
+    logp = log_softmax(np.array(detector.observer(inputs)[0], dtype=np.float64))
+    logq = log_softmax(np.array(detector.performer(inputs)[0], dtype=np.float64))
+    log_ppl = -logq[np.arange(len(targets)), targets].mean()
+    x_ppl = -(np.exp(logp) * logq).sum(-1).mean()
+    assert detector.raw_scores([text])[0] == pytest.approx(-log_ppl / x_ppl, rel=1e-4)
+    assert not np.allclose(logp, logq)  # two different models, not one scored twice
+
+
+def test_binoculars_refuses_two_models_with_different_tokenizers(hub, tmp_path):
+    from helpers.config import get_config
+    from helpers.detectors import load_binoculars
+    from helpers.models import ModelNotAvailable
+
+    observer_id, performer_id = get_config("workshop").binoculars_models
+    llama_repo(hub, tmp_path, observer_id, TINY_LLAMA)
+    other = byte_tokenizer(extra_tokens=("river",))
+    llama_repo(hub, tmp_path, performer_id, TINY_LLAMA, other)
+    with pytest.raises(ModelNotAvailable, match="one tokenizer.*tokenize differently"):
+        load_binoculars(observer_id, performer_id)
