@@ -112,3 +112,70 @@ def test_binoculars_refuses_two_models_with_different_tokenizers(hub, tmp_path):
     llama_repo(hub, tmp_path, performer_id, TINY_LLAMA, other)
     with pytest.raises(ModelNotAvailable, match="one tokenizer.*tokenize differently"):
         load_binoculars(observer_id, performer_id)
+
+
+# ---------------------------------------------------------------- EditLens
+
+
+def editlens_rows(split: str) -> list[dict]:
+    """Rows with the columns of the EditLens authors' released splits (val.csv of the EditLens
+    repository): per source paragraph a human-written row (text = source_text), an AI-edited and
+    an AI-generated one."""
+    rows = []
+    for k in range(2):
+        source = f"{split} paragraph {k}: the ferry left at 9 and the pier was wet."
+        for kind, text, model, label in (
+                ("human_written", source, "human", 0),
+                ("ai_edited", f"{split} paragraph {k}: The ferry departed at 9; the pier was damp.",
+                 "gpt-4.1", -1),
+                ("ai_generated", f"Overall, {split} ferry {k} represents a vital link.",
+                 "claude-sonnet-4-20250514", 1)):
+            rows.append({"text_id": f"{split}-{k}-{kind}", "text": text, "cosine_score": 0.5,
+                         "soft_ngrams_score": 0.5, "text_type": kind, "model": model,
+                         "source": "news", "source_id": f"{split}-{k}", "source_text": source,
+                         "split": split, "label": label})
+    return rows
+
+
+@pytest.fixture
+def editlens(hub, tmp_path):
+    from helpers.data import EDITLENS_ID
+
+    splits = {s: editlens_rows(s) for s in ("train", "val", "test")}
+    add_repo(hub, EDITLENS_ID, parquet_dataset_files(tmp_path / "editlens", splits), "dataset")
+    return splits
+
+
+@pytest.mark.parametrize("split, hub_split", [("train", "train"), ("dev", "test")])
+def test_editlens_loads_offline_from_the_hub_cache_as_pairs(editlens, split, hub_split):
+    from helpers.data import load_editlens, paragraph_key
+
+    rows = load_editlens(split)
+    expected = [r for r in editlens[hub_split] if r["text_type"] != "human_written"]
+    assert [r["id"] for r in rows] == [r["text_id"] for r in expected]
+    for row, source in zip(rows, expected):
+        assert (row["human"], row["ai"]) == (source["source_text"], source["text"])
+        assert row["ai_model"] == source["model"] and row["domain"] == "news"
+        assert row["group"] == paragraph_key(source["source_text"])
+
+
+def test_editlens_reads_the_human_ai_column_variant(hub, tmp_path):
+    from helpers.data import EDITLENS_ID, load_editlens
+
+    rows = [{"id": "a", "human": "A person wrote this.", "ai": "An AI wrote this.",
+             "domain": "essays", "model": "m"}]
+    files = parquet_dataset_files(tmp_path / "variant", {"train": rows, "test": rows})
+    add_repo(hub, EDITLENS_ID, files, "dataset")
+    assert [(r["id"], r["human"], r["ai"], r["domain"]) for r in load_editlens("train")] == \
+        [("a", "A person wrote this.", "An AI wrote this.", "essays")]
+
+
+def test_editlens_offline_without_a_copy_fails_in_one_line(hub):
+    from helpers.data import load_editlens
+    from helpers.io import DataError
+
+    with pytest.raises(DataError) as err:
+        load_editlens("train")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "pangram/editlens_iclr" in message and "hf download" in message and "l2r" in message
