@@ -179,3 +179,76 @@ def test_editlens_offline_without_a_copy_fails_in_one_line(hub):
     message = str(err.value)
     assert "\n" not in message
     assert "pangram/editlens_iclr" in message and "hf download" in message and "l2r" in message
+
+
+# ---------------------------------------------------------------- the paper preset
+
+# MiniCPM5-1B's model card: "standard LlamaForCausalLM", 24 layers, grouped-query attention with 16
+# query and 2 key-value heads, 131,072 positions; its MLX 4-bit release quantizes 169 linears
+# (24 x 7 + an untied lm_head). Its config.json could not be read here: the stand-in keeps that
+# architecture (model_type "llama", 8:1 heads, untied head) at toy sizes and assumes rope_theta.
+MINICPM5 = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+            "intermediate_size": 128, "num_attention_heads": 16, "num_key_value_heads": 2,
+            "head_dim": 4, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "tie_word_embeddings": False, "max_position_embeddings": 131072}
+PAPER_OVERRIDES = dict(min_words=3, n_val_paragraphs=1, n_eval=2, calib_texts=2,
+                       calib_max_tokens=32, sft_steps=1, batch_size=2, max_seq_len=512,
+                       val_examples=1, checkpoint_every=1, val_every=1)
+
+
+@pytest.fixture
+def paper(editlens, hub, tmp_path, runs):
+    """get_config("paper") at toy sizes, with MiniCPM5-1B and EditLens in the hub cache and
+    notebook 01's data prepared from EditLens."""
+    from helpers.config import get_config
+    from helpers.data import prepare, save_prepared
+
+    cfg = get_config("paper", **PAPER_OVERRIDES)
+    assert (cfg.model, cfg.data_source) == ("openbmb/MiniCPM5-1B", "editlens")
+    llama_repo(hub, tmp_path, cfg.model, MINICPM5)
+    save_prepared(cfg, prepare(cfg))
+    return cfg
+
+
+def test_paper_preset_quantizes_and_trains_minicpm5_offline(paper):
+    """Notebooks 02-04 on the paper preset: load MiniCPM5-1B from the hub cache, scan its
+    sensitivity, save the mixed-precision model, put LoRA on every target linear of every block
+    of it and take one SFT step: the loss is finite and every LoRA B moves off zero."""
+    import mlx.core as mx
+    from helpers import lora, quant, train
+    from helpers.data import load_prepared
+    from helpers.models import base_model_spec, load_model, save_mlx_model
+
+    cfg = paper
+    model, tokenizer, config = load_model(cfg.model, keep_quantized=False, return_config=True)
+    assert len(model.layers) == 2 and not config["tie_word_embeddings"]
+    sens = quant.sensitivity_scan(cfg, model, tokenizer, progress=False)
+    assert len(sens["units"]) == 2 * 7 + 2  # every block linear, the embedding, the lm_head
+    chosen = quant.allocate(sens, cfg.target_bpw, sens["candidate_bits"], cfg.protect)
+    assert quant.bits_per_weight(chosen, sens["units"], cfg.group_size) <= cfg.target_bpw
+    qmodel, qconfig = quant.quantize_model(quant.clone_model(model), config, chosen,
+                                           cfg.group_size)
+    save_mlx_model(qmodel, tokenizer, {**qconfig, "quantized_from": cfg.model},
+                   cfg.path("quantized_model"))
+    assert base_model_spec(cfg) == str(cfg.path("quantized_model"))
+
+    base, tokenizer = lora.load_base(cfg)
+    lora.add_lora(base, lora.lora_config(cfg, "sft"), seed=cfg.seed)
+    wrapped = {name for name, _ in lora.lora_layers(base)}
+    assert wrapped == {f"model.layers.{i}.{t}" for i in range(2) for t in cfg.lora_targets}
+    log = train.train_sft(base, tokenizer, cfg, load_prepared(cfg))
+    losses = [row["loss"] for row in log if row["split"] == "train"]
+    assert len(losses) == 1 and np.isfinite(losses[0])
+    assert all(mx.abs(m.lora_b).max().item() > 0 for _, m in lora.lora_layers(base))
+    assert (cfg.path("adapters/sft") / lora.ADAPTER_FILE).exists()
+
+
+def test_lora_targets_missing_from_the_architecture_are_an_error(paper):
+    from helpers import lora
+    from helpers.config import get_config
+
+    cfg = get_config("paper", **PAPER_OVERRIDES,
+                     lora_targets=("self_attn.q_proj", "self_attn.qkv_proj"))
+    model, _ = lora.load_base(cfg)
+    with pytest.raises(ValueError, match=r"\['self_attn.qkv_proj'\] are not linears of block 0"):
+        lora.add_lora(model, lora.lora_config(cfg, "sft"))
