@@ -114,6 +114,27 @@ def test_binoculars_refuses_two_models_with_different_tokenizers(hub, tmp_path):
         load_binoculars(observer_id, performer_id)
 
 
+def test_load_detectors_finds_every_hub_detector_in_the_cache(hub, tmp_path, runs):
+    """The workshop preset's evaluation set-up with RADAR, its model (Fast-DetectGPT's scorer)
+    and the Binoculars pair only in the hub cache: none of them is reported unavailable."""
+    from helpers.config import get_config
+    from helpers.detectors import load_detectors
+    from test_detectors import FakeEmbedder, style_rows
+
+    cfg = get_config("workshop")
+    add_repo(hub, RADAR_ID, folder_files(roberta_classifier_folder(tmp_path / "radar")))
+    for seed, repo_id in enumerate(dict.fromkeys([cfg.model, *cfg.binoculars_models])):
+        llama_repo(hub, tmp_path, repo_id, TINY_LLAMA, seed=seed)
+    rows = style_rows()
+    found, unavailable = load_detectors(cfg, FakeEmbedder(),
+                                        {"detector": rows, "val": rows[:4], "eval": []})
+    assert unavailable == {}
+    assert {"RADAR", "Fast-DetectGPT", "Binoculars"} <= set(found)
+    p_ai = {name: found[name].score([rows[0]["human"], rows[0]["ai"]])
+            for name in ("RADAR", "Fast-DetectGPT", "Binoculars")}
+    assert all(np.isfinite(p).all() and ((p > 0) & (p < 1)).all() for p in p_ai.values())
+
+
 # ---------------------------------------------------------------- EditLens
 
 
