@@ -6,8 +6,8 @@ file layout the hub serves, for tests that load them through a Hugging Face cach
 - `llama_folder`: a random Llama as transformers saves it (bfloat16 model.safetensors, config.json
   naming LlamaForCausalLM, tokenizer files).
 - `roberta_classifier_folder`: a random RobertaForSequenceClassification as RADAR's repository
-  holds it (config.json, vocab.json, merges.txt, tokenizer.json, model.safetensors; no
-  tokenizer_config.json).
+  holds it (config.json, vocab.json, merges.txt, tokenizer.json, no tokenizer_config.json; the
+  weights as model.safetensors, the form of the safetensors copy in its refs/pr/2).
 - `parquet_dataset_files`: split files as `datasets.push_to_hub` writes them.
 """
 from __future__ import annotations

@@ -207,7 +207,8 @@ def test_editlens_offline_without_a_copy_fails_in_one_line(hub):
 # MiniCPM5-1B's model card: "standard LlamaForCausalLM", 24 layers, grouped-query attention with 16
 # query and 2 key-value heads, 131,072 positions; its MLX 4-bit release quantizes 169 linears
 # (24 x 7 + an untied lm_head). Its config.json could not be read here: the stand-in keeps that
-# architecture (model_type "llama", 8:1 heads, untied head) at toy sizes and assumes rope_theta.
+# architecture (model_type "llama", 16 and 2 heads, untied head) at toy sizes and assumes
+# rope_theta and the head size.
 MINICPM5 = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
             "intermediate_size": 128, "num_attention_heads": 16, "num_key_value_heads": 2,
             "head_dim": 4, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
