@@ -71,14 +71,30 @@ def read_pairs(path: str | Path, strict: bool = False) -> tuple[list[dict], Read
     return rows, report
 
 
+def editlens_source() -> str:
+    """Where load_dataset finds EditLens: the Hugging Face cache's copy when there is one (offline,
+    `load_dataset(EDITLENS_ID)` only finds data it has prepared itself, not a downloaded
+    snapshot), else the hub id."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(EDITLENS_ID, repo_type="dataset", local_files_only=True)
+    except Exception:  # noqa: BLE001 - not in the cache
+        return EDITLENS_ID
+
+
 def load_editlens(split: str) -> list[dict]:
-    """The EditLens corpus from the hub (online users). Rows pair a human source with AI text."""
+    """The EditLens corpus (training split for 'train', test split for 'dev'): each row pairs a
+    human text (`source_text`) with an AI text made from it (`text`, AI-generated or AI-edited).
+    Its human-written rows (text = source text) pair a text with itself and are left out."""
     from datasets import load_dataset
 
     try:
-        ds = load_dataset(EDITLENS_ID, split="train" if split == "train" else "test")
+        ds = load_dataset(editlens_source(), split="train" if split == "train" else "test")
     except Exception as err:  # noqa: BLE001 - hub errors come in many types
-        raise DataError(f"Cannot load {EDITLENS_ID!r} from the hub ({err}); offline, use "
+        why = " ".join(f"{type(err).__name__}: {err}".split())
+        raise DataError(f"Cannot load {EDITLENS_ID!r} ({why}). Download it once on a connected "
+                        f"machine (`hf download {EDITLENS_ID} --repo-type dataset`), or use "
                         "data_source='l2r' (the repository's data/l2r/)") from err
     columns = set(ds.column_names)
     human_col = next((c for c in ("human", "source_text", "original_text") if c in columns), None)
@@ -87,12 +103,15 @@ def load_editlens(split: str) -> list[dict]:
         raise DataError(f"{EDITLENS_ID}: expected human/ai text columns, found {sorted(columns)}")
     rows = []
     for i, r in enumerate(ds):
-        if isinstance(r[human_col], str) and isinstance(r[ai_col], str) \
-                and r[human_col].strip() and r[ai_col].strip():
-            rows.append({"id": str(r.get("id", i)), "domain": r.get("domain", "unknown"),
-                         "human": r[human_col].strip(), "ai": r[ai_col].strip(),
-                         "ai_model": r.get("model", "unknown"), "low_overlap": False,
-                         "group": paragraph_key(r[human_col])})
+        human, ai = r[human_col], r[ai_col]
+        if not (isinstance(human, str) and isinstance(ai, str) and human.strip() and ai.strip()) \
+                or r.get("text_type") == "human_written" or paragraph_key(human) == paragraph_key(ai):
+            continue
+        rows.append({"id": str(r.get("id", r.get("text_id", i))),
+                     "domain": r.get("domain", r.get("source", "unknown")),
+                     "human": human.strip(), "ai": ai.strip(),
+                     "ai_model": r.get("model", "unknown"), "low_overlap": False,
+                     "group": paragraph_key(human)})
     return rows
 
 

@@ -113,11 +113,27 @@ def add_lora(model: nn.Module, config: dict, seed: int = 0) -> nn.Module:
     the model's output is unchanged until B is trained). Adapters already on the model are removed
     first, so running this again starts a fresh adapter instead of failing."""
     remove_adapters(model)
+    check_targets(model, config)
     model.freeze()
     mx.random.seed(seed)
     linear_to_lora_layers(model, config["num_layers"], config["lora_parameters"])
     mx.eval(model.parameters())
     return model
+
+
+def check_targets(model: nn.Module, config: dict) -> None:
+    """Raise unless every target linear exists in every block the adapter covers (mlx-lm skips a
+    name it does not find, which would silently train fewer layers on another architecture)."""
+    keys = config["lora_parameters"].get("keys") or ()  # none given: mlx-lm takes every linear
+    first = len(model.layers) - len(model.layers[-max(config["num_layers"], 0):])
+    for index, block in enumerate(model.layers[first:], start=first):
+        linears = [name for name, m in block.named_modules()
+                   if isinstance(m, (nn.Linear, nn.QuantizedLinear))]
+        missing = [key for key in keys if key not in linears]
+        if missing:
+            raise ValueError(f"LoRA target(s) {missing} are not linears of block {index} of "
+                             f"{type(model).__module__}; its linears are {sorted(linears)}: "
+                             "set lora_targets to some of them")
 
 
 def remove_adapters(model: nn.Module) -> nn.Module:
