@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import PRESETS, get_config
 from .io import atomic_write_json, read_json
-from .models import ASSET_PATHS, assets_dir, resolve
+from .models import ASSET_PATHS, HUB_REVISIONS, assets_dir, resolve
 
 MANIFEST = "manifest.json"
 TOOL = "helpers.assets"
@@ -71,12 +71,13 @@ def local_copy(spec: str, download: bool) -> tuple[Path, str]:
         return Path(path), "a local copy"
     from huggingface_hub import snapshot_download
     try:
-        return Path(snapshot_download(spec, local_files_only=True)), "the Hugging Face cache"
+        return Path(snapshot_download(spec, revision=HUB_REVISIONS.get(spec),
+                                      local_files_only=True)), "the Hugging Face cache"
     except Exception:  # noqa: BLE001 - not in the cache: the hub client raises several types
         if not download:
             raise PackError(f"{spec}: no local copy and downloads are off") from None
     try:
-        return Path(snapshot_download(spec)), "the Hugging Face hub"
+        return Path(snapshot_download(spec, revision=HUB_REVISIONS.get(spec))), "the Hugging Face hub"
     except Exception as err:  # noqa: BLE001
         raise PackError(f"{spec}: not in HUMANIZER_ASSETS or the Hugging Face cache, and the "
                         f"download failed ({type(err).__name__}: {str(err).splitlines()[0]})") from None

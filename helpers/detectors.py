@@ -31,7 +31,7 @@ import mlx.core as mx
 import numpy as np
 
 from .io import atomic_write_bytes, atomic_write_json, read_json
-from .models import ModelNotAvailable, load_model, resolve
+from .models import HUB_REVISIONS, ModelNotAvailable, load_model, resolve
 
 # --- finding models ------------------------------------------------------------------------------
 
@@ -46,15 +46,16 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def locate(spec: str) -> str:
-    """A local path for `spec` (itself, its HUMANIZER_ASSETS copy, or the Hugging Face cache), or
-    the hub id when the hub answers. Fails fast and plainly otherwise (no minute of retries)."""
+def locate(spec: str, revision: str | None = None) -> str:
+    """A local path for `spec` (itself, its HUMANIZER_ASSETS copy, or the Hugging Face cache at
+    `revision`), or the hub id when the hub answers. Fails fast and plainly otherwise (no minute
+    of retries)."""
     path = resolve(spec)
     if Path(path).exists():
         return path
     try:
         from huggingface_hub import snapshot_download
-        return snapshot_download(spec, local_files_only=True)
+        return snapshot_download(spec, revision=revision, local_files_only=True)
     except Exception:  # noqa: BLE001 - not in the cache
         pass
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
@@ -63,7 +64,7 @@ def locate(spec: str) -> str:
         raise ModelNotAvailable(
             f"{spec!r} is not available: it is not a local path, not in HUMANIZER_ASSETS "
             f"(models/{spec.split('/')[-1]}) nor in the Hugging Face cache, and {why}. "
-            f"On a connected machine run `huggingface-cli download {spec}` once, or copy it to "
+            f"On a connected machine run `hf download {spec}` once, or copy it to "
             f"$HUMANIZER_ASSETS/models/{spec.split('/')[-1]}.")
     return spec
 
@@ -96,15 +97,20 @@ def calibration_pairs(rows: list[dict], n: int) -> tuple[list[str], list[int]]:
 # --- RADAR ---------------------------------------------------------------------------------------
 
 
+RADAR_ID = "TrustSafeAI/RADAR-Vicuna-7B"
+RADAR_REVISION = HUB_REVISIONS[RADAR_ID]  # its weights as safetensors
+
+
 class Radar:
     name = "RADAR"
 
-    def __init__(self, spec: str = "TrustSafeAI/RADAR-Vicuna-7B", max_tokens: int = 512,
-                 batch_size: int = 8):
+    def __init__(self, spec: str = RADAR_ID, max_tokens: int = 512, batch_size: int = 8):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        source = locate(spec)
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
-        self.model = AutoModelForSequenceClassification.from_pretrained(source).eval()
+        revision = HUB_REVISIONS.get(spec)
+        source = locate(spec, revision)
+        self.tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            source, revision=revision, use_safetensors=True).eval()
         self.max_tokens, self.batch_size = max_tokens, batch_size
 
     def score(self, texts: list[str]) -> np.ndarray:

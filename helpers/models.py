@@ -20,6 +20,10 @@ ASSET_PATHS = {
     "sentence-transformers/all-MiniLM-L6-v2": "models/all-MiniLM-L6-v2",
 }
 
+# hub id -> the revision to read: RADAR's main branch holds its weights only as pytorch_model.bin
+# (pickle, which is never loaded here); its pull request 2 holds the same weights as safetensors
+HUB_REVISIONS = {"TrustSafeAI/RADAR-Vicuna-7B": "refs/pr/2"}
+
 # GGUF tensor names -> mlx-lm Llama parameter names
 _GGUF_BLOCK_NAMES = {
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
@@ -63,7 +67,7 @@ def _hub_error(spec: str, err: Exception) -> ModelNotAvailable:
         where = f"HUMANIZER_ASSETS={root} is not a folder"
     else:
         where = f"HUMANIZER_ASSETS={root} has no {ASSET_PATHS.get(spec, 'models/' + spec.split('/')[-1])}"
-    fetch = f"make assets DEST={root}" if root else f"huggingface-cli download {spec}"
+    fetch = f"make assets DEST={root}" if root else f"hf download {spec}"
     return ModelNotAvailable(
         f"Cannot load {spec!r}: it is not a local path, {where}, and the Hugging Face hub "
         f"could not be reached ({type(err).__name__}: {err}). On a connected machine run "

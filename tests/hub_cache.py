@@ -18,9 +18,9 @@ from pathlib import Path
 
 
 def add_repo(hf_home: Path, repo_id: str, files: dict[str, Path | bytes],
-             repo_type: str = "model") -> Path:
+             repo_type: str = "model", ref: str = "main") -> Path:
     """Put `files` ({name in the repository: a local file or bytes}) into the cache as one revision
-    of `repo_id`; returns the snapshot folder."""
+    of `repo_id`, under the branch or pull-request ref `ref`; returns the snapshot folder."""
     repo = Path(hf_home) / "hub" / f"{repo_type}s--{repo_id.replace('/', '--')}"
     contents = {name: src if isinstance(src, bytes) else Path(src).read_bytes()
                 for name, src in sorted(files.items())}
@@ -35,8 +35,8 @@ def add_repo(hf_home: Path, repo_id: str, files: dict[str, Path | bytes],
         link = snapshot / name
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(revision)
+    (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / ref).write_text(revision)
     return snapshot
 
 

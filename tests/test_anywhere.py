@@ -72,4 +72,4 @@ def test_without_the_model_anywhere_the_error_says_how_to_get_it(tmp_path):
     done = run_in(clone, env, "-c", "from helpers.models import load_model; "
                   f"load_model({WORKSHOP_MODEL!r})")
     assert done.returncode != 0
-    assert f"huggingface-cli download {WORKSHOP_MODEL}" in done.stdout.splitlines()[-1]
+    assert f"hf download {WORKSHOP_MODEL}" in done.stdout.splitlines()[-1]

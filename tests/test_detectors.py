@@ -108,7 +108,7 @@ def test_radar_loader_fails_plainly_offline():
 def test_locate_fails_fast_when_the_hub_is_unreachable(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(detectors, "hub_reachable", lambda timeout=3.0: False)
-    with pytest.raises(ModelNotAvailable, match="cannot be reached.*huggingface-cli download"):
+    with pytest.raises(ModelNotAvailable, match="cannot be reached.*hf download"):
         detectors.locate("nobody/no-such-model")
 
 

@@ -11,7 +11,8 @@ from hub_cache import add_repo, folder_files
 from standins import (byte_tokenizer, llama_folder, parquet_dataset_files,
                       roberta_classifier_folder)
 
-RADAR_ID = "TrustSafeAI/RADAR-Vicuna-7B"
+from helpers.detectors import RADAR_ID, RADAR_REVISION
+
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
               "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
               "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": True,
@@ -53,7 +54,8 @@ def test_radar_loads_from_the_hub_cache_and_scores_p_ai_at_label_0(hub, tmp_path
     import torch
     from helpers.detectors import Radar
 
-    add_repo(hub, RADAR_ID, folder_files(roberta_classifier_folder(tmp_path / "radar")))
+    add_repo(hub, RADAR_ID, folder_files(roberta_classifier_folder(tmp_path / "radar")),
+             ref=RADAR_REVISION)
     radar = Radar(RADAR_ID, max_tokens=32, batch_size=2)
     assert radar.model.config.num_labels == 2
     texts = ["A long text about rivers, " * 3, "Short.", "A middling text, here.", "Hi"]
@@ -122,7 +124,8 @@ def test_load_detectors_finds_every_hub_detector_in_the_cache(hub, tmp_path, run
     from test_detectors import FakeEmbedder, style_rows
 
     cfg = get_config("workshop")
-    add_repo(hub, RADAR_ID, folder_files(roberta_classifier_folder(tmp_path / "radar")))
+    add_repo(hub, RADAR_ID, folder_files(roberta_classifier_folder(tmp_path / "radar")),
+             ref=RADAR_REVISION)
     for seed, repo_id in enumerate(dict.fromkeys([cfg.model, *cfg.binoculars_models])):
         llama_repo(hub, tmp_path, repo_id, TINY_LLAMA, seed=seed)
     rows = style_rows()
