@@ -114,6 +114,7 @@ class Config:
     top_p: float = 0.9
     repetition_penalty: float = 1.0  # >1 discourages repeating the last repetition_context tokens
     repetition_context: int = 20
+    no_repeat_ngram: int = 0  # > 0: the answer never repeats a token n-gram this long (0 = off)
     max_len_ratio: float = 1.5
     gen_max_tokens: int = 384  # hard cap on new tokens per rewrite
     gen_batch_size: int = 32  # drafts decoded together (batched decoding is much faster on CPU)

@@ -142,6 +142,42 @@ def repetition_processors(cfg) -> list:
                                   repetition_context_size=cfg.repetition_context)
 
 
+def no_repeat_ngram(n: int):
+    """A logits processor for one sequence that never lets its answer repeat an n-gram of tokens
+    (fairseq's and transformers' `no_repeat_ngram_size`): with the answer a_1..a_t, every token x
+    such that (a_{t-n+2}, ..., a_t, x) already occurs in the answer gets logit -inf. Only the
+    answer counts, so copying a name or a clause from the draft stays allowed; a loop ("... which
+    is a high-energy dance sport that combines ...") cannot start its second turn.
+
+    The processor keeps its own count of decode steps: at step k the context ends with the k
+    answer tokens written so far, however the prompt before them was cached. The ban is computed
+    with MLX array operations, so decoding stays asynchronous (no .item() per step)."""
+    steps = 0
+
+    def processor(context: mx.array, logits: mx.array) -> mx.array:
+        nonlocal steps
+        answer, steps = context[len(context) - steps:] if steps else context[:0], steps + 1
+        t = answer.shape[0]
+        if t < n:
+            return logits
+        # windows j = 0..t-n: does answer[j : j+n-1] equal the last n-1 tokens?
+        same = mx.ones((t - n + 1,), dtype=mx.bool_)
+        for i in range(n - 1):
+            same = same & (answer[i:t - n + 1 + i] == answer[t - n + 1 + i])
+        hits = mx.zeros((logits.shape[-1],), dtype=mx.float32).at[answer[n - 1:]].add(
+            same.astype(mx.float32))
+        return mx.where(hits > 0, -mx.inf, logits)
+
+    return processor
+
+
+def logits_processors(cfg) -> list:
+    """One sequence's processors: the repetition penalty, then the n-gram block (a fresh one per
+    sequence: it counts that sequence's steps)."""
+    return repetition_processors(cfg) + ([no_repeat_ngram(cfg.no_repeat_ngram)]
+                                         if cfg.no_repeat_ngram > 0 else [])
+
+
 def prompt_tokens(tokenizer, draft: str, system: str) -> list[int]:
     """The same chat prefix the adapters were trained on (up to the assistant's turn)."""
     return tokenizer.apply_chat_template(chat_messages(draft, system), add_generation_prompt=True,
@@ -186,7 +222,6 @@ def decode_steps(model, tokenizer, prompts: list[list[int]], budgets: list[int],
         generator = BatchGenerator(
             model, stop_tokens=[[t] for t in tokenizer.eos_token_ids],
             sampler=make_nucleus_sampler(cfg.temperature, cfg.top_p),
-            logits_processors=repetition_processors(cfg),
             completion_batch_size=cfg.gen_batch_size,
             prefill_batch_size=min(8, cfg.gen_batch_size))
         # longest first: prefill batches pad less, and the last, shrinking batches hold the
@@ -199,7 +234,9 @@ def decode_steps(model, tokenizer, prompts: list[list[int]], budgets: list[int],
                   "all_tokens": [list(prefix) for _ in prompts]} if prefix else {}
         try:
             uids = generator.insert([prompts[i][len(prefix):] for i in order],
-                                    [budgets[i] for i in order], **shared)
+                                    [budgets[i] for i in order],
+                                    logits_processors=[logits_processors(cfg) for _ in order],
+                                    **shared)
             index = {uid: i for uid, i in zip(uids, order)}
             while responses := generator.next_generated():
                 for r in responses:
@@ -303,7 +340,7 @@ def rewrite(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
 
 # every Config field that changes what `rewrite` writes for a given model and draft
 DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty",
-                   "repetition_context", "max_len_ratio", "gen_max_tokens", "gen_batch_size",
+                   "repetition_context", "no_repeat_ngram", "max_len_ratio", "gen_max_tokens", "gen_batch_size",
                    "seed", "fact_check_samples", "fact_check_temperature", "fact_resample",
                    "fact_repair", "compute_dtype")
 

@@ -137,6 +137,40 @@ def test_repetition_penalty_breaks_greedy_loops(tokenizer):
     assert len(penalized) == 16 and len(set(penalized)) == 16
 
 
+def test_no_repeat_ngram_bans_what_would_complete_an_answer_ngram_seen_before():
+    block = generate.no_repeat_ngram(3)
+    prompt = [9, 5, 6, 7]  # the prompt may hold the n-gram: copying the draft stays allowed
+    answer = [5, 6, 7, 5, 6]
+    logits = mx.zeros((1, 10))
+    for k in range(len(answer) + 1):  # step k sees the prompt and the k answer tokens so far
+        out = np.array(block(mx.array(prompt + answer[:k]), logits))
+    assert np.isneginf(out[0, 7]) and np.isfinite(np.delete(out[0], 7)).all()  # (5, 6) -> 7 seen
+    fresh = generate.no_repeat_ngram(3)
+    for k in range(3):  # answer [5, 6]: nothing to repeat yet, whatever the prompt holds
+        out = np.array(fresh(mx.array(prompt + answer[:k]), logits))
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_no_repeat_ngram_decodes_answers_without_a_repeated_ngram(tokenizer):
+    model, _ = make_tiny_model()
+    drafts = ["The mill closed in 1931 and the town shrank.", "Rain fell for nine days."]
+
+    def answers(**overrides):
+        cfg = get_config("smoke", gen_max_tokens=24, temperature=0.0, **overrides)
+        return generate.generate_tokens(model, tokenizer, drafts, cfg, progress=False)
+
+    def repeats(tokens, n):
+        grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+        return len(grams) - len(set(grams))
+
+    assert all(repeats(a, 2) for a in answers())  # this random model loops when greedy
+    blocked = answers(no_repeat_ngram=2)
+    cfg = get_config("smoke", gen_max_tokens=24)
+    assert [len(a) for a in blocked] == [generate.max_new_tokens(tokenizer, d, cfg) for d in drafts]
+    assert not any(repeats(a, 2) for a in blocked)
+
+
 def test_verify_and_resample_keeps_the_candidate_with_the_most_facts():
     from helpers.generate import Rewrite, verify_and_resample
 
