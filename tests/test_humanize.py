@@ -70,7 +70,8 @@ def test_good_input(tmp_path, capsys):
     fake = FakeHumanizer()
     assert run("--input", src, "--output", out, "--adapter", "sft", "--batch-size", 2,
                humanizer=fake) == 0
-    common = {"preset": "smoke", "adapter": "sft", "hit_cap": False}
+    common = {"preset": "smoke", "adapter": "sft", "hit_cap": False, "settings": {
+        "fact_check_samples": 0, "fact_resample": True, "fact_repair": True}}
     assert read_rows(out) == [
         {"id": "a", "source": "first draft", "output": "FIRST DRAFT", **common, "domain": "news"},
         {"id": "7", "source": "second draft", "output": "SECOND DRAFT", **common},
