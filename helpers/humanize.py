@@ -227,10 +227,9 @@ def check_output(spec: str, kind: str, input_files: list[Path], overwrite: bool 
             raise OutputError(f"{spec}: this is the input file ({source}); choose another --output")
     if path.is_dir():
         raise OutputError(f"{spec}: is a folder; give a file name")
-    if kind == "text":
+    if kind == "text" or (overwrite and os.path.lexists(path)):
         check_targets(TOOL, [path], manifest_of(path), overwrite)
-    elif overwrite and os.path.lexists(path):
-        check_targets(TOOL, [path], manifest_of(path), overwrite)
+    read_manifest(manifest_of(path), TOOL)  # the marker's own name must be free or ours
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path.parent):

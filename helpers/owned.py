@@ -66,6 +66,18 @@ def read_manifest(manifest: Path, tool: str) -> dict:
     return files
 
 
+def check_plain_file(path: Path, tool: str) -> None:
+    """Only a writable regular file is ever replaced: never a symlink (the rename would replace
+    the link, not what it points to), a folder, a device, or a read-only file."""
+    what = ("a symlink" if path.is_symlink() else "a folder" if path.is_dir() else
+            None if path.is_file() else "not a regular file")
+    if what:
+        raise Refused(f"{path}: is {what}; {tool} replaces only regular files: choose another "
+                      f"path")
+    if not path.stat().st_mode & 0o222:  # the mode, not os.access: root may write anything
+        raise Refused(f"{path}: is read-only; it is left as it is: choose another path")
+
+
 def check_targets(tool: str, paths: list[Path], manifest: Path, overwrite: bool) -> None:
     """Refuse when any of `paths` exists and is not `tool`'s own unchanged output listed in
     `manifest`, or is, but --overwrite was not given."""
@@ -73,19 +85,13 @@ def check_targets(tool: str, paths: list[Path], manifest: Path, overwrite: bool)
     for path in map(Path, paths):
         if not os.path.lexists(path):
             continue
-        what = ("a symlink" if path.is_symlink() else "a folder" if path.is_dir() else
-                None if path.is_file() else "not a regular file")
-        if what:
-            raise Refused(f"{path}: exists and is {what}; {tool} writes only files it made: "
-                          f"choose another path")
+        check_plain_file(path, tool)
         if path.name not in listed:
             raise Refused(f"{path}: exists and was not written by {tool}; it is left as it is: "
                           f"choose another path, or move it away")
         if listed[path.name] is not None and listed[path.name] != _stamp(path):
             raise Refused(f"{path}: changed since {tool} wrote it; it is left as it is: move it "
                           f"away to keep it, or choose another path")
-        if not os.access(path, os.W_OK):
-            raise Refused(f"{path}: is read-only; it is left as it is: choose another path")
         if not overwrite:
             raise Refused(f"{path}: holds an earlier output of {tool}; pass --overwrite to "
                           f"replace it, or choose another path")
@@ -94,10 +100,7 @@ def check_targets(tool: str, paths: list[Path], manifest: Path, overwrite: bool)
 def record(tool: str, paths: list[Path], manifest: Path, stamped: bool = True) -> None:
     """Write (atomically) the manifest that marks `paths` as `tool`'s own, keeping the entries
     of files it listed before; `stamped=False` for a file that grows (an appended JSONL)."""
-    try:
-        files = read_manifest(manifest, tool)
-    except Refused:
-        files = {}
+    files = read_manifest(manifest, tool)  # a file of the user's at that name is refused too
     files.update({Path(p).name: _stamp(Path(p)) if stamped else None for p in paths})
     atomic_write_json(manifest, {"tool": tool, "files": files})
 

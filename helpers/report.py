@@ -5,15 +5,22 @@ validation drafts (experiments/decoding.py, experiments/quant_downstream.py,
 experiments/compare_runs.py).
 
     python -m helpers.report --preset workshop      # what `make readme` runs
+
+Only the text between this command's own markers (<!-- name:start --> ... <!-- name:end -->)
+changes; README.md is rewritten atomically and never through a symlink or when read-only.
+Exit status: 0 updated; 2 README.md lacks a marker pair (nothing written); 4 README.md is not a
+writable regular file (nothing written).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 
 from . import config
 from .config import PRESETS, REPO_ROOT, get_config
 from .io import atomic_write_text, read_json
+from .owned import UserError, check_plain_file
 from .results import markdown_table
 
 
@@ -27,6 +34,11 @@ def section(name: str, body: str) -> str:
     return f"{start}\n{body.strip()}\n{end}"
 
 
+class MarkersMissing(UserError, ValueError):
+    """README.md lacks the markers of a section this command writes (exit 2)."""
+
+
+TOOL = "helpers.report"
 START, END = markers("results")
 # runs/<preset>/experiments/<name>.md, written by experiments/<name>.py and by bench/quant.py
 EXPERIMENT_TABLES = ("decoding", "fact_switch", "fact_switch_eval", "quant_downstream", "bench_quant",
@@ -44,7 +56,8 @@ def readme_section(results_md: str, preset: str, timing: dict | None) -> str:
 def replace_section(text: str, section: str, where="README.md", name: str = "results") -> str:
     start, end = markers(name)
     if start not in text or end not in text:
-        raise ValueError(f"{where}: {name} markers {start} / {end} not found")
+        raise MarkersMissing(f"{where}: {name} markers {start} / {end} not found; add that pair "
+                             f"where the table belongs (nothing was written)")
     before, rest = text.split(start, 1)
     return before + section + rest.split(end, 1)[1]
 
@@ -121,19 +134,20 @@ def quant_table(runs_dir, preset: str) -> str | None:
 
 
 def update_readme(preset: str, readme=REPO_ROOT / "README.md") -> bool:
-    """Refresh the time table, then the results tables when notebook 07 has written them."""
+    """Refresh the time table, then the results tables when notebook 07 has written them; one
+    atomic write at the end, so a missing marker leaves README.md as it was."""
+    check_plain_file(readme, TOOL)
     text = replace_section(readme.read_text(encoding="utf-8"),
                            section("timing", timing_table()), readme, "timing")
-    atomic_write_text(readme, text)
-    print("README.md time table updated from runs/*/series_timing.json")
     cfg = get_config(preset)
     results = cfg.runs_dir / "results.md"
     if not results.exists():
+        atomic_write_text(readme, text)
+        print("README.md time table updated from runs/*/series_timing.json")
         print(f"{results} does not exist: run notebook 07 first; README results unchanged")
         return False
     timing_path = cfg.runs_dir / "series_timing.json"
     timing = read_json(timing_path) if timing_path.exists() else None
-    text = readme.read_text(encoding="utf-8")
     text = replace_section(text, readme_section(results.read_text(encoding="utf-8"), preset,
                                                 timing), readme)
     quantization = quant_table(cfg.runs_dir, preset)
@@ -147,15 +161,22 @@ def update_readme(preset: str, readme=REPO_ROOT / "README.md") -> bool:
                                    readme, name)
             copied.append(experiment)
     atomic_write_text(readme, text)
+    print("README.md time table updated from runs/*/series_timing.json")
     print("README.md updated from " + ", ".join(map(str, copied)))
     return True
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, readme=REPO_ROOT / "README.md") -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.report",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="workshop")
-    update_readme(parser.parse_args().preset)
+    try:
+        update_readme(parser.parse_args(argv).preset, readme)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

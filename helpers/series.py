@@ -9,6 +9,18 @@ runs/<preset>/series_timing.json (README's time table: `make readme`); a partial
     python -m helpers.series --preset smoke [--experiment high-lr] [--from 04] [--only 07]
     python -m helpers.series --preset workshop --experiment fact-switch --from 06 \
         --set fact_check_samples=2
+
+The executed copies and the timing record are this command's own files (listed in a manifest
+beside them, helpers/owned.py): a rerun replaces them only with --overwrite (`make run` passes
+it), and never a file it did not write.
+
+Exit status:
+  0  every notebook ran
+  1  a notebook failed: its own error is printed first, the executed copy keeps the traceback
+  2  usage error
+  3  a notebook found the model or data missing (offline without a copy: see the message)
+  4  refused: an executed copy or the timing record exists and is not this command's own, or is
+     and --overwrite was not given
 """
 from __future__ import annotations
 
@@ -17,11 +29,17 @@ import datetime as dt
 import os
 import platform
 import resource
+import sys
 import time
 from pathlib import Path
 
 from .config import PRESETS, REPO_ROOT, get_config, parse_overrides
-from .io import atomic_write_json
+from .io import atomic_output, atomic_write_json
+from .owned import EXIT_MISSING, UserError, check_targets, manifest_of, record
+
+TOOL = "helpers.series"
+# a notebook that raises one of these stopped on something the user fixes, not on a bug
+MISSING_ERRORS = ("ModelNotAvailable", "FileNotFoundError")
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
@@ -72,27 +90,62 @@ def other_work_cores(before: tuple, after: tuple, wall_seconds: float) -> float 
     return round(max(other, 0.0) / wall_seconds, 2)
 
 
-def run(preset: str, start: str = "00", only: str | None = None, experiment: str = "",
-        overrides: dict | None = None) -> dict:
-    import papermill
+class NotebookFailed(UserError):
+    """A notebook of the series raised: its own error, not papermill's wrapping of it."""
+    exit_code = 1
 
+
+def notebook_failure(book: Path, copy: Path, err) -> NotebookFailed:
+    """One line with the failing cell's exception (papermill's ename/evalue), then where the
+    executed copy with the whole traceback is."""
+    message = (f"{book.name} failed in cell [{err.exec_count}]: {err.ename}: {err.evalue}\n"
+               f"the executed notebook, with the traceback, is {copy}")
+    return NotebookFailed(message, EXIT_MISSING if err.ename in MISSING_ERRORS else None)
+
+
+def execute(book: Path, copy: Path, parameters: dict) -> None:
+    """Run one notebook into `copy`, written atomically (also when it fails: the copy shows
+    where); a failure is NotebookFailed."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    failure = None
+    with atomic_output(copy, suffix=".tmp.ipynb") as tmp:
+        try:
+            papermill.execute_notebook(str(book), str(tmp), kernel_name="python3",
+                                       cwd=str(book.parent), parameters=parameters,
+                                       progress_bar=False)
+        except PapermillExecutionError as err:
+            failure = err
+    if failure is not None:
+        raise notebook_failure(book, copy, failure)
+
+
+def run(preset: str, start: str = "00", only: str | None = None, experiment: str = "",
+        overrides: dict | None = None, overwrite: bool = False) -> dict:
     overrides = dict(overrides or {})
     require_experiment(overrides, experiment)
     cfg = get_config(preset, experiment=experiment, **overrides)
     out_dir = cfg.path("notebooks")
     out_dir.mkdir(exist_ok=True)
+    books, copies_manifest = series(start, only), manifest_of(out_dir, folder=True)
+    timing_path = cfg.path(timing_file(start, only))
+    check_targets(TOOL, [out_dir / b.name for b in books], copies_manifest, overwrite)
+    check_targets(TOOL, [timing_path], manifest_of(timing_path), overwrite)
     os.environ["HUMANIZER_PRESET"] = preset
     os.environ["HUMANIZER_EXPERIMENT"] = experiment
     timing = {}
     total = time.perf_counter()
     clocks_before = cpu_clocks()
-    for book in series(start, only):
+    parameters = {"PRESET": preset, "EXPERIMENT": experiment, "OVERRIDES": overrides}
+    for book in books:
         print(f"== {book.name} (preset {preset})", flush=True)
         start_time = time.perf_counter()
-        papermill.execute_notebook(str(book), str(out_dir / book.name), kernel_name="python3",
-                                   cwd=str(NOTEBOOKS), parameters={"PRESET": preset, "EXPERIMENT": experiment,
-                                                               "OVERRIDES": overrides},
-                                   progress_bar=False)
+        try:
+            execute(book, out_dir / book.name, parameters)
+        finally:
+            if (out_dir / book.name).exists():
+                record(TOOL, [out_dir / book.name], copies_manifest)
         timing[book.name] = round(time.perf_counter() - start_time, 1)
         print(f"   {timing[book.name]:.0f} s", flush=True)
     timing["total"] = round(time.perf_counter() - total, 1)
@@ -104,27 +157,38 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
                          "load_average_15min": round(os.getloadavg()[2], 1),
                          "other_work_cores": other_work_cores(clocks_before, cpu_clocks(),
                                                               timing["total"])}
-    atomic_write_json(cfg.path(timing_file(start, only)), timing)
+    atomic_write_json(timing_path, timing)
+    record(TOOL, [timing_path], manifest_of(timing_path))
     print(f"== done in {timing['total'] / 60:.1f} min; executed notebooks in {out_dir}")
     return timing
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.series",
+                                     description=__doc__.splitlines()[0],
+                                     epilog=__doc__[__doc__.index("Exit status:"):],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="workshop", choices=sorted(PRESETS))
     parser.add_argument("--from", dest="start", default="00", help="first notebook number")
     parser.add_argument("--only", default=None, help="run just this notebook number")
     parser.add_argument("--experiment", default="", help="a name: artifacts go to runs/<preset>/NAME/")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE[,...]",
                         help="Config overrides for every notebook (needs --experiment)")
-    args = parser.parse_args()
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace this command's own executed copies and timing record")
+    args = parser.parse_args(argv)
     try:
         overrides = {k: v for text in args.set for k, v in parse_overrides(text).items()}
         require_experiment(overrides, args.experiment)
     except ValueError as error:
         parser.error(f"--set: {error}")
-    run(args.preset, args.start, args.only, args.experiment, overrides)
+    try:
+        run(args.preset, args.start, args.only, args.experiment, overrides, args.overwrite)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
