@@ -257,7 +257,8 @@ def write_gguf(path: str | Path, model: nn.Module, config: dict, tokenizer_field
             writer.add_feed_forward_length(config["intermediate_size"])
             writer.add_rope_dimension_count(head_dim)
             writer.add_head_count(config["num_attention_heads"])
-            writer.add_head_count_kv(config.get("num_key_value_heads", config["num_attention_heads"]))
+            writer.add_head_count_kv(config.get("num_key_value_heads",
+                                                config["num_attention_heads"]))
             writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
             writer.add_rope_freq_base(config.get("rope_theta", 10000.0))
             writer.add_vocab_size(config["vocab_size"])
@@ -365,8 +366,8 @@ def mlx_path(cfg, adapter: str, out: str | Path | None) -> Path:
     return Path(out) if out else cfg.path("export") / f"humanizer-{adapter.replace('+', '-')}-mlx"
 
 
-def export_gguf(cfg, adapter: str = "sft+dpo", out: str | Path | None = None,
-                outtype: str = "f16", tokenizer_from: str = "auto", overwrite: bool = False) -> Path:
+def export_gguf(cfg, adapter: str = "sft+dpo", out: str | Path | None = None, outtype: str = "f16",
+                tokenizer_from: str = "auto", overwrite: bool = False) -> Path:
     """runs/<preset>/export/humanizer-<adapter>-<outtype>/ with the .gguf file and a Modelfile."""
     out = gguf_path(cfg, adapter, outtype, out)
     check_gguf_out(out, overwrite)  # refuse before the minutes of fusing and encoding

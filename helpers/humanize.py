@@ -12,7 +12,8 @@ or one .txt/.md document; or a folder of them (the id is the file's path inside 
 Output (--output, default "-" is stdout): JSONL rows {"id", "source", "output", "preset",
 "adapter", "hit_cap", "settings"} followed by the input row's other fields (one whose name is
 already taken is kept as "input_<name>", e.g. "input_source"); a .txt/.md output is the rewritten
-document itself. "settings" records the fact switch that made the row. --adapter is one of base, sft, dpo-only, sft+dpo (notebooks 04-06).
+document itself. "settings" records the fact switch that made the row. --adapter is one of base,
+sft, dpo-only, sft+dpo (notebooks 04-06).
 
 Long documents are cut at blank lines and rewritten paragraph by paragraph (a paragraph too long
 for the model between sentences), then put back together in order; headings, code blocks, lists

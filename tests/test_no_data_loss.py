@@ -151,6 +151,22 @@ def test_humanize_replaces_its_own_text_output_only_with_overwrite(smoke_run, tm
     assert_kept(before, tmp_path)
 
 
+def test_humanize_starts_over_on_its_own_jsonl_only_with_overwrite(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "one"}])
+    out, other = tmp_path / "out.jsonl", tmp_path / "other.jsonl"
+    args = ["--input", str(src), "--no-progress", "--overwrite", "--output"]
+    assert humanize.main(args + [str(out)], humanizer=FakeHumanizer()) == 0
+    plant("other_tool_jsonl", other, src)
+    before = snapshot(tmp_path)
+    assert humanize.main(args + [str(other)], humanizer=FakeHumanizer()) == 4
+    one_line_error(capsys.readouterr().err, "other.jsonl: exists and was not written by")
+    assert_kept(before, tmp_path)
+    write_jsonl(src, [{"id": "b", "text": "two"}])
+    assert humanize.main(args + [str(out)], humanizer=FakeHumanizer()) == 0
+    assert [r["id"] for r in read_rows(out)] == ["b"]  # replaced, not appended to
+    assert_kept(before, tmp_path, replaced=("out.jsonl", "in.jsonl"))
+
+
 def test_the_no_newline_file_of_the_report_is_kept(tmp_path, capsys):
     """The report's reproduction: a config.json without a trailing newline as --output."""
     src = write_jsonl(tmp_path / "good.jsonl", [{"id": 1, "text": "a draft"}])
