@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import resource
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from .config import PRESETS, REPO_ROOT, get_config, parse_overrides
 from .io import atomic_output, atomic_write_json
-from .owned import EXIT_MISSING, UserError, check_targets, manifest_of, record
+from .owned import EXIT_MISSING, UserError, check_targets, manifest_of, read_manifest, record
 
 TOOL = "helpers.series"
 # a notebook that raises one of these stopped on something the user fixes, not on a bug
@@ -90,6 +91,30 @@ def other_work_cores(before: tuple, after: tuple, wall_seconds: float) -> float 
     return round(max(other, 0.0) / wall_seconds, 2)
 
 
+def written_before_manifests(path: Path) -> bool:
+    """A copy or timing record this command wrote before it kept manifests: a notebook with
+    papermill's metadata, or a timing record with its total and machine."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    if path.suffix == ".ipynb":
+        return isinstance(data.get("metadata"), dict) and "papermill" in data["metadata"]
+    return {"total", "machine"} <= set(data)
+
+
+def adopt_earlier(paths: list[Path], manifest: Path) -> None:
+    """List in the manifest the files of runs made before it existed, so that --overwrite may
+    replace them; anything else stays refused."""
+    listed = read_manifest(manifest, TOOL)
+    earlier = [p for p in paths if p.is_file() and not p.is_symlink() and p.name not in listed
+               and written_before_manifests(p)]
+    if earlier:
+        record(TOOL, earlier, manifest)
+
+
 class NotebookFailed(UserError):
     """A notebook of the series raised: its own error, not papermill's wrapping of it."""
     exit_code = 1
@@ -130,7 +155,10 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
     out_dir.mkdir(exist_ok=True)
     books, copies_manifest = series(start, only), manifest_of(out_dir, folder=True)
     timing_path = cfg.path(timing_file(start, only))
-    check_targets(TOOL, [out_dir / b.name for b in books], copies_manifest, overwrite)
+    copies = [out_dir / b.name for b in books]
+    adopt_earlier(copies, copies_manifest)
+    adopt_earlier([timing_path], manifest_of(timing_path))
+    check_targets(TOOL, copies, copies_manifest, overwrite)
     check_targets(TOOL, [timing_path], manifest_of(timing_path), overwrite)
     os.environ["HUMANIZER_PRESET"] = preset
     os.environ["HUMANIZER_EXPERIMENT"] = experiment

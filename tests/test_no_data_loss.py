@@ -428,6 +428,26 @@ def test_series_replaces_its_own_copies_with_overwrite_and_puts_a_notebook_error
                                                "notebooks/.outputs.json"))
 
 
+def test_series_takes_the_copies_of_runs_before_manifests_for_its_own(series_runs, capsys):
+    """A copy papermill executed and a timing record with its machine: replaced with
+    --overwrite only; a notebook without papermill's metadata stays refused."""
+    (series_runs / "notebooks").mkdir(parents=True)
+    copy, timing = series_runs / "notebooks" / "00_tiny.ipynb", series_runs / "series_timing.json"
+    copy.write_text(json.dumps({"cells": [], "metadata": {"papermill": {}}}))
+    timing.write_text(json.dumps({"total": 1.0, "machine": {}}))
+    before = snapshot(series_runs)
+    assert series.main(["--preset", "smoke"]) == 4
+    one_line_error(capsys.readouterr().err, "pass --overwrite")
+    assert_kept(before, series_runs)
+    assert series.main(["--preset", "smoke", "--overwrite"]) == 0
+    assert "papermill" in json.loads(copy.read_text())["metadata"]
+    copy.write_text(json.dumps({"cells": [], "metadata": {}}))
+    (series_runs / "notebooks" / ".outputs.json").unlink()
+    before = snapshot(series_runs)
+    assert series.main(["--preset", "smoke", "--overwrite"]) == 4
+    assert_kept(before, series_runs)
+
+
 # ---------------------------------------------------------------- make readme
 
 README_EXIT = {**dict.fromkeys(HOSTILE, 4), "no_newline_file": 2, "other_tool_jsonl": 2}
