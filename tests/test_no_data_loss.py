@@ -76,10 +76,9 @@ def assert_kept(before: dict, root: Path, replaced: tuple = ()) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def tally(request):
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    line = f"\nno data loss: {TALLY['tried']} cases tried, {TALLY['lost']} lost"
-    if reporter is not None:
-        reporter.write_line(line)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(f"\nno data loss: {TALLY['tried']} cases tried, {TALLY['lost']} lost")
 
 
 @pytest.fixture
