@@ -27,9 +27,10 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from .io import atomic_output, atomic_write_text
 from . import models
-from .models import _GGUF_BLOCK_NAMES, _GGUF_TOP_NAMES, ModelNotAvailable, resolve, save_mlx_model
+from .io import atomic_output, atomic_write_text
+from .models import (_GGUF_BLOCK_NAMES, _GGUF_TOP_NAMES, ModelNotAvailable, resolve,
+                     save_mlx_model)
 from .owned import EXIT_MISSING, UserError, check_folder, check_targets, manifest_of, record
 
 ADAPTERS = ("sft+dpo", "sft", "base")
