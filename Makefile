@@ -1,4 +1,5 @@
 # make run    — set up .venv and run the whole notebook series (PRESET=workshop by default;
+#               it replaces its own earlier executed notebooks, never a file it did not write;
 #               EXPERIMENT=name puts everything under runs/<preset>/name/; with it,
 #               SET=field=value,... overrides Config fields in every notebook)
 # make readme — copy the measured results and time tables from runs/ into README.md
@@ -56,7 +57,7 @@ ifeq ($(shell uname -s),Linux)
 endif
 
 run: setup
-	$(PY) -m helpers.series --preset $(PRESET) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(SET),--set $(SET))
+	$(PY) -m helpers.series --overwrite --preset $(PRESET) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(SET),--set $(SET))
 
 readme: setup
 	$(PY) -m helpers.report --preset workshop

@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,8 +27,11 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from .io import atomic_write_text, current_umask
-from .models import _GGUF_BLOCK_NAMES, _GGUF_TOP_NAMES, resolve, save_mlx_model
+from . import models
+from .io import atomic_output, atomic_write_text
+from .models import (_GGUF_BLOCK_NAMES, _GGUF_TOP_NAMES, ModelNotAvailable, resolve,
+                     save_mlx_model)
+from .owned import EXIT_MISSING, UserError, check_folder, check_targets, manifest_of, record
 
 ADAPTERS = ("sft+dpo", "sft", "base")
 OUTTYPES = ("f32", "f16", "q8_0")
@@ -241,46 +244,40 @@ def write_gguf(path: str | Path, model: nn.Module, config: dict, tokenizer_field
 
     tensors = gguf_tensors(model, config)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    writer = gguf.GGUFWriter(tmp, arch="llama")
-    try:
-        writer.add_type("model")
-        writer.add_name(name)
-        writer.add_context_length(config.get("max_position_embeddings", 2048))
-        writer.add_embedding_length(config["hidden_size"])
-        writer.add_block_count(config["num_hidden_layers"])
-        writer.add_feed_forward_length(config["intermediate_size"])
-        writer.add_rope_dimension_count(head_dim)
-        writer.add_head_count(config["num_attention_heads"])
-        writer.add_head_count_kv(config.get("num_key_value_heads", config["num_attention_heads"]))
-        writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-        writer.add_rope_freq_base(config.get("rope_theta", 10000.0))
-        writer.add_vocab_size(config["vocab_size"])
-        writer.add_file_type(file_type)
-        if outtype == "q8_0":
-            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        for key, value in (sampling or {}).items():
-            getattr(writer, f"add_sampling_{key}")(value)
-        for key, value, vtype, sub_type in tokenizer_fields:
-            writer.add_key_value(key, value, vtype, sub_type)
-        for tensor_name, array in tensors.items():
-            data, qtype = encode_tensor(array, outtype)
-            writer.add_tensor(tensor_name, data, raw_dtype=qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp made it private
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        writer = gguf.GGUFWriter(tmp, arch="llama")
+        try:
+            writer.add_type("model")
+            writer.add_name(name)
+            writer.add_context_length(config.get("max_position_embeddings", 2048))
+            writer.add_embedding_length(config["hidden_size"])
+            writer.add_block_count(config["num_hidden_layers"])
+            writer.add_feed_forward_length(config["intermediate_size"])
+            writer.add_rope_dimension_count(head_dim)
+            writer.add_head_count(config["num_attention_heads"])
+            writer.add_head_count_kv(config.get("num_key_value_heads",
+                                                config["num_attention_heads"]))
+            writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+            writer.add_rope_freq_base(config.get("rope_theta", 10000.0))
+            writer.add_vocab_size(config["vocab_size"])
+            writer.add_file_type(file_type)
+            if outtype == "q8_0":
+                writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            for key, value in (sampling or {}).items():
+                getattr(writer, f"add_sampling_{key}")(value)
+            for key, value, vtype, sub_type in tokenizer_fields:
+                writer.add_key_value(key, value, vtype, sub_type)
+            for tensor_name, array in tensors.items():
+                data, qtype = encode_tensor(array, outtype)
+                writer.add_tensor(tensor_name, data, raw_dtype=qtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
     return path
 
 
@@ -330,41 +327,71 @@ def humanizer_gguf_fields(cfg, tokenizer, vocab_size: int, source: str = "auto")
                      with_default_system(template, cfg.system_prompt), GGUFValueType.STRING)
 
 
+GGUF_TOOL = "helpers.export"
+
+
+def gguf_targets(out: Path) -> list[Path]:
+    return [out, out.parent / "Modelfile"]
+
+
+def check_gguf_out(out: Path, overwrite: bool) -> None:
+    """Before any work: the .gguf path is a file name, and neither it nor the Modelfile beside it
+    is anything but this command's own earlier export (replaced only with overwrite)."""
+    if out.is_dir() and not out.is_symlink():
+        raise UserError(f"{out}: is a folder; give the .gguf file's name "
+                        f"(--out {out / 'humanizer.gguf'})")
+    check_targets(GGUF_TOOL, gguf_targets(out), manifest_of(out), overwrite)
+
+
 def write_humanizer_gguf(cfg, model, config: dict, fields: list[tuple], out: str | Path,
-                         outtype: str = "f16") -> Path:
-    """The .gguf file (with cfg's decoding as llama.cpp's sampling defaults) and its Modelfile."""
+                         outtype: str = "f16", overwrite: bool = False) -> Path:
+    """The .gguf file (with cfg's decoding as llama.cpp's sampling defaults) and its Modelfile,
+    each written atomically, then the manifest that marks both as this command's own."""
     out = Path(out)
+    check_gguf_out(out, overwrite)
     sampling = {"temp": cfg.temperature, "top_p": cfg.top_p,
                 "penalty_repeat": cfg.repetition_penalty, "penalty_last_n": cfg.repetition_context}
     write_gguf(out, model, config, fields, outtype, name=f"{out.stem} ({cfg.preset})",
                sampling=sampling)
     atomic_write_text(out.parent / "Modelfile", ollama_modelfile(out.name, cfg))
+    record(GGUF_TOOL, gguf_targets(out), manifest_of(out))
     return out
 
 
-def export_gguf(cfg, adapter: str = "sft+dpo", out: str | Path | None = None,
-                outtype: str = "f16", tokenizer_from: str = "auto") -> Path:
-    """runs/<preset>/export/humanizer-<adapter>-<outtype>/ with the .gguf file and a Modelfile."""
-    model, tokenizer, config = fused_humanizer(cfg, adapter)
+def gguf_path(cfg, adapter: str, outtype: str, out: str | Path | None) -> Path:
     stem = f"humanizer-{adapter.replace('+', '-')}-{outtype}"
-    out = Path(out) if out else cfg.path("export") / stem / f"{stem}.gguf"
+    return Path(out) if out else cfg.path("export") / stem / f"{stem}.gguf"
+
+
+def mlx_path(cfg, adapter: str, out: str | Path | None) -> Path:
+    return Path(out) if out else cfg.path("export") / f"humanizer-{adapter.replace('+', '-')}-mlx"
+
+
+def export_gguf(cfg, adapter: str = "sft+dpo", out: str | Path | None = None, outtype: str = "f16",
+                tokenizer_from: str = "auto", overwrite: bool = False) -> Path:
+    """runs/<preset>/export/humanizer-<adapter>-<outtype>/ with the .gguf file and a Modelfile."""
+    out = gguf_path(cfg, adapter, outtype, out)
+    check_gguf_out(out, overwrite)  # refuse before the minutes of fusing and encoding
+    model, tokenizer, config = fused_humanizer(cfg, adapter)
     fields = humanizer_gguf_fields(cfg, tokenizer, config["vocab_size"], tokenizer_from)
-    return write_humanizer_gguf(cfg, model, config, fields, out, outtype)
+    return write_humanizer_gguf(cfg, model, config, fields, out, outtype, overwrite)
 
 
-def export_mlx(cfg, adapter: str = "sft+dpo", out: str | Path | None = None) -> Path:
+def export_mlx(cfg, adapter: str = "sft+dpo", out: str | Path | None = None,
+               overwrite: bool = False) -> Path:
     """runs/<preset>/export/humanizer-<adapter>-mlx/: model.safetensors, config.json, tokenizer."""
+    out = mlx_path(cfg, adapter, out)
+    check_folder(models.MLX_TOOL, out, overwrite)
     model, tokenizer, config = fused_humanizer(cfg, adapter)
     if tokenizer.chat_template:
         tokenizer.chat_template = with_default_system(tokenizer.chat_template, cfg.system_prompt)
-    out = Path(out) if out else cfg.path("export") / f"humanizer-{adapter.replace('+', '-')}-mlx"
-    return save_mlx_model(model, tokenizer, config, out)
+    return save_mlx_model(model, tokenizer, config, out, overwrite)
 
 
-def main() -> None:
-    from .config import get_config
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m helpers.export",
+                                     description=__doc__.splitlines()[0], epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", required=True, choices=("gguf", "mlx"))
     parser.add_argument("--preset", default=None)
     parser.add_argument("--experiment", default=None)
@@ -372,16 +399,50 @@ def main() -> None:
     parser.add_argument("--outtype", default="f16", choices=OUTTYPES, help="GGUF weight type")
     parser.add_argument("--tokenizer-from", default="auto", choices=("auto", "gguf", "hf"))
     parser.add_argument("--out", help="the .gguf file (gguf) or the folder (mlx)")
-    args = parser.parse_args()
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace this command's own earlier export at --out (only the files "
+                             "its manifest lists, and only if unchanged since)")
+    return parser
 
-    cfg = get_config(args.preset, experiment=args.experiment)
+
+EXIT_CODES = """Exit status:
+  0  exported
+  2  usage error: an unknown preset, or a folder given as the .gguf file
+  3  the model or an adapter of the preset is not there (train it: notebooks 04-05)
+  4  refused: --out holds files this command did not write, or its own earlier export without
+     --overwrite (nothing is deleted or replaced)
+"""
+
+
+def export(args) -> Path:
+    from .config import get_config
+
+    try:
+        cfg = get_config(args.preset, experiment=args.experiment)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    try:
+        if args.format == "gguf":
+            return export_gguf(cfg, args.adapter, args.out, args.outtype, args.tokenizer_from,
+                               args.overwrite)
+        return export_mlx(cfg, args.adapter, args.out, args.overwrite)
+    except (FileNotFoundError, ModelNotAvailable) as err:
+        raise UserError(str(err), EXIT_MISSING) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        path = export(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     if args.format == "gguf":
-        path = export_gguf(cfg, args.adapter, args.out, args.outtype, args.tokenizer_from)
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) and {path.parent / 'Modelfile'}")
     else:
-        path = export_mlx(cfg, args.adapter, args.out)
         print(f"wrote {path}/ (load it with mlx_lm.load({str(path)!r}))")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

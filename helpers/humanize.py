@@ -10,16 +10,21 @@ Input (--input, "-" is stdin): JSONL (plain or gzip, told apart by content), one
 the draft in "text" (or "ai"), an optional "id" (a string or a number; default: the line number);
 or one .txt/.md document; or a folder of them (the id is the file's path inside the folder).
 Output (--output, default "-" is stdout): JSONL rows {"id", "source", "output", "preset",
-"adapter", "hit_cap"} followed by the input row's other fields; a .txt/.md output is the rewritten
-document itself. --adapter is one of base, sft, dpo-only, sft+dpo (notebooks 04-06).
+"adapter", "hit_cap", "settings"} followed by the input row's other fields (one whose name is
+already taken is kept as "input_<name>", e.g. "input_source"); a .txt/.md output is the rewritten
+document itself. "settings" records the fact switch that made the row. --adapter is one of base,
+sft, dpo-only, sft+dpo (notebooks 04-06).
 
 Long documents are cut at blank lines and rewritten paragraph by paragraph (a paragraph too long
 for the model between sentences), then put back together in order; headings, code blocks, lists
 and tables pass through unchanged (helpers/chunking.py).
 
 JSONL rows are appended, and flushed, as each document is done: rerunning the same command resumes,
-skipping the ids already in the output. Nothing is overwritten: an input with nothing new leaves
-the output as it was, and a text output that exists already is refused. Bad lines (and duplicate
+skipping the ids already in the output (rows repeated in it are reported). Resuming with other
+--fact-check settings is refused unless --allow-mixed is given. Nothing is overwritten: an input
+with nothing new leaves the output as it was; a file that humanize did not write (it marks its own
+with a .<name>.outputs.json beside them) is never changed; its own earlier output is replaced only
+with --overwrite. A second run on an output in use is refused at once. Bad lines (and duplicate
 ids: the first one is kept) are reported on stderr as file:line and skipped.
 
 Exit status:
@@ -28,8 +33,8 @@ Exit status:
   2    usage error, or an input file that cannot be read
   3    the model or the adapter is not available
   4    the output is not writable, or writing it would lose data (it is the input, is not a
-       humanize output, was made with another preset or adapter or text, or is a text file
-       that exists)
+       humanize output, was made with another preset or adapter or text or settings, is a
+       text file that exists, or another run is writing it)
   5    the rewriting failed (traceback on stderr; the rows written until then are kept)
   130  interrupted by Ctrl-C or SIGTERM (the rows written until then are kept; rerun to resume)
 """
@@ -49,12 +54,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .chunking import Piece, join_pieces, split_document
-from .io import DataError, ReadReport, atomic_write_text, iter_jsonl, open_binary, read_text_file
+from .io import (DataError, ReadReport, atomic_write_bytes, atomic_write_text, iter_jsonl,
+                 open_binary, read_text_file)
+from .owned import Refused, check_targets, exclusive, manifest_of, read_manifest, record
 
 TEXT_FIELDS = ("text", "ai")
 ADAPTERS = ("base", "sft", "dpo-only", "sft+dpo")
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
-OUR_FIELDS = ("id", "source", "output", "preset", "adapter", "hit_cap")
+OUR_FIELDS = ("id", "source", "output", "preset", "adapter", "hit_cap", "settings")
+TOOL = "helpers.humanize"
 EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, EXIT_NO_MODEL, EXIT_OUTPUT, EXIT_FAILED = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
 
@@ -63,7 +71,7 @@ class UsageError(Exception):
     """Arguments that cannot work together (exit 2)."""
 
 
-class OutputError(Exception):
+class OutputError(Refused):
     """The output cannot be written, or writing it would lose data (exit 4)."""
 
 
@@ -122,7 +130,7 @@ def read_jsonl_drafts(source, name: str) -> tuple[list[Draft], list[str]]:
                                  f"{first_line[draft_id]})")
         else:
             first_line[draft_id] = line_no
-            extra = {k: v for k, v in obj.items() if k not in OUR_FIELDS + TEXT_FIELDS}
+            extra = {k: v for k, v in obj.items() if k not in ("id", text_field)}
             drafts.append(Draft(draft_id, text.strip(), f"{name}:{line_no}", extra))
     return drafts, [f"{name}:{n}: skipped: {why}" for n, why in sorted(report.skipped)]
 
@@ -209,7 +217,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_output(spec: str, kind: str, input_files: list[Path]) -> None:
+def check_output(spec: str, kind: str, input_files: list[Path], overwrite: bool = False) -> None:
     """Refuse, before anything is generated, an output that cannot be written or would destroy
     something: the input itself, a folder, an existing text output."""
     if spec == "-":
@@ -220,9 +228,9 @@ def check_output(spec: str, kind: str, input_files: list[Path]) -> None:
             raise OutputError(f"{spec}: this is the input file ({source}); choose another --output")
     if path.is_dir():
         raise OutputError(f"{spec}: is a folder; give a file name")
-    if kind == "text" and path.exists() and path.stat().st_size > 0:
-        raise OutputError(f"{spec}: exists; a text output is written whole, so it is not "
-                          f"replaced: delete it, or choose another --output")
+    if kind == "text" or (overwrite and os.path.lexists(path)):
+        check_targets(TOOL, [path], manifest_of(path), overwrite)
+    read_manifest(manifest_of(path), TOOL)  # the marker's own name must be free or ours
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path.parent):
@@ -233,16 +241,30 @@ def check_output(spec: str, kind: str, input_files: list[Path]) -> None:
         raise OutputError(f"{spec}: cannot write there ({err.strerror or err})") from None
 
 
-def read_done(spec: str, preset: str, adapter: str) -> tuple[dict[str, dict], int | None]:
-    """The rows an earlier run left in a JSONL output, by id, and where its last complete line
-    ends if a killed run left an incomplete one after it (None if not). An output that is not
-    ours, or was made by another preset or adapter, is refused."""
+@dataclass
+class Earlier:
+    """What an earlier run left in a JSONL output."""
+    rows: dict = field(default_factory=dict)  # by id, the first row of each
+    cut_at: int | None = None  # where its last complete line ends, if an incomplete one follows
+    repeated: list = field(default_factory=list)  # ids of rows that repeat an earlier row's id
+    marked: bool = False  # the manifest beside it names it as humanize's own
+
+
+def read_done(spec: str, preset: str, adapter: str) -> Earlier:
+    """The rows an earlier run left in a JSONL output. An output that is not ours, or was made by
+    another preset or adapter, is refused; so is an incomplete last line in a file humanize has
+    not marked as its own (it would be cut off on resume)."""
     path = Path(spec)
     if spec == "-" or not path.exists():
-        return {}, None
+        return Earlier()
     data = path.read_bytes()
+    earlier = Earlier(marked=bool(read_manifest(manifest_of(path), TOOL)))
     complete = data.rfind(b"\n") + 1
-    done = {}
+    if complete < len(data):
+        if not earlier.marked or not data[complete:].startswith(b'{"id": '):
+            raise OutputError(f"{spec}: not a humanize output (its last line is not one of its "
+                              f"rows); it is left as it is: choose another --output")
+        earlier.cut_at = complete
     for line_no, raw in enumerate(data[:complete].splitlines(), start=1):
         if not raw.strip():
             continue
@@ -257,20 +279,45 @@ def read_done(spec: str, preset: str, adapter: str) -> tuple[dict[str, dict], in
         if made_by != (preset, adapter):
             raise OutputError(f"{spec}:{line_no}: made with --preset {made_by[0]} --adapter "
                               f"{made_by[1]}, not {preset} {adapter}; choose another --output")
-        done[str(row["id"])] = row
-    return done, (complete if complete < len(data) else None)
+        if str(row["id"]) in earlier.rows:
+            earlier.repeated.append(str(row["id"]))
+        else:
+            earlier.rows[str(row["id"])] = row
+    return earlier
+
+
+def check_settings(spec: str, done: dict, settings: dict) -> None:
+    """Rows made with other settings may not be mixed with this run's (without --allow-mixed)."""
+    other = next((row for row in done.values() if row.get("settings") != settings), None)
+    if other is not None:
+        raise OutputError(
+            f"{spec}: the row for id {other['id']!r} was made with settings "
+            f"{json.dumps(other.get('settings'))}, this run's are {json.dumps(settings)}; rerun "
+            f"with the same --fact-check options, add --allow-mixed to keep both (each row "
+            f"records its own), or choose another --output")
+
+
+def report_repeated(spec: str, repeated: list) -> str:
+    if not repeated:
+        return ""
+    ids = ", ".join(map(repr, repeated[:5])) + (" ..." if len(repeated) > 5 else "")
+    return (f"; {spec} holds {len(repeated)} repeated row{'s' * (len(repeated) != 1)} (ids "
+            f"{ids}): the first row of each id counts, the file is left as it is")
 
 
 class JsonlWriter:
     """Appends rows, one flushed line each, to a file (opened at the first row, so that a run with
     nothing to write leaves it as it was) or stdout."""
 
-    def __init__(self, spec: str, cut_at: int | None = None):
-        self.spec, self.cut_at, self.file, self.count = spec, cut_at, None, 0
+    def __init__(self, spec: str, cut_at: int | None = None, replace: bool = False):
+        self.spec, self.cut_at, self.replace, self.file, self.count = spec, cut_at, replace, None, 0
 
     def _open(self):
         if self.spec == "-":
             return sys.stdout
+        record(TOOL, [Path(self.spec)], manifest_of(self.spec), stamped=False)
+        if self.replace:  # --overwrite of humanize's own earlier output
+            atomic_write_bytes(self.spec, b"")
         f = open(self.spec, "a", encoding="utf-8")
         if self.cut_at is not None:
             size = os.path.getsize(self.spec)
@@ -354,11 +401,17 @@ def rewrite_jobs(jobs: list[Job], humanizer, adapter: str, batch_size: int, emit
                 emit(waiting.popleft())
 
 
-def make_row(job: Job, preset: str, adapter: str) -> dict:
+def make_row(job: Job, preset: str, adapter: str, settings: dict | None = None) -> dict:
+    """The output row, then every other field of the input row: one whose name the row already
+    uses is kept under "input_<name>" (prefixed again until it is free), never dropped."""
     output = join_pieces(job.pieces, job.rewrites)
-    return {"id": job.draft.id, "source": job.draft.text, "output": output, "preset": preset,
-            "adapter": adapter, "hit_cap": job.hit_cap > 0,
-            **{k: v for k, v in job.draft.extra.items() if k not in OUR_FIELDS}}
+    row = {"id": job.draft.id, "source": job.draft.text, "output": output, "preset": preset,
+           "adapter": adapter, "hit_cap": job.hit_cap > 0, "settings": settings or {}}
+    for name, value in job.draft.extra.items():
+        while name in row or name in OUR_FIELDS:
+            name = f"input_{name}"
+        row[name] = value
+    return row
 
 
 def report_caps(stats: Stats, rows: bool) -> None:
@@ -404,6 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-resample", action="store_true",
                         help="with --fact-check: no whole-rewrite resampling, straight to the "
                              "sentence repair (fewer tokens decoded)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over: replace humanize's own earlier output (never a file "
+                             "it did not write)")
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="resume an output made with other --fact-check settings (each row "
+                             "keeps its own \"settings\")")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -425,7 +484,7 @@ def main(argv: list[str] | None = None, humanizer=None) -> int:
     except (UsageError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except OutputError as err:
+    except Refused as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_OUTPUT
     except (Interrupted, KeyboardInterrupt):
@@ -470,9 +529,23 @@ def run(args, humanizer) -> int:
     drafts, skipped, kind, input_files = read_inputs(args.input, args.format)
     folder_input = args.input != "-" and Path(args.input).is_dir()
     out_kind = output_kind(args.output, kind, len(drafts), folder_input)
-    check_output(args.output, out_kind, input_files)
-    done, cut_at = (read_done(args.output, cfg.preset, args.adapter) if out_kind == "jsonl"
-                    else ({}, None))
+    check_output(args.output, out_kind, input_files, args.overwrite)
+    if args.output == "-":
+        return rewrite(args, cfg, drafts, skipped, out_kind, humanizer)
+    with exclusive(args.output, "humanize"):  # held until the last row is written
+        return rewrite(args, cfg, drafts, skipped, out_kind, humanizer)
+
+
+def run_settings(cfg) -> dict:
+    """The settings a row records: the fact switch (preset and adapter have their own fields)."""
+    return {"fact_check_samples": cfg.fact_check_samples, "fact_resample": cfg.fact_resample,
+            "fact_repair": cfg.fact_repair}
+
+
+def rewrite(args, cfg, drafts: list[Draft], skipped: list[str], out_kind: str, humanizer) -> int:
+    earlier = (read_done(args.output, cfg.preset, args.adapter)
+               if out_kind == "jsonl" and not args.overwrite else Earlier())
+    done, settings = earlier.rows, run_settings(cfg)
     for message in skipped:
         print(message, file=sys.stderr)
     for draft in drafts:
@@ -480,11 +553,14 @@ def run(args, humanizer) -> int:
             raise OutputError(f"{args.output}: the row for id {draft.id!r} was made from another "
                               f"text than {draft.where}; choose another --output")
     todo = [d for d in drafts if d.id not in done]
+    if todo and not args.allow_mixed:
+        check_settings(args.output, done, settings)
     status = EXIT_SKIPPED if skipped else EXIT_OK
     if not todo:
         print(f"nothing to rewrite: {len(drafts) - len(todo)} of {len(drafts)} documents already "
               f"in {args.output}" if drafts else "nothing to rewrite: no drafts in the input",
-              file=sys.stderr)
+              file=sys.stderr, end="")
+        print(report_repeated(args.output, earlier.repeated), file=sys.stderr)
         return status
     if humanizer is None:
         try:
@@ -500,10 +576,11 @@ def run(args, humanizer) -> int:
 
     jobs = [Job(d, split_document(d.text, humanizer.count_tokens, humanizer.max_input_tokens))
             for d in todo]
-    stats, writer, text_rows = Stats(), JsonlWriter(args.output, cut_at), []
+    stats, text_rows = Stats(), []
+    writer = JsonlWriter(args.output, earlier.cut_at, replace=args.overwrite)
 
     def emit(job: Job) -> None:
-        row = make_row(job, cfg.preset, args.adapter)
+        row = make_row(job, cfg.preset, args.adapter, settings)
         if job.hit_cap:
             stats.capped_pieces += job.hit_cap
             stats.capped_ids.append(job.draft.id)
@@ -521,15 +598,17 @@ def run(args, humanizer) -> int:
         if out_kind == "jsonl":
             print(f"wrote {writer.count} rewrites to {args.output}"
                   + (f" ({len(done)} were there already)" if done else "")
-                  + (f"; skipped {len(skipped)} input lines or files" if skipped else ""),
-                  file=sys.stderr)
+                  + (f"; skipped {len(skipped)} input lines or files" if skipped else "")
+                  + report_repeated(args.output, earlier.repeated), file=sys.stderr)
     if out_kind == "text":
         [row] = text_rows
         if args.output == "-":
             sys.stdout.write(row["output"] + "\n")
             sys.stdout.flush()
         else:
+            check_targets(TOOL, [Path(args.output)], manifest_of(args.output), args.overwrite)
             atomic_write_text(args.output, row["output"] + "\n")
+            record(TOOL, [Path(args.output)], manifest_of(args.output))
             print(f"wrote the rewrite to {args.output}", file=sys.stderr)
     return status
 

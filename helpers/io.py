@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
@@ -35,22 +36,30 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+@contextmanager
+def atomic_output(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside `path` to write; renamed onto `path` when the block ends without
+    an error, removed when it fails. Readers see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            # mkstemp makes the file private (0600); the result should be like any other file
-            os.fchmod(f.fileno(), 0o666 & ~current_umask())
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        # mkstemp makes the file private (0600); the result should be like any other file
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -257,22 +257,27 @@ def gguf_tokenizer(path: str, meta: dict):
     return hf_tok
 
 
-def save_mlx_model(model: nn.Module, tokenizer, config: dict, out_dir: str | Path) -> Path:
+MLX_TOOL = "mlx model export"
+
+
+def save_mlx_model(model: nn.Module, tokenizer, config: dict, out_dir: str | Path,
+                   overwrite: bool = False) -> Path:
     """Save in mlx-lm's own format (model.safetensors + config.json + tokenizer) so that
     `mlx_lm.load(out_dir)` and the mlx_lm command-line tools read it unchanged.
-    Written to a temporary folder first, then renamed: an interrupted save leaves nothing half-done."""
-    import shutil
+    Written to a temporary folder first, then moved in: an interrupted save leaves nothing
+    half-done. `out_dir` may be new, empty, or an earlier save (with `overwrite`, whose listed
+    files are replaced); anything else is refused (helpers/owned.py)."""
     from mlx_lm.utils import save_config, save_model
 
+    from .owned import check_folder, install_folder, staging_folder
+
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(tmp, model)
-    save_config(dict(config), config_path=tmp / "config.json")
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir
+    check_folder(MLX_TOOL, out_dir, overwrite)
+    with staging_folder(out_dir) as tmp:
+        save_model(tmp, model)
+        save_config(dict(config), config_path=tmp / "config.json")
+        tokenizer.save_pretrained(str(tmp))
+        return install_folder(MLX_TOOL, tmp, out_dir, overwrite)
 
 
 def parameter_bytes(model: nn.Module) -> int:

@@ -6,16 +6,23 @@ experiments/quant_downstream.py, experiments/compare_runs.py); docs/BENCHMARKS.m
 table.
 
     python -m helpers.report --preset workshop      # what `make readme` runs
+
+Only the text between this command's own markers (<!-- name:start --> ... <!-- name:end -->)
+changes; each document is rewritten atomically, and never through a symlink or when read-only.
+Exit status: 0 updated; 2 a document holds none of these markers (nothing written); 4 a document
+is not a writable regular file (nothing written).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import hashlib
+import sys
 
 from . import config
 from .config import PRESETS, REPO_ROOT, get_config
 from .io import atomic_write_text, read_json
+from .owned import UserError, check_plain_file
 from .results import column_name, format_ci, markdown_table
 
 
@@ -29,6 +36,11 @@ def section(name: str, body: str) -> str:
     return f"{start}\n{body.strip()}\n{end}"
 
 
+class MarkersMissing(UserError, ValueError):
+    """A document lacks the markers of a section this command writes (exit 2)."""
+
+
+TOOL = "helpers.report"
 START, END = markers("results")
 # runs/<preset>/experiments/<name>.md, written by experiments/<name>.py and by bench/quant.py
 EXPERIMENT_TABLES = ("decoding", "fact_switch", "fact_switch_eval", "quant_downstream", "bench_quant",
@@ -47,7 +59,8 @@ def results_body(results_md: str, preset: str, timing: dict | None) -> str:
 def replace_section(text: str, section: str, where="README.md", name: str = "results") -> str:
     start, end = markers(name)
     if start not in text or end not in text:
-        raise ValueError(f"{where}: {name} markers {start} / {end} not found")
+        raise MarkersMissing(f"{where}: {name} markers {start} / {end} not found; add that pair "
+                             f"where the table belongs (nothing was written)")
     before, rest = text.split(start, 1)
     return before + section + rest.split(end, 1)[1]
 
@@ -183,33 +196,44 @@ def generated_sections(preset: str) -> dict[str, str]:
 
 def update_docs(preset: str, docs=DOCS) -> list[str]:
     """Copy every generated section into the documents that have its markers; returns the
-    sections copied. Text outside the markers is never touched."""
+    sections copied. Text outside the markers is never touched, and nothing is written unless
+    every document is a writable regular file holding at least one pair of markers."""
     sections = generated_sections(preset)
-    copied = []
+    updated = {}
     for doc in docs:
-        text = original = doc.read_text(encoding="utf-8")
-        for name, body in sections.items():
-            if markers(name)[0] in text:
-                text = replace_section(text, section(name, body), doc, name)
-                copied.append(name)
-        if text != original:
+        check_plain_file(doc, TOOL)
+        text = doc.read_text(encoding="utf-8")
+        names = [n for n in (*sections, "example", "results") if markers(n)[0] in text]
+        if not names:
+            raise MarkersMissing(f"{doc}: holds none of make readme's markers (<!-- timing:start "
+                                 "--> ...); nothing was written")
+        for name in dict.fromkeys(n for n in names if n in sections):
+            text = replace_section(text, section(name, sections[name]), doc, name)
+        updated[doc] = (text, [n for n in names if n in sections])
+    for doc, (text, names) in updated.items():
+        if text != doc.read_text(encoding="utf-8"):
             atomic_write_text(doc, text)
-            print(f"{doc.relative_to(REPO_ROOT) if doc.is_relative_to(REPO_ROOT) else doc}: "
-                  f"updated {', '.join(n for n in sections if markers(n)[0] in text)}")
+            print(f"{doc}: updated {', '.join(dict.fromkeys(names))}")
     if "results" not in sections:
         print(f"{get_config(preset).runs_dir / 'results.md'} does not exist: run notebook 07 "
               "first; the results tables are unchanged")
-    return copied
+    return [n for _, names in updated.values() for n in dict.fromkeys(names)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, docs=DOCS) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.report",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="workshop")
-    update_docs(parser.parse_args().preset)
+    try:
+        update_docs(parser.parse_args(argv).preset, docs)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
 
 
 # --- what a finished run recorded, for the notebooks' closing cells --------------------------------

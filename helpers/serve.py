@@ -16,12 +16,16 @@ or a system message). Requests wait in one queue: a single worker owns the model
 meant to be driven from several threads) and decodes waiting /v1/humanize texts that share their
 settings together, in one batch. Bad input gets a 4xx naming the problem and the server keeps
 serving. mlx_lm.server differs: it serves one adapter and ignores a request's adapter field.
+
+Exit status: 0 stopped with Ctrl-C; 1 the port cannot be listened on (in use); 3 the model or
+the adapter is not available. The server writes no files.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -128,12 +132,15 @@ def parse_json(body: bytes) -> dict:
 
 
 def pick_adapter(obj: dict, adapters: tuple, default: str) -> str:
-    adapter = obj.get("adapter")
-    if adapter is None and obj.get("model") in adapters:
-        adapter = obj["model"]
-    adapter = default if adapter is None else adapter
+    """The request's "adapter", else its "model" (OpenAI clients name the model there), else the
+    default. A name that is not an adapter is a 400 either way: a client asking for "gpt-4o"
+    must not get the humanizer's answer as if it were that model's."""
+    field_name = "adapter" if obj.get("adapter") is not None else "model"
+    adapter = obj.get(field_name)
+    if adapter is None:
+        return default
     if adapter not in adapters:
-        raise BadRequest(f"unknown adapter {adapter!r}; valid adapters: {list(adapters)}")
+        raise BadRequest(f"unknown {field_name} {adapter!r}; valid adapters: {list(adapters)}")
     return adapter
 
 
@@ -338,8 +345,8 @@ def make_server(humanizer, host: str = "127.0.0.1", port: int = 8080, adapter: s
     default = adapter or humanizer.adapter
     humanizer.use(default)
     worker = Worker(humanizer, max_batch=humanizer.cfg.gen_batch_size)
-    worker.start()
     server = ThreadingHTTPServer((host, port), make_handler(worker, default, max_body))
+    worker.start()  # after the bind: a port in use leaves no thread behind
     server.daemon_threads = True
     server.quiet = quiet
     return server
@@ -366,9 +373,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         humanizer = Humanizer.load(args.run or get_config(args.preset), adapter=args.adapter)
     except (ModelNotAvailable, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
         return 3
-    server = make_server(humanizer, args.host, args.port, max_body=args.max_body)
+    try:
+        server = make_server(humanizer, args.host, args.port, max_body=args.max_body)
+    except OSError as err:
+        print(f"error: cannot listen on {args.host}:{args.port} ({err.strerror or err}); "
+              f"choose another --port", file=sys.stderr)
+        return 1
     host, port = server.server_address[:2]
     print(f"serving {list(humanizer.adapters)} (default {humanizer.adapter}) on "
           f"http://{host}:{port}/v1 — Ctrl-C stops", flush=True)

@@ -70,7 +70,8 @@ def test_good_input(tmp_path, capsys):
     fake = FakeHumanizer()
     assert run("--input", src, "--output", out, "--adapter", "sft", "--batch-size", 2,
                humanizer=fake) == 0
-    common = {"preset": "smoke", "adapter": "sft", "hit_cap": False}
+    common = {"preset": "smoke", "adapter": "sft", "hit_cap": False, "settings": {
+        "fact_check_samples": 0, "fact_resample": True, "fact_repair": True}}
     assert read_rows(out) == [
         {"id": "a", "source": "first draft", "output": "FIRST DRAFT", **common, "domain": "news"},
         {"id": "7", "source": "second draft", "output": "SECOND DRAFT", **common},
@@ -249,6 +250,34 @@ def test_resume_refuses_an_output_it_cannot_continue(tmp_path, capsys, existing,
     before = out.read_bytes()
     assert run("--input", src, "--output", out) == 4
     assert message in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_input_fields_with_the_outputs_names_are_kept_under_a_prefix(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [
+        {"id": "a", "text": "draft", "ai": "the other draft", "source": "web", "output": 1,
+         "input_source": "taken", "settings": [1, 2]}])
+    out = tmp_path / "out.jsonl"
+    assert run("--input", src, "--output", out) == 0
+    [row] = read_rows(out)
+    assert (row["source"], row["output"]) == ("draft", "DRAFT")
+    assert {k: row[k] for k in ("ai", "input_source", "input_output", "input_input_source",
+                                "input_settings")} == {
+        "ai": "the other draft", "input_source": "web", "input_output": 1,
+        "input_input_source": "taken", "input_settings": [1, 2]}
+
+
+def test_resuming_with_other_settings_is_refused_unless_mixing_is_allowed(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": 0, "text": "draft 0"}, {"id": 1, "text": "b"}])
+    out = tmp_path / "out.jsonl"
+    assert run("--input", src, "--output", out, "--batch-size", 1,
+               humanizer=FakeHumanizer(crash_on_call=2)) == 5
+    before = out.read_bytes()
+    assert run("--input", src, "--output", out, "--fact-check", "2") == 4
+    assert "the row for id '0' was made with settings" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert run("--input", src, "--output", out, "--fact-check", "2", "--allow-mixed") == 0
+    settings = [r["settings"]["fact_check_samples"] for r in read_rows(out)]
+    assert settings == [0, 2] and out.read_bytes().startswith(before)
 
 
 SLOW_RUN = """

@@ -38,9 +38,9 @@ def client(address):
                          max_retries=0, timeout=120)
 
 
-def chat(address, text, **extra):
+def chat(address, text, model="sft+dpo", **extra):
     reply = client(address).chat.completions.create(
-        model="humanizer", messages=[{"role": "user", "content": text}], extra_body=extra)
+        model=model, messages=[{"role": "user", "content": text}], extra_body=extra)
     return reply.choices[0].message.content
 
 
@@ -82,6 +82,23 @@ def test_request_may_bring_its_own_system_prompt(served):
 def test_unknown_adapter_is_a_400_listing_the_valid_ones(served):
     with pytest.raises(openai.BadRequestError, match=r"valid adapters: \['base', 'sft'"):
         chat(served[0], DRAFTS[0], adapter="merged")
+
+
+def test_unknown_model_is_a_400_unless_it_names_an_adapter(served):
+    with pytest.raises(openai.BadRequestError, match=r"unknown model 'gpt-4o'; valid adapters"):
+        chat(served[0], DRAFTS[0], model="gpt-4o")
+    assert chat(served[0], DRAFTS[0], model="sft") == served[1]["sft"]
+    assert chat(served[0], DRAFTS[0], model="gpt-4o", adapter="sft") == served[1]["sft"]
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(served, smoke_run, monkeypatch, capsys):
+    from helpers import humanizer, serve
+
+    monkeypatch.setattr(humanizer.Humanizer, "load", classmethod(lambda cls, *a, **k: smoke_run[1]))
+    assert serve.main(["--port", str(served[0][1])]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: cannot listen on 127.0.0.1:{served[0][1]} (Address already in use); "
+                   f"choose another --port\n")
 
 
 @pytest.mark.parametrize("body, status, message", [
