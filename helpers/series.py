@@ -2,7 +2,8 @@
 
 Executed copies go to runs/<preset>/notebooks/, and the time each notebook took to
 runs/<preset>/series_timing.json (README's time table: `make readme`); a partial run (--from,
---only) writes series_timing.partial.json instead, so the whole series' record stays. With
+--only) appends a line to series_timing.partial.jsonl instead, so the whole series' record stays
+and partial runs one after another (--only 00, then --only 01) need no --overwrite. With
 --experiment NAME every notebook gets EXPERIMENT=NAME and all of it goes to runs/<preset>/NAME/;
 --set gives every notebook the same OVERRIDES (Config fields), as its parameters cell would.
 
@@ -68,7 +69,7 @@ def series(start: str = "00", only: str | None = None) -> list[Path]:
 
 def timing_file(start: str = "00", only: str | None = None) -> str:
     """README's time table reads one whole series; a partial rerun (often from caches) goes beside it."""
-    return "series_timing.json" if start == "00" and not only else "series_timing.partial.json"
+    return "series_timing.json" if start == "00" and not only else "series_timing.partial.jsonl"
 
 
 def require_experiment(overrides: dict, experiment: str) -> None:
@@ -176,9 +177,10 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
     timing_path = cfg.path(timing_file(start, only))
     copies = [out_dir / b.name for b in books]
     adopt_earlier(copies, copies_manifest)
+    whole = timing_path.suffix == ".json"  # a partial run's record is appended, never replaced
     adopt_earlier([timing_path], manifest_of(timing_path))
     check_targets(TOOL, copies, copies_manifest, overwrite)
-    check_targets(TOOL, [timing_path], manifest_of(timing_path), overwrite)
+    check_targets(TOOL, [timing_path], manifest_of(timing_path), overwrite or not whole)
     os.environ["HUMANIZER_PRESET"] = preset
     os.environ["HUMANIZER_EXPERIMENT"] = experiment
     timing = {}
@@ -204,8 +206,12 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
                          "load_average_15min": round(os.getloadavg()[2], 1),
                          "other_work_cores": other_work_cores(clocks_before, cpu_clocks(),
                                                               timing["total"])}
-    atomic_write_json(timing_path, timing)
-    record(TOOL, [timing_path], manifest_of(timing_path))
+    if whole:
+        atomic_write_json(timing_path, timing)
+    else:
+        with open(timing_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"notebooks": [b.name for b in books], **timing}) + "\n")
+    record(TOOL, [timing_path], manifest_of(timing_path), stamped=whole)
     print(f"== done in {timing['total'] / 60:.1f} min; executed notebooks in {out_dir}")
     return timing
 

@@ -108,7 +108,7 @@ def test_only_a_whole_series_writes_the_time_table_record():
 
     assert timing_file() == timing_file("00") == "series_timing.json"
     assert timing_file("04") == timing_file(only="03") == timing_file("00", "00") \
-        == "series_timing.partial.json"
+        == "series_timing.partial.jsonl"
 
 
 def write_run(runs):
