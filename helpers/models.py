@@ -70,7 +70,8 @@ def _hub_error(spec: str, err: Exception) -> ModelNotAvailable:
     fetch = f"make assets DEST={root}" if root else f"hf download {spec}"
     return ModelNotAvailable(
         f"Cannot load {spec!r}: it is not a local path, {where}, and the Hugging Face hub "
-        f"could not be reached ({type(err).__name__}: {err}). On a connected machine run "
+        f"could not be reached ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+        f"On a connected machine run "
         f"`{fetch}` once (an offline pack: README, \"Offline classroom\").")
 
 
