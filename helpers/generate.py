@@ -280,7 +280,8 @@ def verify_and_resample(drafts: list[str], first: list[Rewrite], n: int, sample)
     """For each rewrite that lost some of its draft's facts, n more candidates from
     `sample(texts) -> rewrites` (all drafts at once, each repeated n times); keep the candidate
     that keeps the most facts (metrics.best_by_facts: ties go to the first, the plain rewrite)."""
-    from .metrics import best_by_facts, fact_preservation
+    from .metrics import best_by_facts
+    from .text_measures import fact_preservation
 
     lossy = [i for i, (d, r) in enumerate(zip(drafts, first))
              if fact_preservation(d, r.text) < 1.0]  # NaN (no facts) compares False: kept

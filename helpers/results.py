@@ -15,9 +15,10 @@ import numpy as np
 
 from .config import RUNS_ROOT
 from .io import DataError, atomic_write_json, atomic_write_text, iter_jsonl, read_json
-from .metrics import (auroc, bootstrap_ci, fact_preservation, gap_closed, has_chat_artefact,
-                      length_ratio, meaning_similarity, paired_bootstrap_ci, slop_per_1k,
+from .metrics import (auroc, bootstrap_ci, gap_closed, meaning_similarity, paired_bootstrap_ci,
                       threshold_at_fpr)
+from .text_measures import (fact_preservation, has_chat_artefact, has_loop, invented_facts,
+                            is_empty, is_identical, length_ratio, slop_per_1k)
 
 SYSTEMS = {"source": "source AI draft", "base": "base zero-shot", "sft": "SFT",
            "dpo-only": "DPO only", "sft+dpo": "SFT+DPO stacked", "human": "human reference"}
