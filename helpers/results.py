@@ -78,8 +78,13 @@ def cap_flags(rows: list[dict]) -> dict[str, list[bool]]:
 
 
 def score_all(texts: dict, detectors: dict) -> dict:
-    """{detector: {system: P(AI) array}}."""
-    return {name: {key: np.asarray(d.score(t)) for key, t in texts.items()}
+    """{detector: {system: P(AI) array}}; NaN for the systems a detector leaves out (its
+    `systems`, when it has them)."""
+    def scores(detector, key, t):
+        wanted = getattr(detector, "systems", None)
+        return np.asarray(detector.score(t)) if wanted is None or key in wanted \
+            else np.full(len(t), np.nan)
+    return {name: {key: scores(d, key, t) for key, t in texts.items()}
             for name, d in detectors.items()}
 
 
@@ -140,6 +145,7 @@ def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
     scores = {**scores, **judge_scores}
     detectors = {}
     for name, by_system in scores.items():
+        by_system = {k: v for k, v in by_system.items() if not np.isnan(v).all()}  # scored
         h, s = by_system["human"], by_system["source"]
         threshold = threshold_at_fpr(h, cfg.target_fpr)
         detectors[name] = {
@@ -166,7 +172,8 @@ def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
             "p_ai": {d: bootstrap_ci(scores[d][key], **boot) for d in scores},
             "gap_closed_by_detector": {
                 d: paired_bootstrap_ci(gap_closed, scores[d]["source"], scores[d][key],
-                                       scores[d]["human"], **boot) for d in scores},
+                                       scores[d]["human"], **boot)
+                if not np.isnan(scores[d][key]).all() else None for d in scores},
             "slop_per_1k": bootstrap_ci(slop[key], **boot),
             "meaning": bootstrap_ci(meaning_similarity(embedder, outputs, source), **boot)
             if compared else None,
@@ -181,7 +188,7 @@ def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
         })
     differences = {d: {f"{a} - {b}": paired_bootstrap_ci(_mean_difference, by_system[a],
                                                         by_system[b], **boot)
-                       for a, b in COMPARISONS if a in by_system and b in by_system}
+                       for a, b in COMPARISONS if _scored(by_system, a) and _scored(by_system, b)}
                    for d, by_system in scores.items()}
     # facts and slop of each rewrite against the human reference of the same draft
     paired = {f"{measure} {key} - human": paired_bootstrap_ci(_mean_difference, values[key],
@@ -207,6 +214,10 @@ def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
 
 # P(AI) differences on the same items (paired): what the workshop targets compare
 COMPARISONS = (("sft+dpo", "human"), ("sft+dpo", "source"), ("sft+dpo", "sft"), ("sft", "base"))
+
+
+def _scored(by_system: dict, key: str) -> bool:
+    return key in by_system and not np.isnan(by_system[key]).all()
 
 
 def _mean_difference(a, b) -> float | None:
@@ -442,7 +453,8 @@ def render_markdown(results: dict) -> str:
            else "not counted (training judge)"),
           f"{info['auroc_vs_human']['sft+dpo']:.2f}" if "sft+dpo" in info["auroc_vs_human"]
           else "—", f"{info['threshold']:.3f}"]
-         + [f"{round(100 * info['flagged'][k])}%" for k in labels]
+         + [f"{round(100 * info['flagged'][k])}%" if k in info["flagged"] else "—"
+            for k in labels]
          for d, info in results["detectors"].items()])
     missing = "".join(f"\n- **{d}** not run: {why}" for d, why in results["unavailable"].items())
     checks = target_rows(results)

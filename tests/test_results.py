@@ -196,3 +196,27 @@ def test_load_rewrites_errors_name_file_line_and_field(tmp_path):
         results.load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", [no_human]))
     with pytest.raises(FileNotFoundError, match="run notebook 06"):
         results.load_rewrites(tmp_path / "missing.jsonl")
+
+
+class PartialLength(LengthDetector):
+    """A slow detector that scores only what its targets need."""
+    systems = ("source", "sft+dpo", "human")
+
+
+def test_a_detector_that_scores_some_systems_leaves_the_others_blank(tmp_path):
+    rows = results.load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", ROWS))
+    texts = results.system_texts(rows)
+    scores = results.score_all(texts, {"Part": PartialLength()})
+    assert np.isnan(scores["Part"]["sft"]).all() and not np.isnan(scores["Part"]["sft+dpo"]).any()
+    summary = results.summarize(get_config("smoke", n_bootstrap=50), texts, scores, toy_embedder,
+                                ["sure"])
+    info = summary["detectors"]["Part"]
+    assert set(info["flagged"]) == {"source", "sft+dpo", "human"}
+    assert info["flagged_sft+dpo - source"]["mean"] == -1.0  # every draft flagged, no rewrite
+    by_key = {r["system"]: r for r in summary["systems"]}
+    assert by_key["sft"]["p_ai"]["Part"]["mean"] is None
+    assert by_key["sft"]["gap_closed_by_detector"]["Part"] is None
+    md = results.render_markdown(json.loads(json.dumps(summary)))
+    assert "| Part | evaluation | 1.00 [1.00, 1.00] | counted | 0.00 | 0.600 | 100% | — | — | 0% | 0% |" \
+        in md  # flagged: source, base, SFT, SFT+DPO, human
+    assert "Part: SFT+DPO P(AI) < SFT" not in md  # SFT not scored: no target row
