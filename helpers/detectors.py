@@ -2,7 +2,8 @@
 
 - RADAR: a RoBERTa classifier trained adversarially against a paraphraser (P(AI) = softmax[:, 0]).
 - Fast-DetectGPT (Bao et al. 2024): how much more likely the text is than what the scoring LM
-  itself would write, in units of that expectation's spread (analytic sampling discrepancy).
+  itself would write, in units of that expectation's spread (analytic sampling discrepancy);
+  scored once by the rewriter's base model and once by Gemma 3 270M, a model of another family.
 - Binoculars (Hans et al. 2024): an LM's log-perplexity on the text divided by the cross-entropy
   between two LMs that share a tokenizer.
 - MiniLM + logistic regression, trained here on the training split's human vs AI texts.
