@@ -24,10 +24,11 @@ import sys
 import time
 
 from helpers.config import get_config
-from helpers.data import load_prepared, load_slop_phrases, one_per_paragraph
+from helpers.data import load_prepared, one_per_paragraph
 from helpers.detectors import Embedder, training_judge
 from helpers.humanizer import Humanizer
-from helpers.metrics import bootstrap_ci, fact_preservation, meaning_similarity, slop_per_1k
+from helpers.metrics import bootstrap_ci, meaning_similarity
+from helpers.text_measures import fact_preservation, load_slop_phrases, slop_per_1k
 from helpers.results import (format_ci, markdown_table, paired_difference, reading,
                              save_experiment)
 

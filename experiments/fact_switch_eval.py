@@ -21,17 +21,18 @@ import time
 import numpy as np
 
 from helpers.config import get_config, parse_overrides
-from helpers.data import load_prepared, load_slop_phrases
+from helpers.data import load_prepared
 from helpers.detectors import Embedder, load_detectors
 from helpers.generate import DECODING_FIELDS
 from helpers.humanizer import Humanizer
 from helpers.io import read_json
 from helpers.lora import adapter_digest
-from helpers.metrics import (bootstrap_ci, fact_preservation, has_chat_artefact,
-                             meaning_similarity, slop_per_1k)
+from helpers.metrics import bootstrap_ci, meaning_similarity
 from helpers.results import (PARITY_MARGIN, counted_detectors, experiment_results_path, format_ci,
                              load_rewrites, markdown_table, paired_difference, reading,
                              save_experiment, verdict)
+from helpers.text_measures import (fact_preservation, has_chat_artefact, load_slop_phrases,
+                                    slop_per_1k)
 
 NAME = "fact_switch_eval"
 SWITCH_FIELDS = ("fact_check_samples", "fact_check_temperature", "fact_resample", "fact_repair")

@@ -29,10 +29,11 @@ from helpers.config import get_config
 from helpers.data import load_prepared, one_per_paragraph
 from helpers.detectors import Embedder, training_judge
 from helpers.io import read_json
-from helpers.metrics import fact_preservation, meaning_similarity
+from helpers.metrics import meaning_similarity
 from helpers.models import load_model, save_mlx_model
 from helpers.results import format_ci, markdown_table, paired_difference, save_experiment
 from helpers.results import reading as results_reading
+from helpers.text_measures import fact_preservation
 
 ARMS = {"uniform": "base-uniform", "mixed": "base-mixed"}
 

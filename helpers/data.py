@@ -1,22 +1,21 @@
 """Paired data: (AI draft -> human text), split by human paragraph, turned into SFT and DPO sets.
 
 Rows look like {"id", "domain", "human", "ai", "ai_model", "low_overlap"} (the L2R files in
-data/l2r/, CC BY 3.0: data/README.md). Every row carries `group`, a hash of its human paragraph: splits are made on
-groups so that no paragraph is in two splits.
+data/l2r/, CC BY 3.0: data/README.md). Every row carries `group`, a hash of its human paragraph:
+splits are made on groups so that no paragraph is in two splits.
 """
 from __future__ import annotations
 
 import hashlib
 import random
-import re
 from collections import defaultdict
 from pathlib import Path
 
 from .io import DataError, ReadReport, iter_jsonl
 from .models import assets_dir
+from .text_measures import REPO_DATA, fact_preservation, word_count
 
 REQUIRED_FIELDS = ("human", "ai")
-REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 L2R_FILES = {"train": "l2r/l2r_train.jsonl.gz", "dev": "l2r/l2r_dev.jsonl.gz"}
 EDITLENS_ID = "pangram/editlens_iclr"
 
@@ -25,10 +24,6 @@ def paragraph_key(text: str) -> str:
     """Same paragraph, same key, whatever the white space."""
     normalized = " ".join(text.split()).lower()
     return hashlib.sha1(normalized.encode("utf-8")).hexdigest()[:16]
-
-
-def word_count(text: str) -> int:
-    return len(text.split())
 
 
 def read_pairs(path: str | Path, strict: bool = False) -> tuple[list[dict], ReadReport]:
@@ -211,8 +206,6 @@ def faithful(row: dict, min_facts: float) -> bool:
     """Does the human text keep at least `min_facts` of the draft's numbers, dates, URLs and
     names? (Drafts without any pass.) Training on pairs where the person dropped or changed facts
     teaches the model to drop them too."""
-    from .metrics import fact_preservation  # metrics imports this module
-
     if min_facts <= 0:
         return True
     kept = fact_preservation(row["ai"], row["human"])
@@ -261,36 +254,6 @@ def dpo_pairs(rows: list[dict], n: int, seed: int, min_facts: float = 0.0) -> li
                       "rejected_source": other["ai_model"]})
     rng.shuffle(pairs)
     return pairs[:n]
-
-
-_WORD = re.compile(r"\w+(?:'\w+)?")
-
-
-def tokens(text: str) -> list[str]:
-    """Word tokens, the unit of every 'per 1K tokens' rate in this project."""
-    return _WORD.findall(text.lower())
-
-
-def load_slop_phrases(path: str | Path | None = None) -> list[str]:
-    path = Path(path) if path else REPO_DATA / "slop_phrases.txt"
-    phrases = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip().lower()
-        if line:
-            phrases.append(line)
-    return phrases
-
-
-def slop_hits(text: str, phrases: list[str]) -> int:
-    """Occurrences of the phrases, matched on whole words."""
-    words = " " + " ".join(tokens(text)) + " "
-    return sum(words.count(" " + " ".join(tokens(p)) + " ") for p in phrases)
-
-
-def slop_rate(text: str, phrases: list[str]) -> float:
-    """Slop phrases per 1,000 word tokens."""
-    n = len(tokens(text))
-    return 1000.0 * slop_hits(text, phrases) / n if n else 0.0
 
 
 PREPARED_FILES = ("train", "val", "eval", "dpo", "detector")

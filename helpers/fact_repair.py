@@ -20,7 +20,7 @@ import re
 from typing import Callable
 
 from .chunking import SENTENCE_END
-from .metrics import fact_preservation, fact_survives, missing_facts
+from .text_measures import fact_preservation, fact_survives, missing_facts
 
 WORD = re.compile(r"\w+")
 

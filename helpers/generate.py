@@ -317,7 +317,8 @@ def verify_and_resample(drafts: list[str], first: list[Rewrite], n: int, sample)
     """For each rewrite that lost some of its draft's facts, n more candidates from
     `sample(texts) -> rewrites` (all drafts at once, each repeated n times); keep the candidate
     that keeps the most facts (metrics.best_by_facts: ties go to the first, the plain rewrite)."""
-    from .metrics import best_by_facts, fact_preservation
+    from .metrics import best_by_facts
+    from .text_measures import fact_preservation
 
     lossy = [i for i, (d, r) in enumerate(zip(drafts, first))
              if fact_preservation(d, r.text) < 1.0]  # NaN (no facts) compares False: kept
@@ -347,8 +348,9 @@ DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty"
 
 def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "sft", "sft+dpo"),
                      out_path: Path | None = None) -> list[dict]:
-    """The contract notebook 07 reads: one row per eval draft with every system's rewrite,
-    written atomically to runs/<preset>/rewrites.jsonl. Its key (base, adapters in memory,
+    """The contract notebook 07 reads: one row per eval draft with every system's rewrite
+    (`outputs`) and whether it stopped at the token cap (`hit_cap`, by system), written
+    atomically to runs/<preset>/rewrites.jsonl. Its key (base, adapters in memory,
     drafts, systems, decoding fields) goes beside it; a call with the same key reads the file
     back instead of generating again, so rerunning the cell is instant and any change reruns."""
     from .io import iter_jsonl, read_json
@@ -359,7 +361,8 @@ def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "
     key_path = out_path.with_name(out_path.name + ".key.json")
     key = {"base": base_fingerprint(cfg), "adapters": adapter_digest(model),
            "drafts": ids_digest([f"{r['id']}\t{r['ai']}" for r in rows]), "systems": list(systems),
-           "decoding": {f: getattr(cfg, f) for f in DECODING_FIELDS}}
+           "decoding": {f: getattr(cfg, f) for f in DECODING_FIELDS},
+           "fields": ["outputs", "hit_cap"]}  # a file from before hit_cap was recorded: rewrite
     key = json.loads(json.dumps(key))  # tuples as lists, as read back
     if out_path.exists() and key_path.exists() and read_json(key_path) == key:
         print(f"{out_path} was written for these adapters, drafts and decoding: read back")
@@ -367,9 +370,11 @@ def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "
     outputs = {}
     for which in systems:
         use_system(model, which)
-        outputs[which] = rewrite(model, tokenizer, [r["ai"] for r in rows], cfg, desc=which)
+        outputs[which] = rewrite_detailed(model, tokenizer, [r["ai"] for r in rows], cfg,
+                                          desc=which)
     records = [{"id": r["id"], "domain": r["domain"], "source": r["ai"], "human": r["human"],
-                "outputs": {which: outputs[which][i] for which in systems}}
+                "outputs": {which: outputs[which][i].text for which in systems},
+                "hit_cap": {which: outputs[which][i].hit_cap for which in systems}}
                for i, r in enumerate(rows)]
     key_path.unlink(missing_ok=True)  # a crash between the two writes leaves no stale key
     atomic_write_jsonl(out_path, records)

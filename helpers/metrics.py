@@ -1,17 +1,14 @@
-"""What a rewrite keeps and what it changes, with honest uncertainty.
+"""Statistics over a sample, and the measures that need a model.
 
-Per text: slop phrases per 1K tokens, meaning similarity to the source (MiniLM cosine), the share
-of the source's facts (numbers, URLs, dates, names) that survive, length ratio, chat artefacts.
-Over a sample: bootstrap 95% CIs for every mean, AUROC, a threshold at a fixed false-positive rate,
+What is read off one text alone (words, slop, loops, facts, artefacts) lives in text_measures.py.
+Here: meaning similarity to the source (MiniLM cosine) and, over a sample, bootstrap 95% CIs for every mean, AUROC, a threshold at a fixed false-positive rate,
 and "gap closed" (how far a system moved P(AI) from the AI draft towards human text).
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
-from .data import slop_rate, tokens
+from .text_measures import fact_preservation
 
 # --- uncertainty ---------------------------------------------------------------------------------
 
@@ -68,16 +65,7 @@ def gap_closed(p_source, p_system, p_human) -> float | None:
     return float((source - system) / (source - human))
 
 
-# --- per-text measures ---------------------------------------------------------------------------
-
-
-def slop_per_1k(texts: list[str], phrases: list[str]) -> list[float]:
-    return [slop_rate(t, phrases) for t in texts]
-
-
-def length_ratio(output: str, source: str) -> float:
-    n = len(tokens(source))
-    return len(tokens(output)) / n if n else float("nan")
+# --- meaning -------------------------------------------------------------------------------------
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -89,108 +77,6 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def meaning_similarity(embedder, outputs: list[str], sources: list[str]) -> np.ndarray:
     """MiniLM cosine(output, source) per pair."""
     return cosine_rows(embedder(outputs), embedder(sources))
-
-
-_MONTH = ("January|February|March|April|May|June|July|August|September|October|November|"
-          "December|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec")
-_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"')\]]+")
-_DATE = re.compile(
-    rf"\b(?:\d{{4}}-\d{{2}}-\d{{2}}|\d{{1,2}}/\d{{1,2}}/\d{{2,4}}"
-    rf"|(?:{_MONTH})\.? \d{{1,2}}(?:st|nd|rd|th)?(?:, \d{{4}})?"
-    rf"|\d{{1,2}}(?:st|nd|rd|th)? (?:{_MONTH})\.?(?: \d{{4}})?"
-    rf"|(?:{_MONTH}) \d{{4}})\b")
-_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*")
-_NAME_RUN = re.compile(r"[A-Z][\w'’&-]*(?: (?:of |de |van |von )?[A-Z][\w'’&-]*)*")
-# capitalised only because they start a sentence or are titles, not names
-_NOT_NAMES = set("""a an the this that these those it its in on at of for to from by with and but or
-nor so yet if as when while after before since during however although though because also then
-there here he she they we you i his her their our your my mr mrs ms dr prof st what which who
-where why how some many most all each every no not one two three first second next finally
-meanwhile moreover furthermore overall today yes instead""".split())
-
-
-_MONTH_NUMBER = {m: i + 1 for i, m in enumerate(
-    "jan feb mar apr may jun jul aug sep oct nov dec".split())}
-_DATE_PARTS = (  # (pattern, which groups hold year, month, day)
-    (re.compile(r"(\d{4})-(\d{2})-(\d{2})"), (1, 2, 3)),
-    (re.compile(rf"({_MONTH})\.? (\d{{1,2}})(?:st|nd|rd|th)?(?:, (\d{{4}}))?"), (3, 1, 2)),
-    (re.compile(rf"(\d{{1,2}})(?:st|nd|rd|th)? ({_MONTH})\.?(?: (\d{{4}}))?"), (3, 2, 1)),
-    (re.compile(rf"({_MONTH}) (\d{{4}})"), (2, 1, None)),
-)
-
-
-def _date_key(date: str) -> tuple | str:
-    """(year, month, day), None where the text leaves one out, so that "3 May 2021",
-    "May 3rd, 2021" and "2021-05-03" are one date. Slashed dates stay text: 3/5 is ambiguous."""
-    for pattern, (y, m, d) in _DATE_PARTS:
-        match = pattern.fullmatch(date)
-        if match:
-            month = match.group(m)
-            month = int(month) if month.isdigit() else _MONTH_NUMBER[month[:3].lower()]
-            year = match.group(y) if y else None
-            day = match.group(d) if d else None
-            return (int(year) if year else None, month, int(day) if day else None)
-    return _norm(date)
-
-
-def _dates(text: str) -> set:
-    return {_date_key(d) for d in _DATE.findall(_URL.sub(" ", text))}
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.replace(",", "").split()).lower()
-
-
-def _numbers(text: str) -> set[str]:
-    return {m.replace(",", "") for m in _NUMBER.findall(text)}
-
-
-def _names(text: str) -> set[str]:
-    names = set()
-    for match in _NAME_RUN.finditer(text):
-        words = match.group().split()
-        while words and words[0].lower().strip("'’") in _NOT_NAMES:
-            words = words[1:]
-        before = text[:match.start()].rstrip()
-        sentence_start = not before or before[-1] in ".!?:\"“\n"
-        # one capitalised word that opens a sentence is not evidence of a name
-        if words and not (sentence_start and len(words) == 1 and words[0] == match.group()):
-            names.add(" ".join(words))
-    return names
-
-
-def extract_facts(text: str) -> dict[str, set[str]]:
-    """URLs, dates, numbers and capitalised names in `text`. Each span is counted once: URLs and
-    dates are cut out before numbers and names are read."""
-    urls = {u.rstrip(".,;:!?") for u in _URL.findall(text)}
-    rest = _URL.sub(" ", text)
-    dates = set(_DATE.findall(rest))
-    rest = _DATE.sub(" ", rest)
-    return {"urls": urls, "dates": dates, "numbers": _numbers(rest), "names": _names(rest)}
-
-
-def fact_survives(kind: str, fact: str, output: str) -> bool:
-    if kind == "numbers":
-        return fact in _numbers(output)
-    if kind == "names":
-        return re.search(rf"(?<!\w){re.escape(fact)}(?!\w)", output) is not None
-    if kind == "dates":
-        return _date_key(fact) in _dates(output)
-    return _norm(fact) in _norm(output)
-
-
-def fact_preservation(source: str, output: str) -> float:
-    """Share of the source's facts found in the output; NaN when the source has none."""
-    facts = [(kind, f) for kind, found in extract_facts(source).items() for f in found]
-    if not facts:
-        return float("nan")
-    return sum(fact_survives(kind, f, output) for kind, f in facts) / len(facts)
-
-
-def missing_facts(source: str, output: str) -> list[tuple[str, str]]:
-    """The source's facts that the output lost or changed, as (kind, fact), for showing."""
-    return [(kind, fact) for kind, found in extract_facts(source).items() for fact in sorted(found)
-            if not fact_survives(kind, fact, output)]
 
 
 def best_by_facts(source: str, candidates: list[str], meaning_fn=None) -> int:
@@ -207,19 +93,3 @@ def best_by_facts(source: str, candidates: list[str], meaning_fn=None) -> int:
                          f"{len(candidates)} candidates")
     keys = [(bool(c.strip()), k, float(m)) for c, k, m in zip(candidates, kept, meaning)]
     return max(range(len(candidates)), key=keys.__getitem__)  # max keeps the first of ties
-
-
-_ARTEFACTS = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in (
-    r"\A\W*(?:sure|certainly|of course|absolutely|okay)\b",   # "Sure! Here is ..."
-    r"\A\W*here(?:'s| is| are)\b",
-    r"\b(?:rewritten|revised|humani[sz]ed) (?:text|version|paragraph)\b",
-    r"\bas an ai\b|\blanguage model\b",
-    r"\bi hope this helps\b|\blet me know\b|\bfeel free to\b",
-    r"<\|[\w-]+\|>|</?s>|^(?:assistant|user|system)\s*:",    # leaked chat-template tokens
-    r"^#+ |\*\*",                                          # markdown headings / bold
-)]
-
-
-def has_chat_artefact(text: str) -> bool:
-    """True when the text carries chat-assistant residue rather than just the rewrite."""
-    return any(p.search(text) for p in _ARTEFACTS)

@@ -6,7 +6,7 @@ better, and one combined score
     S = w_judge·(1 − P_AI) + w_facts·F + w_meaning·M + w_surprise·H
 
 - P_AI: the training judge's P(AI) (detectors.training_judge, never an evaluation detector);
-- F: share of the draft's facts kept (metrics.fact_preservation; 1 when the draft has none);
+- F: share of the draft's facts kept (text_measures.fact_preservation; 1 when the draft has none);
 - M: MiniLM cosine similarity to the draft (metrics.meaning_similarity);
 - H: mean surprise per token, −(1/n)·Σ log p_base(token), of the text alone under the base model:
   low-surprise (typical) text is what likelihood detectors flag, so more surprise scores higher.
@@ -109,7 +109,8 @@ def score_samples(model, tokenizer, drafts: list[str], texts: list[str], judge, 
     """The four components for each (draft, sample) pair; `model` is a stacked model, scored as
     the base (both adapters off) and switched back to sft+dpo after."""
     from .generate import use_system
-    from .metrics import fact_preservation, meaning_similarity
+    from .metrics import meaning_similarity
+    from .text_measures import fact_preservation
 
     facts = np.array([fact_preservation(d, t) for d, t in zip(drafts, texts)])
     use_system(model, "base")

@@ -15,9 +15,10 @@ import numpy as np
 
 from .config import RUNS_ROOT
 from .io import DataError, atomic_write_json, atomic_write_text, iter_jsonl, read_json
-from .metrics import (auroc, bootstrap_ci, fact_preservation, gap_closed, has_chat_artefact,
-                      length_ratio, meaning_similarity, paired_bootstrap_ci, slop_per_1k,
+from .metrics import (auroc, bootstrap_ci, gap_closed, meaning_similarity, paired_bootstrap_ci,
                       threshold_at_fpr)
+from .text_measures import (LOOP_N, fact_preservation, has_chat_artefact, has_loop,
+                            invented_facts, is_empty, is_identical, length_ratio, slop_per_1k)
 
 SYSTEMS = {"source": "source AI draft", "base": "base zero-shot", "sft": "SFT",
            "dpo-only": "DPO only", "sft+dpo": "SFT+DPO stacked", "human": "human reference"}
@@ -25,7 +26,9 @@ SYSTEMS = {"source": "source AI draft", "base": "base zero-shot", "sft": "SFT",
 
 def load_rewrites(path: str | Path) -> list[dict]:
     """Notebook 06's rewrites.jsonl, checked: each row needs text `source`, `human` and an
-    `outputs` object of texts, with the same systems on every row."""
+    `outputs` object of texts, with the same systems on every row; `hit_cap` (whether each
+    system's rewrite stopped at the token cap) is optional: files written before it was recorded
+    load without it."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no rewrites; run notebook 06_stacked_inference.ipynb "
@@ -44,6 +47,11 @@ def load_rewrites(path: str | Path) -> list[dict]:
         if systems is not None and set(outputs) != systems:
             raise DataError(f"{path}:{line_no}: systems {sorted(outputs)} differ from line 1's "
                             f"{sorted(systems)}")
+        capped = row.get("hit_cap")
+        if capped is not None and (not isinstance(capped, dict) or set(capped) != set(outputs)
+                                   or not all(isinstance(v, bool) for v in capped.values())):
+            raise DataError(f"{path}:{line_no}: field 'hit_cap' must map the systems of "
+                            f"'outputs' ({sorted(outputs)}) to true or false")
         systems = set(outputs)
         rows.append(row)
     if not rows:
@@ -61,9 +69,22 @@ def system_texts(rows: list[dict]) -> dict[str, list[str]]:
     return texts
 
 
+def cap_flags(rows: list[dict]) -> dict[str, list[bool]]:
+    """{system: stopped at the token cap, per draft} for the systems rewrites.jsonl recorded it
+    for (none in files from before it was recorded)."""
+    if not all(isinstance(r.get("hit_cap"), dict) for r in rows):
+        return {}
+    return {key: [r["hit_cap"][key] for r in rows] for key in rows[0]["hit_cap"]}
+
+
 def score_all(texts: dict, detectors: dict) -> dict:
-    """{detector: {system: P(AI) array}}."""
-    return {name: {key: np.asarray(d.score(t)) for key, t in texts.items()}
+    """{detector: {system: P(AI) array}}; NaN for the systems a detector leaves out (its
+    `systems`, when it has them)."""
+    def scores(detector, key, t):
+        wanted = getattr(detector, "systems", None)
+        return np.asarray(detector.score(t)) if wanted is None or key in wanted \
+            else np.full(len(t), np.nan)
+    return {name: {key: scores(d, key, t) for key, t in texts.items()}
             for name, d in detectors.items()}
 
 
@@ -91,10 +112,32 @@ def plot_scores(scores: dict):
     return fig
 
 
+def text_measures_of(texts: dict) -> dict:
+    """{measure: {system: per-text values}} read off the texts alone (text_measures.py): loops,
+    invented facts (count, and whether any), identical to the draft, empty, chat artefacts.
+    Identical and invented are against the draft, so the draft itself has none."""
+    source = texts["source"]
+    against = {key: outputs for key, outputs in texts.items() if key != "source"}
+    invented = {key: np.array([len(invented_facts(s, o)) for s, o in zip(source, outputs)],
+                              dtype=float) for key, outputs in against.items()}
+    return {
+        "loops": {k: np.array([float(has_loop(t)) for t in v]) for k, v in texts.items()},
+        "invented_facts": invented,
+        "any_invented": {k: (v > 0).astype(float) for k, v in invented.items()},
+        "identical": {k: np.array([float(is_identical(o, s)) for s, o in zip(source, v)])
+                      for k, v in against.items()},
+        "empty_rate": {k: np.array([float(is_empty(t)) for t in v]) for k, v in texts.items()},
+        "chat_artefacts": {k: np.array([float(has_chat_artefact(t)) for t in v])
+                           for k, v in texts.items()},
+    }
+
+
 def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
-              unavailable: dict | None = None, judge_scores: dict | None = None) -> dict:
+              unavailable: dict | None = None, judge_scores: dict | None = None,
+              hit_cap: dict | None = None) -> dict:
     """Everything results.md shows, as plain JSON. `scores` come from evaluation detectors;
-    `judge_scores` from the training judge, reported beside them but never judged against."""
+    `judge_scores` from the training judge, reported beside them but never judged against;
+    `hit_cap` ({system: flags}, `cap_flags`) says which rewrites stopped at the token cap."""
     boot = dict(n_boot=cfg.n_bootstrap, seed=cfg.seed)
     human, source = texts["human"], texts["source"]
     judge_scores = judge_scores or {}
@@ -102,6 +145,7 @@ def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
     scores = {**scores, **judge_scores}
     detectors = {}
     for name, by_system in scores.items():
+        by_system = {k: v for k, v in by_system.items() if not np.isnan(v).all()}  # scored
         h, s = by_system["human"], by_system["source"]
         threshold = threshold_at_fpr(h, cfg.target_fpr)
         detectors[name] = {
@@ -112,9 +156,14 @@ def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
             "flagged": {key: float(np.mean(p > threshold)) for key, p in by_system.items()},
         }
         detectors[name]["separates"] = separates(detectors[name]["auroc"])
+        if "sft+dpo" in by_system:  # the do-no-harm check: flagged more often than the drafts?
+            detectors[name]["flagged_sft+dpo - source"] = paired_bootstrap_ci(
+                _mean_difference, by_system["sft+dpo"] > threshold, s > threshold, **boot)
     facts = {key: np.array([fact_preservation(s, o) for s, o in zip(source, outputs)])
              for key, outputs in texts.items()}
     slop = {key: np.array(slop_per_1k(outputs, phrases)) for key, outputs in texts.items()}
+    measured = text_measures_of(texts)
+    hit_cap = hit_cap or {}
     rows = []
     for key, outputs in texts.items():
         compared = key != "source"  # the draft compared with itself tells nothing
@@ -123,25 +172,33 @@ def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
             "p_ai": {d: bootstrap_ci(scores[d][key], **boot) for d in scores},
             "gap_closed_by_detector": {
                 d: paired_bootstrap_ci(gap_closed, scores[d]["source"], scores[d][key],
-                                       scores[d]["human"], **boot) for d in scores},
+                                       scores[d]["human"], **boot)
+                if not np.isnan(scores[d][key]).all() else None for d in scores},
             "slop_per_1k": bootstrap_ci(slop[key], **boot),
             "meaning": bootstrap_ci(meaning_similarity(embedder, outputs, source), **boot)
             if compared else None,
             "facts": bootstrap_ci(facts[key], **boot) if compared else None,
             "length_ratio": bootstrap_ci([length_ratio(o, s) for s, o in zip(source, outputs)],
                                          **boot) if compared else None,
-            "chat_artefacts": bootstrap_ci([float(has_chat_artefact(o)) for o in outputs], **boot),
+            **{measure: bootstrap_ci(values[key], **boot) if key in values else None
+               for measure, values in measured.items()},
+            "hit_cap": bootstrap_ci(np.array(hit_cap[key], dtype=float), **boot)
+            if key in hit_cap else None,  # None: not recorded (or not generated: draft, human)
             "empty": int(sum(not o.strip() for o in outputs)),
         })
     differences = {d: {f"{a} - {b}": paired_bootstrap_ci(_mean_difference, by_system[a],
                                                         by_system[b], **boot)
-                       for a, b in COMPARISONS if a in by_system and b in by_system}
+                       for a, b in COMPARISONS if _scored(by_system, a) and _scored(by_system, b)}
                    for d, by_system in scores.items()}
     # facts and slop of each rewrite against the human reference of the same draft
     paired = {f"{measure} {key} - human": paired_bootstrap_ci(_mean_difference, values[key],
                                                               values["human"], **boot)
-              for measure, values in (("facts", facts), ("slop", slop))
+              for measure, values in (("facts", facts), ("slop", slop),
+                                      ("invented", measured["invented_facts"]))
               for key in texts if key not in ("source", "human")}
+    if "sft" in texts and "sft+dpo" in texts:  # does DPO loop more than the model it started from?
+        paired["loops sft+dpo - sft"] = paired_bootstrap_ci(
+            _mean_difference, measured["loops"]["sft+dpo"], measured["loops"]["sft"], **boot)
     return {
         "preset": cfg.preset, "experiment": cfg.experiment, "model": cfg.model,
         "date": dt.date.today().isoformat(), "n_items": len(human), "target_fpr": cfg.target_fpr,
@@ -157,6 +214,10 @@ def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
 
 # P(AI) differences on the same items (paired): what the workshop targets compare
 COMPARISONS = (("sft+dpo", "human"), ("sft+dpo", "source"), ("sft+dpo", "sft"), ("sft", "base"))
+
+
+def _scored(by_system: dict, key: str) -> bool:
+    return key in by_system and not np.isnan(by_system[key]).all()
 
 
 def _mean_difference(a, b) -> float | None:
@@ -262,6 +323,12 @@ def target_rows(results: dict) -> list[list[str]]:
         if d not in counted:
             out.append([f"{d}: P(AI) targets", f"AUROC human vs draft {format_ci(info['auroc'])}",
                         NOT_COUNTED])
+            harm = info.get("flagged_sft+dpo - source")
+            if harm:  # it cannot say what looks human, but rewriting must not make text look AI
+                out.append([f"{d}: flags SFT+DPO no more often than the drafts at "
+                            f"{round(100 * results['target_fpr'])}% FPR (margin +{PARITY_MARGIN})",
+                            f"difference in flagged share {format_ci(harm, 3)}",
+                            _shown(verdict(harm, PARITY_MARGIN, "<="))])
             continue
         for key, target, limit, direction in DIFFERENCE_TARGETS:
             if key in diffs:
@@ -289,9 +356,39 @@ def target_rows(results: dict) -> list[list[str]]:
          f"{format_ci(human['slop_per_1k'], 1)})", _shown(verdict(slop_gap, 0.0, "<="))],
         ["chat artefacts ≤ 1%", format_ci(final["chat_artefacts"], percent=True),
          _shown(verdict(final["chat_artefacts"], 0.01, "<="))],
-        ["no empty outputs", f"{final['empty']} of {results['n_items']}",
-         "met" if final["empty"] == 0 else "**not met**"],
     ]
+    if "loops" not in final:  # results.json from before the text measures: as it was judged then
+        return out + [["no empty outputs", f"{final['empty']} of {results['n_items']}",
+                       "met" if final["empty"] == 0 else "**not met**"]]
+    return out + text_target_rows(results, by_key, paired)
+
+
+# (measure in a system's row, target, limit): shares of SFT+DPO rewrites, each at most `limit`
+RATE_TARGETS = (("loops", f"loop rate (a repeated {LOOP_N}-word sequence) ≤ 3%", 0.03),
+                ("hit_cap", "generation cap hit ≤ 1%", 0.01),
+                ("empty_rate", "empty ≤ 1%", 0.01),
+                ("identical", "identical to the draft ≤ 1%", 0.01))
+
+
+def text_target_rows(results: dict, by_key: dict, paired: dict) -> list[list[str]]:
+    """[target, measured, verdict] for what reading the SFT+DPO texts shows: loops, the cap,
+    empty and identical rewrites, invented facts."""
+    final, human = by_key["sft+dpo"], by_key["human"]
+    out = []
+    for measure, target, limit in RATE_TARGETS:
+        ci = final.get(measure)
+        out.append([target, format_ci(ci, percent=True) if ci else "not recorded",
+                    _shown(verdict(ci, limit, "<=")) if ci else "— (not recorded in rewrites.jsonl)"])
+        if measure == "loops" and "loops sft+dpo - sft" in paired:
+            diff = paired["loops sft+dpo - sft"]
+            out.append(["loop rate SFT+DPO not above SFT (paired difference ≤ 0)",
+                        f"{format_ci(diff, 3)} ({format_ci(final['loops'], percent=True)} vs "
+                        f"{format_ci(by_key['sft']['loops'], percent=True)})",
+                        _shown(verdict(diff, 0.0, "<="))])
+    invented = paired.get("invented sft+dpo - human")
+    out.append(["invented facts per rewrite ≤ human reference (paired difference ≤ 0)",
+                f"{format_ci(invented, 2)} ({format_ci(final['invented_facts'])} vs "
+                f"{format_ci(human['invented_facts'])})", _shown(verdict(invented, 0.0, "<="))])
     return out
 
 
@@ -346,6 +443,7 @@ def render_markdown(results: dict) -> str:
           format_ci(r["chat_artefacts"], percent=True), str(r["empty"])]
          for r in results["systems"]])
     labels = {r["system"]: r["label"] for r in results["systems"]}
+    reading_table = text_measures_table(results)
     fpr = round(100 * results["target_fpr"])
     detectors = markdown_table(
         ["Detector", "Kind", "AUROC human vs AI draft", "Gap closed", "AUROC human vs SFT+DPO",
@@ -355,7 +453,8 @@ def render_markdown(results: dict) -> str:
            else "not counted (training judge)"),
           f"{info['auroc_vs_human']['sft+dpo']:.2f}" if "sft+dpo" in info["auroc_vs_human"]
           else "—", f"{info['threshold']:.3f}"]
-         + [f"{round(100 * info['flagged'][k])}%" for k in labels]
+         + [f"{round(100 * info['flagged'][k])}%" if k in info["flagged"] else "—"
+            for k in labels]
          for d, info in results["detectors"].items()])
     missing = "".join(f"\n- **{d}** not run: {why}" for d, why in results["unavailable"].items())
     checks = target_rows(results)
@@ -375,10 +474,32 @@ def render_markdown(results: dict) -> str:
         "choices may use, so it is shown but never counted.\n\n"
         f"{kept}\n\nMeaning sim.: MiniLM cosine with the source draft; facts kept: share of the "
         "draft's numbers, dates, URLs and names found in the output.\n\n"
-        f"{detectors}\n\nFlagged: share of texts scoring above a threshold set so that at "
+        f"{reading_table}{detectors}\n\nFlagged: share of texts scoring above a threshold set so that at "
         f"most {fpr}% of the human texts are flagged. Evaluation detectors are trained and "
         "calibrated on training-split and validation paragraphs only, never on these drafts.\n"
         f"{missing}\n{targets}")
+
+
+TEXT_COLUMNS = (("loops", "Loops", True), ("hit_cap", "Hit token cap", True),
+                ("invented_facts", "Invented facts /rewrite", False),
+                ("any_invented", "≥ 1 invented fact", True), ("identical", "Identical to draft", True),
+                ("empty_rate", "Empty", True))
+
+
+def text_measures_table(results: dict) -> str:
+    """The table of what reading the texts shows, with its note (empty for results.json from
+    before these measures)."""
+    if "loops" not in results["systems"][0]:
+        return ""
+    body = [[r["label"]] + [format_ci(r.get(key), percent=percent) if r.get(key) else
+                            ("not recorded" if key == "hit_cap" and r["system"] not in
+                             ("source", "human") else "—")
+                            for key, _, percent in TEXT_COLUMNS] for r in results["systems"]]
+    return (markdown_table(["System"] + [name for _, name, _ in TEXT_COLUMNS], body) +
+            f"\n\nLoops: share of texts in which some {LOOP_N}-word sequence occurs twice. Hit token "
+            "cap: share of rewrites stopped by the generation cap, not by the model (cut short). "
+            "Invented facts: numbers, dates, URLs and names in the text that the draft does not "
+            "have (the human reference's count is what a person adds).\n\n")
 
 
 def detectors_frame(results: dict):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from helpers import data
+from helpers import data, text_measures
 from helpers.config import get_config
 from helpers.io import DataError, atomic_write_json, read_json
 
@@ -117,10 +117,10 @@ def test_clean_counts_every_drop():
 def test_slop_counts_whole_phrases_per_1k_tokens():
     phrases = ["a testament to", "delve into", "moreover"]
     text = "Moreover, this is a testament to care. We delve into it. Moreoverish delved into nothing."
-    assert data.slop_hits(text, phrases) == 3
-    assert data.slop_rate(text, phrases) == pytest.approx(1000 * 3 / len(data.tokens(text)))
-    assert data.slop_rate("", phrases) == 0.0
-    assert len(data.load_slop_phrases()) >= 40
+    assert text_measures.slop_hits(text, phrases) == 3
+    assert text_measures.slop_rate(text, phrases) == pytest.approx(1000 * 3 / len(text_measures.tokens(text)))
+    assert text_measures.slop_rate("", phrases) == 0.0
+    assert len(text_measures.load_slop_phrases()) >= 40
 
 
 def test_prepare_from_a_local_file_splits_cleanly(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from helpers.fact_repair import (best_place, repair_facts, sentence_candidates, sentences,
                                  sentences_with_lost_facts, word_overlap)
-from helpers.metrics import fact_preservation
+from helpers.text_measures import fact_preservation
 
 DRAFT = "The bridge opened in 1932. It cost $4.5 million. Mayor Jane Holt cut the ribbon."
 

@@ -192,7 +192,7 @@ def test_verify_and_resample_keeps_the_candidate_with_the_most_facts():
 
 
 def test_fact_switch_never_keeps_fewer_facts(tokenizer):
-    from helpers.metrics import fact_preservation
+    from helpers.text_measures import fact_preservation
 
     model, _ = make_tiny_model()
     drafts = ["Berlin hosted 120 delegates on 4 May 2021.", "Ada Lovelace wrote in 1843."]
@@ -212,7 +212,7 @@ def test_fact_switch_never_keeps_fewer_facts(tokenizer):
 
 
 def test_without_resampling_the_fact_switch_goes_straight_to_the_repair(monkeypatch):
-    from helpers.metrics import fact_preservation
+    from helpers.text_measures import fact_preservation
 
     drafts = ["Berlin hosted 120 delegates on 4 May 2021.", "Ada Lovelace wrote in 1843."]
     decoded = []

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from helpers import metrics
-from helpers.data import load_slop_phrases
+from helpers import metrics, text_measures
+from helpers.text_measures import load_slop_phrases
 
 CRAFTED = ("On March 3, 2021, Dr. Alice Smith paid $1,200 (15%) to Acme Corp in New York; see "
            "https://example.com/a1. The deal closed on 2021-04-01. However, Bob agreed.")
@@ -49,12 +49,12 @@ def test_gap_closed():
 def test_slop_rate_counts_phrases_per_1k_tokens():
     phrases = load_slop_phrases()
     text = "We delve into the data. It is important to note the results."  # 12 word tokens
-    assert metrics.slop_per_1k([text, "Plain words only."], phrases) == [
+    assert text_measures.slop_per_1k([text, "Plain words only."], phrases) == [
         pytest.approx(1000 * 2 / 12), 0.0]
 
 
 def test_fact_extraction_on_a_crafted_sentence():
-    facts = metrics.extract_facts(CRAFTED)
+    facts = text_measures.extract_facts(CRAFTED)
     assert facts == {
         "urls": {"https://example.com/a1"},
         "dates": {"March 3, 2021", "2021-04-01"},
@@ -64,11 +64,11 @@ def test_fact_extraction_on_a_crafted_sentence():
 
 
 def test_fact_preservation():
-    assert metrics.fact_preservation(CRAFTED, CRAFTED) == 1.0
+    assert text_measures.fact_preservation(CRAFTED, CRAFTED) == 1.0
     kept = "Alice Smith paid 1200 dollars to Acme Corp on March 3, 2021."
     # survive: the first date, 1200, Alice Smith, Acme Corp = 4 of 9 facts
-    assert metrics.fact_preservation(CRAFTED, kept) == pytest.approx(4 / 9)
-    assert math.isnan(metrics.fact_preservation("no facts here at all.", "anything"))
+    assert text_measures.fact_preservation(CRAFTED, kept) == pytest.approx(4 / 9)
+    assert math.isnan(text_measures.fact_preservation("no facts here at all.", "anything"))
 
 
 FIGURES = ("Revenue grew 3.5% to $2.75 billion in 2021, with 1,200,000 users. On 3 May 2021 "
@@ -76,7 +76,7 @@ FIGURES = ("Revenue grew 3.5% to $2.75 billion in 2021, with 1,200,000 users. On
 
 
 def test_numbers_with_commas_decimals_and_percent():
-    facts = metrics.extract_facts(FIGURES)
+    facts = text_measures.extract_facts(FIGURES)
     assert facts["numbers"] == {"3.5", "2.75", "2021", "1200000"}
     assert facts["dates"] == {"3 May 2021"} and facts["urls"] == {"www.who.int/news"}
     assert facts["names"] == {"Maria Lopez", "World Health Organization"}
@@ -101,17 +101,17 @@ def test_numbers_with_commas_decimals_and_percent():
      "World Health Organization posted it at www.who.int/news.", [("dates", "3 May 2021")]),
 ])
 def test_missing_facts_kept_dropped_altered(output, missing):
-    assert metrics.missing_facts(FIGURES, output) == missing
-    n = sum(len(v) for v in metrics.extract_facts(FIGURES).values())
-    assert metrics.fact_preservation(FIGURES, output) == pytest.approx(1 - len(missing) / n)
+    assert text_measures.missing_facts(FIGURES, output) == missing
+    n = sum(len(v) for v in text_measures.extract_facts(FIGURES).values())
+    assert text_measures.fact_preservation(FIGURES, output) == pytest.approx(1 - len(missing) / n)
 
 
 def test_dates_match_whatever_the_format():
     for same in ("2021-05-03", "May 3, 2021", "3rd May 2021", "May 3rd, 2021"):
-        assert metrics.fact_preservation("It opened on 3 May 2021.", f"Opened {same}.") == 1.0
-    assert metrics.fact_preservation("It opened on 3 May 2021.", "Opened May 3.") == 0.0  # no year
-    assert metrics.fact_preservation("Due Sept. 5.", "Due on 5 September.") == 1.0
-    assert metrics.fact_preservation("Signed 3/5/2021.", "Signed 5/3/2021.") == 0.0  # not reordered
+        assert text_measures.fact_preservation("It opened on 3 May 2021.", f"Opened {same}.") == 1.0
+    assert text_measures.fact_preservation("It opened on 3 May 2021.", "Opened May 3.") == 0.0  # no year
+    assert text_measures.fact_preservation("Due Sept. 5.", "Due on 5 September.") == 1.0
+    assert text_measures.fact_preservation("Signed 3/5/2021.", "Signed 5/3/2021.") == 0.0  # not reordered
 
 
 def test_best_by_facts_keeps_most_facts_then_meaning_then_first():
@@ -135,12 +135,12 @@ def test_best_by_facts_keeps_most_facts_then_meaning_then_first():
 
 
 def test_sentence_initial_words_are_not_names():
-    assert metrics.extract_facts("However, the plan worked. Then it rained.")["names"] == set()
-    assert metrics.extract_facts("The LORD spoke to Balaam.")["names"] == {"LORD", "Balaam"}
+    assert text_measures.extract_facts("However, the plan worked. Then it rained.")["names"] == set()
+    assert text_measures.extract_facts("The LORD spoke to Balaam.")["names"] == {"LORD", "Balaam"}
 
 
 def test_length_ratio():
-    assert metrics.length_ratio("one two three", "one two three four five six") == 0.5
+    assert text_measures.length_ratio("one two three", "one two three four five six") == 0.5
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -153,7 +153,7 @@ def test_length_ratio():
     ("Surely the river rose.", False),
 ])
 def test_chat_artefacts(text, expected):
-    assert metrics.has_chat_artefact(text) is expected
+    assert text_measures.has_chat_artefact(text) is expected
 
 
 def test_meaning_similarity_with_a_fake_embedder():

@@ -18,14 +18,15 @@ class ConstantDetector:
         return np.full(len(texts), 0.5)
 
 
-def summary_of(tmp_path, **cfg_overrides):
-    rows = results.load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", ROWS))
+def summary_of(tmp_path, rows=ROWS, **cfg_overrides):
+    rows = results.load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", rows))
     texts = results.system_texts(rows)
     scores = results.score_all(texts, {"Length": LengthDetector(), "Flat": ConstantDetector()})
     judge = results.score_all(texts, {"judge": LengthDetector()})
     cfg = get_config("smoke", n_bootstrap=50, **cfg_overrides)
     return texts, results.summarize(cfg, texts, scores, toy_embedder, ["sure"],
-                                    unavailable={"RADAR": "offline"}, judge_scores=judge)
+                                    unavailable={"RADAR": "offline"}, judge_scores=judge,
+                                    hit_cap=results.cap_flags(rows))
 
 
 def test_summary_and_markdown(tmp_path):
@@ -54,8 +55,10 @@ def test_summary_and_markdown(tmp_path):
     assert "Gap closed Length" in md and "Gap closed Flat" not in md
     assert "Gap closed judge" not in md and results.VERDICT_RULE in md
     assert f"| Flat | evaluation | 0.50 [0.50, 0.50] | {results.NOT_COUNTED} |" in md
-    # tables: scores, what was kept, detectors (header + 5/5/3 rows), targets (header + 5 + 6)
-    assert md.count("\n| ") == 6 + 6 + 4 + 12
+    # tables: scores, what was kept, what the texts show, detectors (header + 5/5/5/3 rows),
+    # targets (header + 5 + 2 for Flat + 10 for the texts)
+    assert md.count("\n| ") == 6 + 6 + 6 + 4 + 18
+    assert "| SFT+DPO stacked | 0% [0, 0] | not recorded |" in md  # no hit_cap in these rows
     length = summary["differences"]["Length"]
     assert length["sft - base"]["mean"] < 0 and length["sft+dpo - human"]["mean"] < 0
     checks = {row[0]: row[2] for row in results.target_rows(summary)}
@@ -64,9 +67,47 @@ def test_summary_and_markdown(tmp_path):
     assert not any(k.startswith("judge") for k in checks)
     assert checks["facts kept ≥ human reference (paired difference ≥ 0)"] == "**not met**"
     assert checks["facts kept ≥ 0.90 with the fact switch on"] == "— (fact switch off in this run)"
-    assert checks["chat artefacts ≤ 1%"] == "met" and checks["no empty outputs"] == "met"
+    assert checks["chat artefacts ≤ 1%"] == "met" and checks["empty ≤ 1%"] == "met"
+    assert checks["generation cap hit ≤ 1%"] == "— (not recorded in rewrites.jsonl)"
+    assert checks["Flat: flags SFT+DPO no more often than the drafts at 5% FPR (margin +0.02)"] \
+        == "met"  # it flags nothing at all
     assert results.headline(summary).endswith(
-        "Targets: 8 met, 0 not shown, 1 not met, 1 does not separate these texts: not counted.")
+        "Targets: 13 met, 0 not shown, 1 not met, 1 does not separate these texts: not counted.")
+
+
+LOOP = "the river ran past the mill and the town"  # 10 words
+
+
+def test_text_targets_read_loops_the_cap_and_invented_facts(tmp_path):
+    """SFT+DPO loops in 2 of 6 rewrites (SFT in none), stopped at the cap in 3 and invents a
+    year in each; the human texts invent nothing."""
+    rows = [{**r, "outputs": {**r["outputs"],
+                              "sft+dpo": f"In 1990 {LOOP}, and {LOOP}." if i < 2 else
+                              f"In 1990 the council spent {i + 1}00 pounds."},
+             "hit_cap": {"base": False, "sft": False, "sft+dpo": i % 2 == 0}}
+            for i, r in enumerate(ROWS)]
+    _, summary = summary_of(tmp_path, rows)
+    final = {r["system"]: r for r in summary["systems"]}["sft+dpo"]
+    assert final["loops"]["mean"] == pytest.approx(2 / 6)
+    assert final["hit_cap"]["mean"] == 0.5 and final["invented_facts"]["mean"] == 1.0
+    assert final["any_invented"]["mean"] == 1.0 and final["identical"]["mean"] == 0.0
+    assert summary["paired_differences"]["loops sft+dpo - sft"]["mean"] == pytest.approx(2 / 6)
+    assert summary["paired_differences"]["invented sft+dpo - human"]["mean"] == 1.0
+    checks = {row[0]: row[2] for row in results.target_rows(summary)}
+    # 2 of 6: a resample can hold no looping rewrite, so the CI reaches 0
+    assert checks["loop rate (a repeated 8-word sequence) ≤ 3%"] == "not shown"
+    assert checks["generation cap hit ≤ 1%"] == "**not met**"
+    assert checks["invented facts per rewrite ≤ human reference (paired difference ≤ 0)"] \
+        == "**not met**"
+    assert checks["identical to the draft ≤ 1%"] == "met"
+
+
+def test_rewrites_without_hit_cap_load_and_a_bad_one_is_named(tmp_path):
+    rows = results.load_rewrites(write_jsonl(tmp_path / "old.jsonl", ROWS))
+    assert results.cap_flags(rows) == {}  # files from before hit_cap was recorded
+    bad = [ROWS[0] | {"hit_cap": {"base": True}}]
+    with pytest.raises(DataError, match=r"bad.jsonl:1: field 'hit_cap' must map the systems"):
+        results.load_rewrites(write_jsonl(tmp_path / "bad.jsonl", bad))
 
 
 @pytest.mark.parametrize("ci,limit,direction,expected", [
@@ -155,3 +196,27 @@ def test_load_rewrites_errors_name_file_line_and_field(tmp_path):
         results.load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", [no_human]))
     with pytest.raises(FileNotFoundError, match="run notebook 06"):
         results.load_rewrites(tmp_path / "missing.jsonl")
+
+
+class PartialLength(LengthDetector):
+    """A slow detector that scores only what its targets need."""
+    systems = ("source", "sft+dpo", "human")
+
+
+def test_a_detector_that_scores_some_systems_leaves_the_others_blank(tmp_path):
+    rows = results.load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", ROWS))
+    texts = results.system_texts(rows)
+    scores = results.score_all(texts, {"Part": PartialLength()})
+    assert np.isnan(scores["Part"]["sft"]).all() and not np.isnan(scores["Part"]["sft+dpo"]).any()
+    summary = results.summarize(get_config("smoke", n_bootstrap=50), texts, scores, toy_embedder,
+                                ["sure"])
+    info = summary["detectors"]["Part"]
+    assert set(info["flagged"]) == {"source", "sft+dpo", "human"}
+    assert info["flagged_sft+dpo - source"]["mean"] == -1.0  # every draft flagged, no rewrite
+    by_key = {r["system"]: r for r in summary["systems"]}
+    assert by_key["sft"]["p_ai"]["Part"]["mean"] is None
+    assert by_key["sft"]["gap_closed_by_detector"]["Part"] is None
+    md = results.render_markdown(json.loads(json.dumps(summary)))
+    assert "| Part | evaluation | 1.00 [1.00, 1.00] | counted | 0.00 | 0.600 | 100% | — | — | 0% | 0% |" \
+        in md  # flagged: source, base, SFT, SFT+DPO, human
+    assert "Part: SFT+DPO P(AI) < SFT" not in md  # SFT not scored: no target row

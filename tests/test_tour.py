@@ -96,12 +96,14 @@ def test_eval_set_rewrites_are_read_back_only_for_the_same_key(tokenizer, tmp_pa
 
     def fake_rewrite(model, tok, drafts, cfg, desc=""):
         generated.append(desc)
-        return [f"{desc} {cfg.temperature} {d}" for d in drafts]
+        return [generate.Rewrite(f"{desc} {cfg.temperature} {d}", 3, desc == "sft")
+                for d in drafts]
 
-    monkeypatch.setattr(generate, "rewrite", fake_rewrite)
+    monkeypatch.setattr(generate, "rewrite_detailed", fake_rewrite)
     rows = [{"id": "a", "domain": "d", "ai": "One draft.", "human": "-"}]
     out = tmp_path / "rewrites.jsonl"
     first = generate.rewrite_eval_set(cfg, stacked, tokenizer, rows, ("base", "sft"), out)
+    assert first[0]["hit_cap"] == {"base": False, "sft": True}  # recorded per system
     assert generate.rewrite_eval_set(cfg, stacked, tokenizer, rows, ("base", "sft"), out) == first
     assert generated == ["base", "sft"]
     hotter = get_config("smoke", lora_layers=-1, temperature=0.5)
