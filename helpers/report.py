@@ -140,7 +140,6 @@ README = REPO_ROOT / "README.md"
 RESULTS_DOC = REPO_ROOT / "docs" / "RESULTS.md"
 BENCHMARKS_DOC = REPO_ROOT / "docs" / "BENCHMARKS.md"
 DOCS = (README, RESULTS_DOC, BENCHMARKS_DOC)  # each generated section goes where its markers are
-ITEM_SCORES = "item_scores.json"  # notebook 07: {detector: {system: [P(AI) per evaluation draft]}}
 
 
 def example_item(rows: list[dict]) -> int:
@@ -152,7 +151,7 @@ def example_item(rows: list[dict]) -> int:
 def example_section(runs_dir, preset: str) -> str | None:
     """One evaluation draft, its SFT and SFT+DPO rewrites and the human text, with every
     detector's P(AI) for each (notebook 06's rewrites.jsonl, notebook 07's item scores)."""
-    from .results import SYSTEMS, load_rewrites
+    from .results import ITEM_SCORES, SYSTEMS, load_rewrites
 
     rewrites, scores_path = runs_dir / "rewrites.jsonl", runs_dir / ITEM_SCORES
     if not rewrites.exists() or not scores_path.exists():

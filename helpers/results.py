@@ -604,9 +604,18 @@ def plot_experiments(frame, columns: int = 4):
     return fig
 
 
-def write_results(cfg, results: dict) -> tuple[Path, Path]:
+ITEM_SCORES = "item_scores.json"  # {detector: {system: [P(AI) per evaluation draft]}}
+
+
+def write_results(cfg, results: dict, scores: dict | None = None) -> tuple[Path, Path]:
+    """results.json and results.md; with `scores` ({detector: {system: P(AI) per item}}) also
+    item_scores.json, from which `make readme` shows one draft's scores in README."""
     json_path = atomic_write_json(cfg.path("results.json"), results)
     md_path = atomic_write_text(cfg.path("results.md"), render_markdown(results))
+    if scores is not None:
+        atomic_write_json(cfg.path(ITEM_SCORES), {
+            d: {k: [round(float(p), 4) for p in v] for k, v in by_system.items()}
+            for d, by_system in scores.items()})
     return json_path, md_path
 
 

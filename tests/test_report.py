@@ -1,6 +1,7 @@
 import pytest
 
 from helpers import report
+from helpers.results import ITEM_SCORES
 
 
 def test_section_replaced_between_markers_only():
@@ -121,7 +122,7 @@ def write_run(runs):
     (runs / "rewrites.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     scores = {"n-gram": {k: [0.1 * i + d for i in range(3)] for k, d in
                          (("source", 0.5), ("sft", 0.3), ("sft+dpo", 0.2), ("human", 0.0))}}
-    (runs / report.ITEM_SCORES).write_text(json.dumps(scores))
+    (runs / ITEM_SCORES).write_text(json.dumps(scores))
     return rows
 
 

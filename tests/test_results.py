@@ -220,3 +220,14 @@ def test_a_detector_that_scores_some_systems_leaves_the_others_blank(tmp_path):
     assert "| Part | evaluation | 1.00 [1.00, 1.00] | counted | 0.00 | 0.600 | 100% | — | — | 0% | 0% |" \
         in md  # flagged: source, base, SFT, SFT+DPO, human
     assert "Part: SFT+DPO P(AI) < SFT" not in md  # SFT not scored: no target row
+
+
+def test_item_scores_are_written_beside_the_results_for_the_readme_example(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(path=lambda name: tmp_path / name)
+    monkeypatch.setattr(results, "render_markdown", lambda summary: "| table |\n")
+    results.write_results(cfg, {"n_items": 2}, {"n-gram": {"sft": np.array([0.123456, 0.5])}})
+    assert json.loads((tmp_path / results.ITEM_SCORES).read_text()) == {"n-gram": {"sft": [0.1235, 0.5]}}
+    assert (tmp_path / "results.md").read_text() == "| table |\n"
