@@ -10,11 +10,16 @@ never the evaluation items) with each run's humanizer, under the preset's decodi
 training judge's P(AI) (never an evaluation detector: what is chosen here must not be tuned to the
 detectors that judge it), meaning similarity, facts kept and slop, and for every run after the
 first the paired difference to the first run's same system, with a 95% bootstrap CI and its
-reading. Writes runs/<preset>/experiments/compare_runs.json and .md, or NAME.json and .md with
-`--name NAME` (`make readme` copies each table into README).
+reading. Beside them it reads the text: the share of rewrites that loop (a repeated 8-word
+sequence), that stop at the token cap, and the facts each invents. A run may carry decoding
+settings after a colon (`default:no_repeat_ngram=6`): the same adapters, decoded otherwise.
+Writes runs/<preset>/experiments/compare_runs.json and .md, or NAME.json and .md with
+`--name NAME` (`make readme` copies each table into docs/RESULTS.md).
 
     python experiments/compare_runs.py --preset workshop --runs default,fact-complete \
         --systems sft,sft+dpo --n 40
+    python experiments/compare_runs.py --preset workshop --systems sft,sft+dpo --n 40 \
+        --runs default,default:no_repeat_ngram=6 --name compare_decoding
 """
 from __future__ import annotations
 
@@ -23,25 +28,54 @@ import datetime as dt
 import sys
 import time
 
-from helpers.config import get_config
+from helpers.config import get_config, parse_overrides
 from helpers.data import load_prepared, one_per_paragraph
 from helpers.detectors import Embedder, training_judge
 from helpers.humanizer import Humanizer
 from helpers.metrics import bootstrap_ci, meaning_similarity
-from helpers.text_measures import fact_preservation, load_slop_phrases, slop_per_1k
+from helpers.text_measures import (fact_preservation, has_loop, invented_facts, load_slop_phrases,
+                                   slop_per_1k)
 from helpers.results import (format_ci, markdown_table, paired_difference, reading,
                              save_experiment)
 
 DEFAULT_RUN = "default"  # the run without an experiment name, runs/<preset>/
-MEASURES = ("P(AI)", "meaning", "facts kept", "slop/1K")
+MEASURES = ("P(AI)", "meaning", "facts kept", "slop/1K", "loops", "cap hits", "invented facts")
+PERCENT = ("loops", "cap hits")
 
 
-def measure_texts(texts: list[str], drafts: list[str], judge, embedder, phrases) -> dict:
-    """Per-item values of every measure (NaN facts for a draft without any)."""
+def measure_texts(texts: list[str], drafts: list[str], judge, embedder, phrases,
+                  capped: list[bool] | None = None) -> dict:
+    """Per-item values of every measure (NaN facts for a draft without any; NaN cap hits for
+    texts that were not generated: the drafts and the human references)."""
     return {"P(AI)": [float(p) for p in judge.score(texts)],
             "meaning": [float(m) for m in meaning_similarity(embedder, texts, drafts)],
             "facts kept": [fact_preservation(d, t) for d, t in zip(drafts, texts)],
-            "slop/1K": [float(s) for s in slop_per_1k(texts, phrases)]}
+            "slop/1K": [float(s) for s in slop_per_1k(texts, phrases)],
+            "loops": [float(has_loop(t)) for t in texts],
+            "cap hits": [float(c) for c in capped] if capped else [float("nan")] * len(texts),
+            "invented facts": [float(len(invented_facts(d, t))) for d, t in zip(drafts, texts)]}
+
+
+def run_list(text: str) -> list[str]:
+    """'default,default:no_repeat_ngram=6,top_p=0.9,high-lr' -> ['default',
+    'default:no_repeat_ngram=6,top_p=0.9', 'high-lr']: a part with '=' and no ':' continues the
+    settings of the run before it (run names never hold '=')."""
+    runs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" in part and ":" not in part and runs:
+            runs[-1] += "," + part
+        else:
+            runs.append(part)
+    return runs
+
+
+def run_spec(text: str) -> tuple[str, dict]:
+    """'default' or 'name:field=value,...' -> (run name, decoding overrides)."""
+    name, _, setting = text.partition(":")
+    try:
+        return name, parse_overrides(setting)
+    except ValueError as error:
+        raise SystemExit(f"--runs {text!r}: {error}") from None
 
 
 def summary_rows(per_item: dict, n_boot: int, seed: int) -> list[dict]:
@@ -69,15 +103,16 @@ def markdown(result: dict) -> str:
         cells = [r.get("run", "—"), r["system"]]
         for m in MEASURES:
             digits = 1 if m == "slop/1K" else 2
-            cell = format_ci(r[m], digits)
+            cell = format_ci(r[m], digits, percent=m in PERCENT)
             diff = r.get("difference", {}).get(m)
             if diff is not None:
-                cell += f"; − {first}: {format_ci(diff, digits)}, {reading(m, diff)}"
+                cell += (f"; − {first}: {format_ci(diff, digits, percent=m in PERCENT)}, "
+                         f"{reading(m, diff)}")
             cells.append(cell)
         cells.append(str(r.get("seconds", "—")))
         body.append(cells)
     table = markdown_table(["run", "system", f"P(AI) {result['judge']} (training judge)",
-                            "meaning", "facts kept", "slop/1K", "rewrite s"], body)
+                            *MEASURES[1:], "rewrite s"], body)
     caption = (f"Preset `{result['preset']}`, {result['n']} validation drafts (held-out training "
                f"paragraphs, not the evaluation items), {result['date']}, generated by "
                f"`{result['command']}`. Means with 95% bootstrap CIs; after `;` the paired "
@@ -105,7 +140,7 @@ def main() -> None:
     if args.table_only:
         return save_experiment(out, args.name, None, markdown)
 
-    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    runs = run_list(args.runs)
     splits = load_prepared(cfg)  # every run shares the default run's validation paragraphs
     items = one_per_paragraph(splits["val"], args.n, cfg.seed + 1)
     drafts, humans = [r["ai"] for r in items], [r["human"] for r in items]
@@ -116,13 +151,16 @@ def main() -> None:
                  for name, texts in (("source draft", drafts), ("human reference", humans))}
     per_item, seconds, examples = {}, {}, {}
     for run in runs:
-        run_cfg = get_config(cfg.preset, experiment="" if run == DEFAULT_RUN else run)
+        name, decoding = run_spec(run)
+        run_cfg = get_config(cfg.preset, experiment="" if name == DEFAULT_RUN else name)
         humanizer = Humanizer.load(run_cfg)
         for system in args.systems.split(","):
             start = time.perf_counter()
-            outputs = humanizer.rewrite(drafts, adapter=system, progress=True)
+            rewrites = humanizer.rewrite_detailed(drafts, adapter=system, progress=True, **decoding)
+            outputs = [r.text for r in rewrites]
             seconds[(run, system)] = round(time.perf_counter() - start)
-            per_item[(run, system)] = measure_texts(outputs, drafts, judge, embedder, phrases)
+            per_item[(run, system)] = measure_texts(outputs, drafts, judge, embedder, phrases,
+                                                    [r.hit_cap for r in rewrites])
             examples[(run, system)] = outputs[0]
             print(run, system, {m: round(sum(v) / len(v), 3) for m, v in
                                 per_item[(run, system)].items() if m != "facts kept"})

@@ -13,8 +13,9 @@ spec.loader.exec_module(compare_runs)
 
 
 def values(p_ai, facts):
-    return {"P(AI)": p_ai, "meaning": [0.9] * len(p_ai), "facts kept": facts,
-            "slop/1K": [0.0] * len(p_ai)}
+    n = len(p_ai)
+    return {"P(AI)": p_ai, "meaning": [0.9] * n, "facts kept": facts, "slop/1K": [0.0] * n,
+            "loops": [0.0] * n, "cap hits": [0.0] * n, "invented facts": [0.0] * n}
 
 
 def test_later_runs_are_differenced_against_the_first_on_the_same_system():
@@ -70,3 +71,33 @@ def test_an_experiment_saves_its_measurements_and_rebuilds_its_table_from_them(t
     assert save_experiment(tmp_path / "experiments", "x", None, render) == "3 drafts\n"
     assert (tmp_path / "experiments" / "x.md").read_text() == "3 drafts\n"
     assert capsys.readouterr().out == "3 drafts\n\n3 drafts\n\n"
+
+
+def test_runs_may_carry_decoding_settings_after_a_colon():
+    assert compare_runs.run_list("default, default:no_repeat_ngram=6,top_p=0.5,high-lr") == [
+        "default", "default:no_repeat_ngram=6,top_p=0.5", "high-lr"]
+    assert compare_runs.run_spec("default:no_repeat_ngram=6,top_p=0.5") == (
+        "default", {"no_repeat_ngram": 6, "top_p": 0.5})
+    assert compare_runs.run_spec("high-lr") == ("high-lr", {})
+    with pytest.raises(SystemExit, match="no Config field 'nope'"):
+        compare_runs.run_spec("default:nope=1")
+
+
+def test_the_text_is_read_loops_cap_hits_and_invented_facts():
+    class Judge:
+        def score(self, texts):
+            return [0.5] * len(texts)
+
+    class Embedder:
+        def __call__(self, texts):
+            import numpy as np
+            return np.ones((len(texts), 2))
+
+    drafts = ["In 2019 the mill closed.", "Rain fell."]
+    loop = "the mill closed in that year and then " * 2
+    got = compare_runs.measure_texts([loop, "Rain fell in 1990."], drafts, Judge(), Embedder(), [],
+                                     capped=[True, False])
+    assert got["loops"] == [1.0, 0.0] and got["cap hits"] == [1.0, 0.0]
+    assert got["invented facts"] == [0.0, 1.0]  # 1990 is not in the draft
+    refs = compare_runs.measure_texts(drafts, drafts, Judge(), Embedder(), [])
+    assert all(math.isnan(c) for c in refs["cap hits"])  # not generated: no cap to hit
