@@ -142,12 +142,15 @@ def repetition_processors(cfg) -> list:
                                   repetition_context_size=cfg.repetition_context)
 
 
-def no_repeat_ngram(n: int):
+def no_repeat_ngram(n: int, exempt: mx.array | None = None):
     """A logits processor for one sequence that never lets its answer repeat an n-gram of tokens
     (fairseq's and transformers' `no_repeat_ngram_size`): with the answer a_1..a_t, every token x
     such that (a_{t-n+2}, ..., a_t, x) already occurs in the answer gets logit -inf. Only the
     answer counts, so copying a name or a clause from the draft stays allowed; a loop ("... which
-    is a high-energy dance sport that combines ...") cannot start its second turn.
+    is a high-energy dance sport that combines ...") cannot start its second turn. Tokens where
+    `exempt` (a boolean per vocabulary entry) is true are never banned: digits, because this
+    tokenizer writes numbers one digit a token, and banning a repeated "0 0 0" turns "1,000,000"
+    into an invented number.
 
     The processor keeps its own count of decode steps: at step k the context ends with the k
     answer tokens written so far, however the prompt before them was cached. The ban is computed
@@ -166,16 +169,37 @@ def no_repeat_ngram(n: int):
             same = same & (answer[i:t - n + 1 + i] == answer[t - n + 1 + i])
         hits = mx.zeros((logits.shape[-1],), dtype=mx.float32).at[answer[n - 1:]].add(
             same.astype(mx.float32))
-        return mx.where(hits > 0, -mx.inf, logits)
+        banned = hits > 0
+        if exempt is not None:  # a model may have more logits than the tokenizer has entries
+            banned = banned & ~mx.pad(exempt, (0, max(0, hits.shape[0] - exempt.shape[0])))
+        return mx.where(banned, -mx.inf, logits)
 
     return processor
 
 
-def logits_processors(cfg) -> list:
+_DIGITS: dict[int, mx.array] = {}
+
+
+def digit_tokens(tokenizer) -> mx.array:
+    """True for every vocabulary entry that is digits alone (after the tokenizer's space mark)."""
+    vocab = tokenizer.vocab
+    key = id(tokenizer)
+    if key not in _DIGITS:
+        flags = [False] * (max(vocab.values()) + 1)
+        for piece, i in vocab.items():
+            digits = piece.lstrip("Ġ▁ ")
+            flags[i] = bool(digits) and all(c in "0123456789" for c in digits)
+        _DIGITS[key] = mx.array(flags)
+    return _DIGITS[key]
+
+
+def logits_processors(cfg, tokenizer=None) -> list:
     """One sequence's processors: the repetition penalty, then the n-gram block (a fresh one per
-    sequence: it counts that sequence's steps)."""
-    return repetition_processors(cfg) + ([no_repeat_ngram(cfg.no_repeat_ngram)]
-                                         if cfg.no_repeat_ngram > 0 else [])
+    sequence: it counts that sequence's steps; digits exempt when the tokenizer is given)."""
+    if cfg.no_repeat_ngram <= 0:
+        return repetition_processors(cfg)
+    exempt = digit_tokens(tokenizer) if tokenizer is not None else None
+    return repetition_processors(cfg) + [no_repeat_ngram(cfg.no_repeat_ngram, exempt)]
 
 
 def prompt_tokens(tokenizer, draft: str, system: str) -> list[int]:
@@ -235,7 +259,8 @@ def decode_steps(model, tokenizer, prompts: list[list[int]], budgets: list[int],
         try:
             uids = generator.insert([prompts[i][len(prefix):] for i in order],
                                     [budgets[i] for i in order],
-                                    logits_processors=[logits_processors(cfg) for _ in order],
+                                    logits_processors=[logits_processors(cfg, tokenizer)
+                                                       for _ in order],
                                     **shared)
             index = {uid: i for uid, i in zip(uids, order)}
             while responses := generator.next_generated():

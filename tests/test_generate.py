@@ -145,10 +145,22 @@ def test_no_repeat_ngram_bans_what_would_complete_an_answer_ngram_seen_before():
     for k in range(len(answer) + 1):  # step k sees the prompt and the k answer tokens so far
         out = np.array(block(mx.array(prompt + answer[:k]), logits))
     assert np.isneginf(out[0, 7]) and np.isfinite(np.delete(out[0], 7)).all()  # (5, 6) -> 7 seen
+    digits = generate.no_repeat_ngram(3, exempt=mx.array([i == 7 for i in range(8)]))  # 7: a digit
+    for k in range(len(answer) + 1):
+        out = np.array(digits(mx.array(prompt + answer[:k]), logits))
+    assert np.isfinite(out).all()  # a repeated number is not a loop: "1,000,000" stays writable
     fresh = generate.no_repeat_ngram(3)
     for k in range(3):  # answer [5, 6]: nothing to repeat yet, whatever the prompt holds
         out = np.array(fresh(mx.array(prompt + answer[:k]), logits))
     assert np.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_digit_tokens_are_the_digits_of_the_tokenizer(tokenizer):
+    flags = np.array(generate.digit_tokens(tokenizer))
+    digits = {tokenizer.decode([i]) for i in np.flatnonzero(flags)}
+    assert {str(d) for d in range(10)} <= {d.strip() for d in digits}
+    assert all(d.strip().isdigit() for d in digits) and flags.sum() < 100
 
 
 @pytest.mark.slow
