@@ -277,11 +277,16 @@ BETTER_SIDE = {"validation loss": "<", "P(AI)": "<", "meaning": ">", "facts": ">
 
 
 def reading(measure: str, diff: dict | None, better: str = "better", worse: str = "worse") -> str:
-    """What a paired difference's CI says in words: `better`, `worse` or 'no difference shown'
-    (the CI includes 0), by the measure's better side (BETTER_SIDE)."""
+    """What a paired difference's CI says in words: `better` or `worse` when the whole CI lies on
+    one side of 0 (by the measure's better side, BETTER_SIDE), else 'no difference shown' (a CI
+    that includes 0, or touches it, as [0.00, 0.00] does when nothing changed)."""
     side = next(v for k, v in BETTER_SIDE.items() if measure.startswith(k))
-    return {"met": better, "not met": worse,
-            "not shown": "no difference shown"}.get(verdict(diff, 0.0, side), "—")
+    if not diff or diff.get("lo") is None or diff.get("hi") is None:
+        return "—"
+    below, above = diff["hi"] < 0, diff["lo"] > 0
+    if below or above:
+        return better if below == (side in ("<", "<=")) else worse
+    return "no difference shown"
 
 
 def separates(auroc_ci: dict | None) -> bool:

@@ -43,6 +43,9 @@ def test_paired_difference_is_second_minus_first_and_reading_follows_the_better_
     assert reading("P(AI) n-gram judge", diff) == "better"
     assert reading("facts kept", diff) == "worse"
     assert reading("meaning", {"mean": 0.0, "lo": -0.1, "hi": 0.1}) == "no difference shown"
+    # nothing changed on any item: a CI of [0, 0] shows no difference, it is not "worse"
+    assert reading("slop/1K", {"mean": 0.0, "lo": 0.0, "hi": 0.0}) == "no difference shown"
+    assert reading("invented facts", {"mean": 0.3, "lo": 0.0, "hi": 0.7}) == "no difference shown"
 
 
 def test_the_table_names_the_difference_and_its_reading():
