@@ -193,6 +193,7 @@ PRESETS: dict[str, dict] = {
         lora_layers=16, sft_steps=48, sft_lr=4e-4, checkpoint_every=16, val_every=24,
         val_examples=8, dpo_steps=16, dpo_lr=1e-4, n_on_policy=16,
         temperature=0.0, repetition_penalty=1.2,
+        other_scorer_max_tokens=64,  # Gemma's 262k-word head costs seconds a text on a CPU
     ),
     "paper": dict(
         model="openbmb/MiniCPM5-1B", data_source="editlens", max_words=300,
