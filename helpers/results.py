@@ -471,7 +471,12 @@ def render_markdown(results: dict) -> str:
     return (
         f"Preset `{results['preset']}`{experiment} ({results['model']}), {results['n_items']} "
         f"held-out drafts from the dev split, {results['date']}. Means with 95% bootstrap CIs "
-        f"({results['n_bootstrap']} resamples).\n\n{scores}\n\n"
+        f"({results['n_bootstrap']} resamples).\n\n"
+        + (f"What a reader sees first: how often each system's text loops, stops at the token cap "
+           f"or states a fact its draft does not have. Read the detectors' scores below together "
+           f"with it: a text that repeats itself moves a detector, and a reader at once.\n\n"
+           f"{reading_table}" if reading_table else "")
+        + f"{scores}\n\n"
         "P(AI): each detector's probability that the text is AI-written. Gap closed, per "
         "evaluation detector that separates human text from the AI drafts (AUROC CI above 0.5): "
         "(P_source − P_system) / (P_source − P_human) on mean P(AI), 0% = still reads like the AI "
@@ -479,7 +484,7 @@ def render_markdown(results: dict) -> str:
         "choices may use, so it is shown but never counted.\n\n"
         f"{kept}\n\nMeaning sim.: MiniLM cosine with the source draft; facts kept: share of the "
         "draft's numbers, dates, URLs and names found in the output.\n\n"
-        f"{reading_table}{detectors}\n\nFlagged: share of texts scoring above a threshold set so that at "
+        f"{detectors}\n\nFlagged: share of texts scoring above a threshold set so that at "
         f"most {fpr}% of the human texts are flagged. Evaluation detectors are trained and "
         "calibrated on training-split and validation paragraphs only, never on these drafts.\n"
         f"{missing}\n{targets}")
