@@ -22,6 +22,7 @@ from .data import chat_messages
 from .fact_repair import repair_facts, sentence_candidates
 from .io import atomic_write_json, atomic_write_jsonl
 from .lora import fused_view, load_base, load_stacked, set_adapters, stacked_layers
+from .text_measures import loop_start
 
 SYSTEMS = ("base", "sft", "dpo-only", "sft+dpo")
 SWITCHES = {"base": (False, False), "sft": (True, False), "dpo-only": (False, True),
@@ -102,6 +103,21 @@ def clean_output(text: str) -> str:
             and text[0] not in text[1:-1] and _QUOTES[text[0]] not in text[1:-1]:
         text = text[1:-1].strip()
     return text
+
+
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*(?=\s|$)")
+
+
+def cut_loop(text: str) -> str:
+    """A looping rewrite cut where it starts to say the same thing again (the second occurrence
+    of its first repeated 8-word sequence), back to the last sentence end before that point when
+    there is one: the loop is dropped, not rewritten, so no word is made up to avoid it."""
+    start = loop_start(text)
+    if start is None:
+        return text
+    head = text[:start]
+    ends = list(_SENTENCE_END.finditer(head))
+    return (head[:ends[-1].end()] if ends else head).rstrip(" ,;:-—\n")
 
 
 # ---------------------------------------------------------------- rewriting
@@ -314,8 +330,10 @@ def rewrite_detailed(model, tokenizer, drafts: list[str], cfg, progress: bool = 
         reasons = []
         tokens = generate_tokens(model, tokenizer, texts, run_cfg, progress, run_seed, label,
                                  finish_reasons=reasons)
-        return [Rewrite(clean_output(tokenizer.decode(t)) if clean else tokenizer.decode(t),
-                        len(t), r == "length") for t, r in zip(tokens, reasons)]
+        texts = [clean_output(tokenizer.decode(t)) if clean else tokenizer.decode(t)
+                 for t in tokens]
+        texts = [cut_loop(t) for t in texts] if run_cfg.cut_loops else texts
+        return [Rewrite(text, len(t), r == "length") for text, t, r in zip(texts, tokens, reasons)]
 
     if plain is not None and len(plain) != len(drafts):
         raise ValueError(f"rewrite_detailed: {len(plain)} plain rewrites for {len(drafts)} drafts")
@@ -366,7 +384,8 @@ def rewrite(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
 
 # every Config field that changes what `rewrite` writes for a given model and draft
 DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty",
-                   "repetition_context", "no_repeat_ngram", "max_len_ratio", "gen_max_tokens", "gen_batch_size",
+                   "repetition_context", "no_repeat_ngram", "cut_loops", "max_len_ratio",
+                   "gen_max_tokens", "gen_batch_size",
                    "seed", "fact_check_samples", "fact_check_temperature", "fact_resample",
                    "fact_repair", "compute_dtype")
 

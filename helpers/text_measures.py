@@ -73,6 +73,19 @@ def repeated_ngram(text: str, n: int = LOOP_N) -> tuple[str, ...] | None:
     return None
 
 
+def loop_start(text: str, n: int = LOOP_N) -> int | None:
+    """Where in `text` (a character index) the first repeated word n-gram begins its second
+    occurrence, or None: the point at which a looping text starts saying it again."""
+    spans = [(m.start(), m.group().lower()) for m in _WORD.finditer(text)]
+    seen = set()
+    for i in range(len(spans) - n + 1):
+        gram = tuple(word for _, word in spans[i:i + n])
+        if gram in seen:
+            return spans[i][0]
+        seen.add(gram)
+    return None
+
+
 def has_loop(text: str, n: int = LOOP_N) -> bool:
     return repeated_ngram(text, n) is not None
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import make_tiny_model
 
-from helpers import generate, lora
+from helpers import generate, lora, text_measures
 from helpers.config import get_config
 
 
@@ -135,6 +135,20 @@ def test_repetition_penalty_breaks_greedy_loops(tokenizer):
     assert len(set(plain)) < len(plain)  # this random model loops when greedy
     penalized = answer(repetition_penalty=1e6, repetition_context=16)
     assert len(penalized) == 16 and len(set(penalized)) == 16
+
+
+LOOPING = ("The dance sport combines urban culture with acrobatic feats. This high-energy dance "
+           "sport combines urban culture with acrobatic feats and music.")
+
+
+def test_a_looping_rewrite_is_cut_before_it_says_it_again():
+    assert LOOPING[text_measures.loop_start(LOOPING):].startswith("dance sport combines urban")
+    assert generate.cut_loop(LOOPING) == ("The dance sport combines urban culture with acrobatic "
+                                          "feats.")
+    words = "one two three four five six seven eight"
+    assert generate.cut_loop(f"{words}, {words} nine") == words  # no sentence end: cut at the repeat
+    plain = "Rain fell for nine days. The river rose two metres."
+    assert generate.cut_loop(plain) == plain and text_measures.loop_start(plain) is None
 
 
 def test_no_repeat_ngram_bans_what_would_complete_an_answer_ngram_seen_before():
