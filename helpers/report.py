@@ -45,7 +45,7 @@ START, END = markers("results")
 # runs/<preset>/experiments/<name>.md, written by experiments/<name>.py and by bench/quant.py
 EXPERIMENT_TABLES = ("decoding", "fact_switch", "fact_switch_eval", "quant_downstream", "bench_quant",
                      "compare_runs", "compare_ranked_pairs", "compare_dpo_steps",
-                     "compare_decoding", "long_documents")
+                     "compare_decoding", "compare_cut_loops", "long_documents")
 
 
 def results_body(results_md: str, preset: str, timing: dict | None) -> str:
