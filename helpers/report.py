@@ -238,14 +238,17 @@ if __name__ == "__main__":
 
 # --- what a finished run recorded, for the notebooks' closing cells --------------------------------
 
-RECORDED_MEASURES = {"p_ai": "P(AI)", "slop_per_1k": "Slop /1K"}
+RECORDED_MEASURES = {"p_ai": "P(AI)", "slop_per_1k": "Slop /1K", "loops": "Loops",
+                     "hit_cap": "Hit token cap", "invented_facts": "Invented facts /rewrite"}
+PERCENT_MEASURES = ("loops", "hit_cap")
 
 
-def recorded_rows(systems: tuple[str, ...], measure: str = "p_ai", preset: str = "workshop",
-                  runs_root=None) -> str:
+def recorded_rows(systems: tuple[str, ...], measure: str | tuple[str, ...] = "p_ai",
+                  preset: str = "workshop", runs_root=None) -> str:
     """The rows of `systems` ("source", "base", "sft", "sft+dpo", "human") as a finished run of
     `preset` measured them (runs/<preset>/results.json, written by notebook 07), or a line saying
-    which command makes that run. `measure`: "p_ai" (a column per detector) or "slop_per_1k"."""
+    which command makes that run. `measure`: "p_ai" (a column per detector) or one or more of
+    RECORDED_MEASURES' other keys (a column each)."""
     path = (runs_root or config.RUNS_ROOT) / preset / "results.json"
     if not path.exists():
         return f"no {preset} results yet: `PRESET={preset} make run` writes {path}"
@@ -255,8 +258,11 @@ def recorded_rows(systems: tuple[str, ...], measure: str = "p_ai", preset: str =
         names = list(results["detectors"])
         return markdown_table(["System"] + [f"P(AI) {column_name(results, d)}" for d in names],
                               [[r["label"]] + [format_ci(r["p_ai"][d]) for d in names] for r in rows])
-    return markdown_table(["System", RECORDED_MEASURES[measure]],
-                          [[r["label"], format_ci(r[measure], 1)] for r in rows])
+    measures = (measure,) if isinstance(measure, str) else measure
+    return markdown_table(["System"] + [RECORDED_MEASURES[m] for m in measures],
+                          [[r["label"]] + [format_ci(r.get(m), 1 if m == "slop_per_1k" else 2,
+                                                     percent=m in PERCENT_MEASURES)
+                                           for m in measures] for r in rows])
 
 
 def recorded_quant_rows(method: str, preset: str = "workshop", runs_root=None) -> str:

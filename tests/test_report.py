@@ -145,7 +145,8 @@ def test_closing_cells_read_a_finished_run_or_say_how_to_make_it(tmp_path):
 
     ci = lambda m: {"mean": m, "lo": m - 0.1, "hi": m + 0.1}  # noqa: E731
     results = {"detectors": {"n-gram": {"kind": "evaluation"}}, "systems": [
-        {"system": s, "label": label, "p_ai": {"n-gram": ci(p)}, "slop_per_1k": ci(slop)}
+        {"system": s, "label": label, "p_ai": {"n-gram": ci(p)}, "slop_per_1k": ci(slop),
+         "loops": ci(p / 2)}
         for s, label, p, slop in (("source", "source AI draft", 0.8, 3.0), ("sft", "SFT", 0.4, 1.0),
                                   ("human", "human reference", 0.2, 0.5))]}
     (tmp_path / "workshop").mkdir()
@@ -155,6 +156,8 @@ def test_closing_cells_read_a_finished_run_or_say_how_to_make_it(tmp_path):
         "| SFT | 0.40 [0.30, 0.50] |")
     assert report.recorded_rows(("human",), "slop_per_1k", runs_root=tmp_path).endswith(
         "| human reference | 0.5 [0.4, 0.6] |")
+    assert report.recorded_rows(("sft",), ("loops", "slop_per_1k"), runs_root=tmp_path) == (
+        "| System | Loops | Slop /1K |\n|---|---|---|\n| SFT | 20% [10, 30] | 1.0 [0.9, 1.1] |")
     assert report.recorded_rows(("sft",), runs_root=tmp_path / "none").startswith(
         "no workshop results yet: `PRESET=workshop make run` writes")
 
