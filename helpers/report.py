@@ -194,11 +194,12 @@ def generated_sections(preset: str) -> dict[str, str]:
     return sections
 
 
-def update_docs(preset: str, docs=DOCS) -> list[str]:
-    """Copy every generated section into the documents that have its markers; returns the
-    sections copied. Text outside the markers is never touched, and nothing is written unless
-    every document is a writable regular file holding at least one pair of markers."""
-    sections = generated_sections(preset)
+def update_docs(preset: str, docs=DOCS, only: list[str] | None = None) -> list[str]:
+    """Copy every generated section (or those named in `only`) into the documents that have its
+    markers; returns the sections copied. Text outside the markers is never touched, and nothing
+    is written unless every document is a writable regular file holding at least one pair of
+    markers."""
+    sections = {n: b for n, b in generated_sections(preset).items() if not only or n in only}
     updated = {}
     for doc in docs:
         check_plain_file(doc, TOOL)
@@ -224,8 +225,12 @@ def main(argv: list[str] | None = None, docs=DOCS) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.report",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="workshop")
+    parser.add_argument("--only", default="", metavar="NAME,...",
+                        help="copy only these sections (say, everything but 'timing' after a "
+                             "partial run, whose times are not a series')")
+    args = parser.parse_args(argv)
     try:
-        update_docs(parser.parse_args(argv).preset, docs)
+        update_docs(args.preset, docs, [n for n in args.only.split(",") if n] or None)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

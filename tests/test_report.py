@@ -81,6 +81,8 @@ def test_update_docs_without_results_still_refreshes_the_time_table(tmp_path, mo
                       "<!-- timing:end -->\n")
     monkeypatch.setattr(report, "get_config", lambda preset: SimpleNamespace(runs_dir=tmp_path))
     monkeypatch.setattr(report.config, "RUNS_ROOT", tmp_path)
+    assert report.update_docs("workshop", [readme], only=["results"]) == []
+    assert "old" in readme.read_text()  # the time table was not asked for
     assert report.update_docs("workshop", [readme]) == ["timing"]
     text = readme.read_text()
     assert "kept" in text and "old" not in text and "not measured yet" in text
