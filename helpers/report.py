@@ -46,6 +46,7 @@ START, END = markers("results")
 EXPERIMENT_TABLES = ("decoding", "fact_switch", "fact_switch_eval", "quant_downstream", "bench_quant",
                      "compare_runs", "compare_ranked_pairs", "compare_dpo_steps",
                      "compare_decoding", "compare_cut_loops", "long_documents")
+SECTIONS = ("timing", "example", "results", "quantization", *EXPERIMENT_TABLES)  # all it writes
 
 
 def results_body(results_md: str, preset: str, timing: dict | None) -> str:
@@ -149,6 +150,11 @@ def example_item(rows: list[dict]) -> int:
     return min(range(len(rows)), key=lambda i: hashlib.sha1(str(rows[i].get("id", i)).encode()).hexdigest())
 
 
+def score(p) -> str:
+    """A P(AI) to two digits; '—' for a text the detector did not score (None or NaN)."""
+    return "—" if p is None or p != p else f"{p:.2f}"
+
+
 def example_section(runs_dir, preset: str) -> str | None:
     """One evaluation draft, its SFT and SFT+DPO rewrites and the human text, with every
     detector's P(AI) for each (notebook 06's rewrites.jsonl, notebook 07's item scores)."""
@@ -163,7 +169,7 @@ def example_section(runs_dir, preset: str) -> str | None:
                                              if k in rows[i]["outputs"]}, "human": rows[i]["human"]}
     quoted = "\n\n".join(f"**{SYSTEMS[k]}**\n\n> " + v.replace("\n", "\n> ") for k, v in texts.items())
     table = markdown_table(["text"] + [f"P(AI) {d}" for d in scores],
-                           [[SYSTEMS[k]] + [f"{scores[d][k][i]:.2f}" if k in scores[d] else "—"
+                           [[SYSTEMS[k]] + [score(scores[d].get(k, [None] * (i + 1))[i])
                                             for d in scores] for k in texts])
     return (f"Generated on {dt.date.today().isoformat()} by `make readme` from `runs/{preset}/` "
             f"(notebooks 06 and 07 of `PRESET={preset} make run`): evaluation draft {i + 1} of "
@@ -204,7 +210,7 @@ def update_docs(preset: str, docs=DOCS, only: list[str] | None = None) -> list[s
     for doc in docs:
         check_plain_file(doc, TOOL)
         text = doc.read_text(encoding="utf-8")
-        names = [n for n in (*sections, "example", "results") if markers(n)[0] in text]
+        names = [n for n in SECTIONS if markers(n)[0] in text]
         if not names:
             raise MarkersMissing(f"{doc}: holds none of make readme's markers (<!-- timing:start "
                                  "--> ...); nothing was written")

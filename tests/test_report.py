@@ -140,6 +140,7 @@ def test_the_example_is_picked_by_its_id_and_shows_each_text_with_its_scores(tmp
     assert f"| SFT+DPO stacked | {0.1 * i + 0.2:.2f} |" in text
     assert f"| human reference | {0.1 * i:.2f} |" in text
     assert report.example_section(tmp_path / "none", "workshop") is None
+    assert (report.score(float("nan")), report.score(None), report.score(0.456)) == ("—", "—", "0.46")
 
 
 def test_closing_cells_read_a_finished_run_or_say_how_to_make_it(tmp_path):
