@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from .config import PRESETS, get_config
-from .io import atomic_write_json, read_json
+from .io import atomic_output, atomic_write_json, read_json
 from .models import ASSET_PATHS, HUB_REVISIONS, assets_dir, resolve
 
 MANIFEST = "manifest.json"
@@ -129,14 +127,8 @@ def copy_into(dest: Path, name: str, source: Path, entry: dict | None) -> dict:
     if target.exists() and not entry:
         raise PackError(f"{target} exists and is not in {dest / MANIFEST}: move it away first",
                         EXIT_REFUSED)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(target) as tmp:
         shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return {"bytes": target.stat().st_size, "sha256": sha256(target)}
 
 

@@ -35,6 +35,7 @@ def test_the_pack_holds_models_data_and_a_manifest_with_sizes_hashes_and_license
         assert (pack / name).stat().st_size == entry["bytes"]
         assert assets.sha256(pack / name) == entry["sha256"]
     assert files[GGUF]["license"] == "Apache-2.0"
+    assert (pack / GGUF).stat().st_mode & 0o044  # readable by the other laptops' users, not 0600
     assert files["data/l2r/l2r_dev.jsonl.gz"]["license"].startswith("CC BY 3.0")
     assert manifest["presets"] == ["smoke", "workshop"]
     # optional detector models that this machine has no copy of are named, not silently absent
