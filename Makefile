@@ -57,23 +57,23 @@ ifeq ($(shell uname -s),Linux)
 endif
 
 run: setup
-	$(PY) -m helpers.series --overwrite --preset $(PRESET) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(SET),--set $(SET))
+	$(PY) -m helpers.tools.series --overwrite --preset $(PRESET) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(SET),--set $(SET))
 
 readme: setup
-	$(PY) -m helpers.report --preset workshop
+	$(PY) -m helpers.tools.update_docs --preset workshop
 
 test: setup
 	HUMANIZER_PRESET=smoke $(PY) -m pytest --nbmake --nbmake-timeout=900 notebooks tests -p no:cacheprovider
 
 assets: setup   # on a connected machine: DEST=folder (PRESET=... to pack one preset only)
 	@test -n "$(DEST)" || { echo "usage: make assets DEST=/path/to/folder"; exit 2; }
-	$(PY) -m helpers.assets --dest "$(DEST)" $(if $(filter command line,$(origin PRESET)),--preset $(PRESET))
+	$(PY) -m helpers.tools.assets --dest "$(DEST)" $(if $(filter command line,$(origin PRESET)),--preset $(PRESET))
 
 lab: setup
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --notebook-dir .
 
 serve: setup   # the humanizer over HTTP on 127.0.0.1:8080 (PORT=..., ADAPTER=...)
-	$(PY) -m helpers.serve --preset $(PRESET) --port $(or $(PORT),8080) $(if $(ADAPTER),--adapter $(ADAPTER))
+	$(PY) -m helpers.tools.serve --preset $(PRESET) --port $(or $(PORT),8080) $(if $(ADAPTER),--adapter $(ADAPTER))
 
 bench: setup
 	$(PY) bench/quant.py

@@ -1,4 +1,4 @@
-"""mlx-lm's stock kernels against helpers/fast_cpu.py's (MLX exp, numpy for big arrays), in one run.
+"""mlx-lm's stock kernels against helpers/core/fast_cpu.py's (MLX exp, numpy for big arrays), in one run.
 
     python bench/fast_cpu.py [--preset workshop] [--batch 8] [--tokens 250] [--decode-batch 32]
                              [--decode-tokens 32] [--train-batch 4] [--repeats 5]
@@ -16,12 +16,15 @@ import time
 
 import mlx.core as mx
 from inference import greedy, prefill_and_decode, rotated_medians
-from mlx_lm.generate import BatchGenerator
 from mlx.nn.utils import value_and_grad
+from mlx_lm.generate import BatchGenerator
 
-from helpers import fast_cpu, lora, train
-from helpers.config import get_config
-from helpers.env import matmul_gflops
+from helpers.core import fast_cpu
+from helpers.core.config import get_config
+from helpers.core.env import matmul_gflops
+from helpers.train.base import load_base
+from helpers.train.lora import add_lora, lora_config
+from helpers.train.losses import sft_loss
 
 
 def seconds(fn) -> float:
@@ -42,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = get_config(args.preset)
-    model, _ = lora.load_base(cfg)
+    model, _ = load_base(cfg)
     tokens = mx.random.randint(100, 40000, (args.batch, args.tokens), key=mx.random.key(0))
 
     def decode():
@@ -57,13 +60,13 @@ def main() -> None:
         generator.close()
         return stats.generation_tps
 
-    lora.add_lora(model, lora.lora_config(cfg))
+    add_lora(model, lora_config(cfg))
     lengths = mx.array([[args.tokens // 2, args.tokens]] * args.train_batch)
     step = {}  # one compiled training step per kernel set, as helpers/train.py compiles it
 
     def train_step(name):
         if name not in step:
-            loss_and_grad = value_and_grad(model, lambda b, n: train.sft_loss(model, b, n)[0])
+            loss_and_grad = value_and_grad(model, lambda b, n: sft_loss(model, b, n)[0])
             step[name] = mx.compile(loss_and_grad)
         model.train()
         loss, grads = step[name](tokens[:args.train_batch], lengths)

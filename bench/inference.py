@@ -22,10 +22,19 @@ from mlx.utils import tree_unflatten
 from mlx_lm.generate import BatchGenerator, generate_step
 from mlx_lm.tuner.utils import load_adapters, remove_lora_layers
 
-from helpers import lora
-from helpers.config import get_config
-from helpers.env import matmul_gflops
-from helpers.io import atomic_write_json
+from helpers.core.config import get_config
+from helpers.core.env import matmul_gflops
+from helpers.core.io import atomic_write_json
+from helpers.train.adapters import (
+    load_stacked,
+    read_adapter_config,
+    save_dpo_adapter,
+    save_sft_adapter,
+)
+from helpers.train.base import load_base
+from helpers.train.lora import add_lora, lora_config, lora_layers
+from helpers.train.merge import fuse, save_merged_adapter
+from helpers.train.stacked import add_dpo_adapter, stacked_layers
 
 
 def greedy(logprobs):
@@ -78,13 +87,13 @@ def ensure_adapters(cfg, model, folder: Path) -> tuple[Path, Path]:
     if (sft / "adapters.safetensors").exists() and (dpo / "adapters.safetensors").exists():
         return sft, dpo
     print("no trained adapters for this preset: using random ones of the same shapes")
-    lora.add_lora(model, lora.lora_config(cfg, "sft"), seed=cfg.seed)
-    lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"), seed=cfg.seed)
-    for _, layer in lora.stacked_layers(model):
+    add_lora(model, lora_config(cfg, "sft"), seed=cfg.seed)
+    add_dpo_adapter(model, lora_config(cfg, "dpo"), seed=cfg.seed)
+    for _, layer in stacked_layers(model):
         layer.lora_b = 0.01 * mx.random.normal(layer.lora_b.shape)
         layer.dpo_b = 0.01 * mx.random.normal(layer.dpo_b.shape)
-    lora.save_sft_adapter(model, folder / "sft", lora.lora_config(cfg, "sft"))
-    lora.save_dpo_adapter(model, folder / "dpo", lora.lora_config(cfg, "dpo"))
+    save_sft_adapter(model, folder / "sft", lora_config(cfg, "sft"))
+    save_dpo_adapter(model, folder / "dpo", lora_config(cfg, "dpo"))
     remove_lora_layers(model)
     return folder / "sft", folder / "dpo"
 
@@ -93,19 +102,19 @@ def build_variants(cfg, model, folder: Path) -> dict[str, list]:
     """{variant: [(module path, module)]} for the target linears of each variant."""
     sft_dir, dpo_dir = ensure_adapters(cfg, model, folder)
     load_adapters(model, str(sft_dir))
-    variants = {"sft": lora.lora_layers(model)}
+    variants = {"sft": lora_layers(model)}
     names = {n for n, _ in variants["sft"]}
     remove_lora_layers(model)
     variants["base"] = [(n, m) for n, m in model.named_modules() if n in names]
-    lora.load_stacked(model, sft_dir, dpo_dir)
-    variants["stacked (sft+dpo)"] = lora.lora_layers(model)
-    merged_dir = lora.save_merged_adapter(model, folder / "merged", lora.read_adapter_config(sft_dir),
-                                          lora.read_adapter_config(dpo_dir))
-    lora.fuse(model)
+    load_stacked(model, sft_dir, dpo_dir)
+    variants["stacked (sft+dpo)"] = lora_layers(model)
+    merged_dir = save_merged_adapter(model, folder / "merged", read_adapter_config(sft_dir),
+                                          read_adapter_config(dpo_dir))
+    fuse(model)
     variants["fused (sft+dpo)"] = [(n, m) for n, m in model.named_modules() if n in names]
     model.update_modules(tree_unflatten(variants["base"]))
     load_adapters(model, str(merged_dir))
-    variants["merged (one adapter)"] = lora.lora_layers(model)
+    variants["merged (one adapter)"] = lora_layers(model)
     return variants
 
 
@@ -120,7 +129,7 @@ def main() -> None:
 
     cfg = get_config(args.preset)
     gflops_before = matmul_gflops()
-    model, _ = lora.load_base(cfg)
+    model, _ = load_base(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         variants = build_variants(cfg, model, Path(tmp))
     order = ["base", "sft", "stacked (sft+dpo)", "merged (one adapter)", "fused (sft+dpo)"]

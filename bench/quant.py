@@ -16,16 +16,22 @@ import datetime as dt
 import sys
 import time
 
-from helpers import quant
-from helpers.config import get_config
-from helpers.io import atomic_write_json, atomic_write_text, read_json
-from helpers.metrics import paired_bootstrap_ci
-from helpers.results import format_ci, markdown_table, verdict
-from helpers.models import load_model
+from helpers.core.config import get_config
+from helpers.core.io import atomic_write_json, atomic_write_text, read_json
+from helpers.core.models import load_model
+from helpers.evaluate.statistics import format_ci, paired_bootstrap_ci
+from helpers.evaluate.tables import markdown_table
+from helpers.evaluate.verdicts import verdict
+from helpers.quant.allocate import GPTQ_AWARE, equal_size_methods
+from helpers.quant.anchors import ANCHORS, gradient_anchor
+from helpers.quant.calibration import gptq_calibration, preset_calibration
+from helpers.quant.evaluate import compare, preset_heldout
+from helpers.quant.gptq_rounding import GPTQRounding, gptq_error_ratios
+from helpers.quant.scan import sensitivity_scan
 
 KL_TARGET_RATIO = 2.0  # versus uniform, at 4.5 and 5.0 bpw
 OURS = "KL knapsack + GPTQ"
-OURS_METHODS = (OURS, quant.GPTQ_AWARE)  # each gets its verdicts
+OURS_METHODS = (OURS, GPTQ_AWARE)  # each gets its verdicts
 
 
 def shared_passes(cfg, model, tokenizer, targets, reuse_scan: bool) -> dict:
@@ -33,17 +39,17 @@ def shared_passes(cfg, model, tokenizer, targets, reuse_scan: bool) -> dict:
     gradient scores."""
     timings = {}
     start = time.perf_counter()
-    sens = quant.sensitivity_scan(cfg, model, tokenizer, reuse_cache=reuse_scan)
+    sens = sensitivity_scan(cfg, model, tokenizer, reuse_cache=reuse_scan)
     timings["KL scan"] = time.perf_counter() - start
     start = time.perf_counter()
-    rounding = quant.GPTQRounding(model, quant.gptq_calibration(cfg, tokenizer), cfg.group_size,
+    rounding = GPTQRounding(model, gptq_calibration(cfg, tokenizer), cfg.group_size,
                                   cfg.gptq_damp)
     timings["GPTQ Hessians"] = time.perf_counter() - start
     start = time.perf_counter()
-    ratios = quant.gptq_error_ratios(rounding, sens["units"], sens["candidate_bits"])
+    ratios = gptq_error_ratios(rounding, sens["units"], sens["candidate_bits"])
     timings["GPTQ error ratios"] = time.perf_counter() - start
     start = time.perf_counter()
-    gradient = quant.gradient_anchor(model, quant.preset_calibration(cfg, tokenizer), targets,
+    gradient = gradient_anchor(model, preset_calibration(cfg, tokenizer), targets,
                                      sens["candidate_bits"], cfg.group_size)
     timings["gradient scores"] = time.perf_counter() - start
     return {"sens": sens, "rounding": rounding, "gradient": gradient, "ratios": ratios,
@@ -55,7 +61,7 @@ def ratio_rows(table, targets):
     out = []
     for target, part in table.groupby("target", sort=True):
         uniform = part[part.method == "uniform"]
-        anchors = part[part.method.isin(quant.ANCHORS)]
+        anchors = part[part.method.isin(ANCHORS)]
         for _, row in part.iterrows():
             out.append({**row.to_dict(),
                         "x uniform": uniform.kl.iloc[0] / row.kl if len(uniform) else float("nan"),
@@ -122,12 +128,12 @@ def main():
     model, tokenizer = load_model(cfg.model, keep_quantized=False)
     passes = shared_passes(cfg, model, tokenizer, args.targets, args.reuse_scan)
     sens, rounding = passes["sens"], passes["rounding"]
-    methods = quant.equal_size_methods(model, sens, args.targets, sens["candidate_bits"],
+    methods = equal_size_methods(model, sens, args.targets, sens["candidate_bits"],
                                        rounding, passes["gradient"], cfg.protect,
                                        gptq_ratios=passes["ratios"])
-    held = quant.preset_heldout(cfg, model, tokenizer)
+    held = preset_heldout(cfg, model, tokenizer)
     configs = {f"{m['method']} @ {m['target']}": m["plan"] for m in methods}
-    table = quant.compare(model, held, sens, configs, progress=False)
+    table = compare(model, held, sens, configs, progress=False)
     table["method"] = [m["method"] for m in methods]
     table["target"] = [m["target"] for m in methods]
     table["method s"] = [m["seconds"] for m in methods]

@@ -3,9 +3,9 @@
     python bench/runtimes.py [--preset workshop] [--prompt-tokens 128] [--decode-tokens 48]
                              [--batch 8] [--repeats 3]
 
-The model is the preset's humanizer as helpers/export.py exports it: SFT+DPO fused (the SFT adapter
+The model is the preset's humanizer as helpers/tools/export.py exports it: SFT+DPO fused (the SFT adapter
 or the base when that is all the run has). MLX 4-bit is the same fused model through mlx's
-QuantizedLinear (group 64); llama.cpp runs the GGUF files helpers.export writes, through
+QuantizedLinear (group 64); llama.cpp runs the GGUF files helpers.tools.export writes, through
 llama-cpp-python's C API (skipped, with a line saying so, when it is not installed). Decoding is
 greedy, single-stream and `--batch` streams decoded together. The runtimes are measured in turns,
 repeats interleaved and rotated, so that a busy machine slows all of them alike; medians are
@@ -24,16 +24,17 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from inference import batched_decode, greedy, prefill_and_decode, rotated_medians
 from mlx.utils import tree_flatten
 from mlx_lm.generate import generate_step
 from mlx_lm.models import llama
 
-from helpers import export
-from helpers.config import get_config
-from helpers.env import matmul_gflops
-from helpers.generate import adapter_dir, prompt_tokens
-from helpers.io import atomic_write_json
-from inference import batched_decode, greedy, prefill_and_decode, rotated_medians
+from helpers.core.config import get_config
+from helpers.core.env import matmul_gflops
+from helpers.core.io import atomic_write_json
+from helpers.infer.decode import prompt_tokens
+from helpers.infer.systems import adapter_dir
+from helpers.tools import export
 
 DRAFT = ("In today's fast-paced world, the city council has unveiled a comprehensive plan to "
          "revitalize the riverfront, featuring 12 new parks and a 3-mile bike path by 2027.")

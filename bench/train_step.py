@@ -18,9 +18,12 @@ import mlx.core as mx
 from inference import rotated_medians
 from mlx.nn.utils import value_and_grad
 
-from helpers import lora, train
-from helpers.config import get_config
-from helpers.data import load_prepared
+from helpers.core.config import get_config
+from helpers.train.base import load_base
+from helpers.train.batches import batch_order, first_answer_position, pad_batch, sft_dataset
+from helpers.train.data import load_prepared
+from helpers.train.lora import add_lora, lora_config
+from helpers.train.losses import sft_loss
 
 
 def main() -> None:
@@ -31,14 +34,14 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = get_config(args.preset, notebook="04")
-    model, tokenizer = lora.load_base(cfg)
-    lora.add_lora(model, lora.lora_config(cfg))
-    train_set = train.sft_dataset(load_prepared(cfg)["train"], tokenizer, cfg)
+    model, tokenizer = load_base(cfg)
+    add_lora(model, lora_config(cfg))
+    train_set = sft_dataset(load_prepared(cfg)["train"], tokenizer, cfg)
     lengths = [len(t) for t, _ in train_set]
-    batches = [train.pad_batch([train_set[i] for i in train.batch_order(
+    batches = [pad_batch([train_set[i] for i in batch_order(
         lengths, cfg.batch_size, step, cfg.seed)]) for step in range(1, args.batches + 1)]
-    starts = {"every position": 0, "from the answer": train.first_answer_position(train_set)}
-    steps = {name: mx.compile(value_and_grad(model, lambda b, n, s=s: train.sft_loss(model, b, n, s)[0]))
+    starts = {"every position": 0, "from the answer": first_answer_position(train_set)}
+    steps = {name: mx.compile(value_and_grad(model, lambda b, n, s=s: sft_loss(model, b, n, s)[0]))
              for name, s in starts.items()}
     losses = {}
 

@@ -2,7 +2,7 @@
 
 A training choice (a data filter, another kind of DPO pair) is tried as a named experiment, e.g.
 
-    python -m helpers.series --preset workshop --experiment fact-complete \
+    python -m helpers.tools.series --preset workshop --experiment fact-complete \
         --set min_train_facts=1.0 --only 01      # then --only 04, --only 05 likewise
 
 and this script rewrites the same `--n` validation drafts (one per held-out training paragraph,
@@ -28,15 +28,23 @@ import datetime as dt
 import sys
 import time
 
-from helpers.config import get_config, parse_overrides
-from helpers.data import load_prepared, one_per_paragraph
-from helpers.detectors import Embedder, training_judge
-from helpers.humanizer import Humanizer
-from helpers.metrics import bootstrap_ci, meaning_similarity
-from helpers.text_measures import (fact_preservation, has_loop, invented_facts, load_slop_phrases,
-                                   slop_per_1k)
-from helpers.results import (format_ci, markdown_table, paired_difference, reading,
-                             save_experiment)
+from helpers.core.config import get_config, parse_overrides
+from helpers.evaluate.embedding import Embedder
+from helpers.evaluate.experiments import save_experiment
+from helpers.evaluate.meaning import meaning_similarity
+from helpers.evaluate.statistics import bootstrap_ci, format_ci
+from helpers.evaluate.tables import markdown_table
+from helpers.evaluate.text_measures import (
+    fact_preservation,
+    has_loop,
+    invented_facts,
+    load_slop_phrases,
+    slop_per_1k,
+)
+from helpers.evaluate.trained_detectors import training_judge
+from helpers.evaluate.verdicts import paired_difference, reading
+from helpers.infer.humanizer import Humanizer
+from helpers.train.data import load_prepared, one_per_paragraph
 
 DEFAULT_RUN = "default"  # the run without an experiment name, runs/<preset>/
 MEASURES = ("P(AI)", "meaning", "facts kept", "slop/1K", "loops", "cap hits", "invented facts")

@@ -20,19 +20,32 @@ import time
 
 import numpy as np
 
-from helpers.config import get_config, parse_overrides
-from helpers.data import load_prepared
-from helpers.detectors import Embedder, load_detectors
-from helpers.generate import DECODING_FIELDS
-from helpers.humanizer import Humanizer
-from helpers.io import read_json
-from helpers.lora import adapter_digest
-from helpers.metrics import bootstrap_ci, meaning_similarity
-from helpers.results import (PARITY_MARGIN, counted_detectors, experiment_results_path, format_ci,
-                             load_rewrites, markdown_table, paired_difference, reading,
-                             save_experiment, verdict)
-from helpers.text_measures import (fact_preservation, has_chat_artefact, load_slop_phrases,
-                                    slop_per_1k)
+from helpers.core.config import get_config, parse_overrides
+from helpers.core.io import read_json
+from helpers.evaluate.detectors import load_detectors
+from helpers.evaluate.embedding import Embedder
+from helpers.evaluate.experiments import experiment_results_path, save_experiment
+from helpers.evaluate.meaning import meaning_similarity
+from helpers.evaluate.scoring import load_rewrites
+from helpers.evaluate.statistics import bootstrap_ci, format_ci
+from helpers.evaluate.tables import markdown_table
+from helpers.evaluate.text_measures import (
+    fact_preservation,
+    has_chat_artefact,
+    load_slop_phrases,
+    slop_per_1k,
+)
+from helpers.evaluate.verdicts import (
+    PARITY_MARGIN,
+    counted_detectors,
+    paired_difference,
+    reading,
+    verdict,
+)
+from helpers.infer.humanizer import Humanizer
+from helpers.infer.rewrite import DECODING_FIELDS
+from helpers.train.adapters import adapter_digest
+from helpers.train.data import load_prepared
 
 NAME = "fact_switch_eval"
 SWITCH_FIELDS = ("fact_check_samples", "fact_check_temperature", "fact_resample", "fact_repair")

@@ -24,16 +24,29 @@ import shutil
 import sys
 import time
 
-from helpers import generate, lora, quant, train
-from helpers.config import get_config
-from helpers.data import load_prepared, one_per_paragraph
-from helpers.detectors import Embedder, training_judge
-from helpers.io import read_json
-from helpers.metrics import meaning_similarity
-from helpers.models import load_model, save_mlx_model
-from helpers.results import format_ci, markdown_table, paired_difference, save_experiment
-from helpers.results import reading as results_reading
-from helpers.text_measures import fact_preservation
+from helpers.core.config import get_config
+from helpers.core.io import read_json
+from helpers.core.models import load_model, save_mlx_model
+from helpers.evaluate.embedding import Embedder
+from helpers.evaluate.experiments import save_experiment
+from helpers.evaluate.meaning import meaning_similarity
+from helpers.evaluate.statistics import format_ci
+from helpers.evaluate.tables import markdown_table
+from helpers.evaluate.text_measures import fact_preservation
+from helpers.evaluate.trained_detectors import training_judge
+from helpers.evaluate.verdicts import paired_difference
+from helpers.evaluate.verdicts import reading as results_reading
+from helpers.infer.rewrite import rewrite
+from helpers.quant.anchors import uniform_at
+from helpers.quant.apply import quantize_model
+from helpers.quant.scan import load_sensitivity
+from helpers.quant.units import bits_per_weight, uniform_bits
+from helpers.train.base import load_base
+from helpers.train.batches import sft_dataset
+from helpers.train.data import load_prepared, one_per_paragraph
+from helpers.train.lora import add_lora, lora_config
+from helpers.train.losses import evaluate_sft
+from helpers.train.sft import train_sft
 
 ARMS = {"uniform": "base-uniform", "mixed": "base-mixed"}
 
@@ -41,19 +54,19 @@ ARMS = {"uniform": "base-uniform", "mixed": "base-mixed"}
 def build_uniform_base(cfg, out_dir) -> dict:
     """Save the uniform RTN model storing exactly notebook 03's target bpw; returns its bits and
     group size. An error when no uniform bit-width and group size store that target."""
-    sens = quant.load_sensitivity(cfg)
-    uniform = quant.uniform_at(sens["units"], cfg.target_bpw, sens["candidate_bits"])
+    sens = load_sensitivity(cfg)
+    uniform = uniform_at(sens["units"], cfg.target_bpw, sens["candidate_bits"])
     if uniform is None:
         raise SystemExit(f"no uniform quantization stores exactly target_bpw={cfg.target_bpw} "
                          "(try 4.5 or 5.0)")
     bits, group = uniform
-    bits_by_path = quant.uniform_bits(sens["units"], bits)
+    bits_by_path = uniform_bits(sens["units"], bits)
     if not (out_dir / "config.json").exists():
         model, tokenizer, config = load_model(cfg.model, keep_quantized=False, return_config=True)
-        qmodel, qconfig = quant.quantize_model(model, config, bits_by_path, group)
+        qmodel, qconfig = quantize_model(model, config, bits_by_path, group)
         save_mlx_model(qmodel, tokenizer, {**qconfig, "quantized_from": cfg.model}, out_dir)
     return {"bits": bits, "group_size": group,
-            "bpw": quant.bits_per_weight(bits_by_path, sens["units"], group)}
+            "bpw": bits_per_weight(bits_by_path, sens["units"], group)}
 
 
 def seed_from_default_run(default_cfg, arm_cfg) -> None:
@@ -67,13 +80,13 @@ def seed_from_default_run(default_cfg, arm_cfg) -> None:
 
 def train_arm(arm_cfg, val_rows: list[dict], drafts: list[str]) -> dict:
     """SFT on the arm's base; per-row validation loss and the rewrites of `drafts`."""
-    model, tokenizer = lora.load_base(arm_cfg)
-    lora.add_lora(model, lora.lora_config(arm_cfg, "sft"), seed=arm_cfg.seed)
+    model, tokenizer = load_base(arm_cfg)
+    add_lora(model, lora_config(arm_cfg, "sft"), seed=arm_cfg.seed)
     start = time.perf_counter()
-    log = train.train_sft(model, tokenizer, arm_cfg, load_prepared(arm_cfg))
-    val_set = train.sft_dataset(val_rows, tokenizer, arm_cfg)
-    losses = [train.evaluate_sft(model, [item], 1) for item in val_set]
-    outputs = generate.rewrite(model, tokenizer, drafts, arm_cfg, desc=arm_cfg.experiment)
+    log = train_sft(model, tokenizer, arm_cfg, load_prepared(arm_cfg))
+    val_set = sft_dataset(val_rows, tokenizer, arm_cfg)
+    losses = [evaluate_sft(model, [item], 1) for item in val_set]
+    outputs = rewrite(model, tokenizer, drafts, arm_cfg, desc=arm_cfg.experiment)
     return {"train_s": time.perf_counter() - start, "val_loss": losses, "outputs": outputs,
             "val_curve": {r["step"]: r["loss"] for r in log if r["split"] == "val"}}
 

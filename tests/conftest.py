@@ -61,7 +61,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def workshop_model():
     """(model, tokenizer, config) of the real 135M model, kept quantized as stored (Q4_1)."""
-    from helpers.models import load_model
+    from helpers.core.models import load_model
     return load_model(WORKSHOP_MODEL, keep_quantized=True, return_config=True)
 
 
@@ -76,27 +76,30 @@ def smoke_run(tmp_path_factory):
     (non-zero B, so each adapter changes the text) on the real smoke model, greedy, 12 tokens."""
     import mlx.core as mx
 
-    from helpers import config as config_module
-    from helpers import lora
-    from helpers.config import get_config
-    from helpers.humanizer import Humanizer
+    from helpers.core import config as config_module
+    from helpers.core.config import get_config
+    from helpers.infer.humanizer import Humanizer
+    from helpers.train.adapters import save_dpo_adapter, save_sft_adapter
+    from helpers.train.base import load_base
+    from helpers.train.lora import add_lora, lora_config, lora_layers
+    from helpers.train.stacked import add_dpo_adapter
 
     def randomize_b(model, names, seed):
         mx.random.seed(seed)
-        for _, layer in lora.lora_layers(model):
+        for _, layer in lora_layers(model):
             for name in names:
                 setattr(layer, name, 0.02 * mx.random.normal(getattr(layer, name).shape))
         mx.eval(model.parameters())
 
     saved, config_module.RUNS_ROOT = config_module.RUNS_ROOT, tmp_path_factory.mktemp("runs")
     cfg = get_config("smoke", experiment="", gen_max_tokens=12, temperature=0.0)
-    model, _ = lora.load_base(cfg)
-    lora.add_lora(model, lora.lora_config(cfg, "sft"), seed=0)
+    model, _ = load_base(cfg)
+    add_lora(model, lora_config(cfg, "sft"), seed=0)
     randomize_b(model, ("lora_b",), seed=1)
-    lora.save_sft_adapter(model, cfg.path("adapters/sft"), lora.lora_config(cfg, "sft"))
-    lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"), seed=2)
+    save_sft_adapter(model, cfg.path("adapters/sft"), lora_config(cfg, "sft"))
+    add_dpo_adapter(model, lora_config(cfg, "dpo"), seed=2)
     randomize_b(model, ("dpo_b",), seed=3)
-    lora.save_dpo_adapter(model, cfg.path("adapters/dpo"), lora.lora_config(cfg, "dpo"))
+    save_dpo_adapter(model, cfg.path("adapters/dpo"), lora_config(cfg, "dpo"))
     humanizer, run_dir = Humanizer.load(cfg), cfg.runs_dir
     config_module.RUNS_ROOT = saved
     yield cfg, humanizer, humanizer.model, run_dir
@@ -140,7 +143,7 @@ def toy_embedder(texts):
 @pytest.fixture
 def runs(tmp_path, monkeypatch):
     """An empty RUNS_ROOT, and no experiment from the environment."""
-    from helpers import config
+    from helpers.core import config
 
     monkeypatch.setattr(config, "RUNS_ROOT", tmp_path / "runs")
     monkeypatch.delenv("HUMANIZER_EXPERIMENT", raising=False)

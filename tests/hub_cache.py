@@ -53,7 +53,7 @@ def gguf_as_hub_folder(gguf: Path, out: Path) -> Path:
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from helpers.models import load_gguf
+    from helpers.core.gguf import load_gguf
 
     model, tokenizer, config = load_gguf(str(gguf), keep_quantized=False)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import WORKSHOP_MODEL, fresh_clone, learner_env, run_in
+
+from helpers.core.models import ASSET_PATHS
+
 from hub_cache import add_repo, folder_files, gguf_as_hub_folder
-from helpers.models import ASSET_PATHS
 
 EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -31,7 +32,7 @@ def test_notebooks_00_and_01_run_from_a_hub_cache_alone(hub_home, tmp_path):
     clone = fresh_clone(tmp_path / "clone")
     env = learner_env(clone, HF_HOME=str(hub_home))
     for notebook in ("00", "01"):
-        done = run_in(clone, env, "-m", "helpers.series", "--preset", "smoke", "--only", notebook)
+        done = run_in(clone, env, "-m", "helpers.tools.series", "--preset", "smoke", "--only", notebook)
         assert done.returncode == 0, done.stdout[-3000:]
     environment = json.loads((clone / "runs/smoke/environment.json").read_text())
     assert environment["HUMANIZER_ASSETS"] == ""
@@ -40,7 +41,7 @@ def test_notebooks_00_and_01_run_from_a_hub_cache_alone(hub_home, tmp_path):
 
 LOAD_EVERY_MODEL = """
 import json
-from helpers.config import get_config
+from helpers.core.config import get_config
 from helpers.detectors import Embedder, locate
 from helpers.models import load_model
 loaded = {}

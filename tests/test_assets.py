@@ -5,10 +5,10 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import WORKSHOP_MODEL, fresh_clone, learner_env, run_in
-from helpers import assets
-from helpers.models import ASSET_PATHS
+
+from helpers.core.models import ASSET_PATHS
+from helpers.tools import assets
 
 GGUF = ASSET_PATHS[WORKSHOP_MODEL]
 
@@ -53,7 +53,7 @@ def test_packing_again_resumes_and_replaces_nothing(pack):
 def test_notebook_00_runs_from_the_pack_alone(pack, tmp_path):
     clone = fresh_clone(tmp_path / "clone")
     env = learner_env(clone, HUMANIZER_ASSETS=str(pack), HF_HOME=str(tmp_path / "no-hub-cache"))
-    done = run_in(clone, env, "-m", "helpers.series", "--preset", "smoke", "--only", "00")
+    done = run_in(clone, env, "-m", "helpers.tools.series", "--preset", "smoke", "--only", "00")
     assert done.returncode == 0, done.stdout[-3000:]
     environment = json.loads((clone / "runs/smoke/environment.json").read_text())
     assert environment["HUMANIZER_ASSETS"] == str(pack)
@@ -87,6 +87,6 @@ def test_a_wrong_path_or_a_partial_pack_names_the_missing_file_and_the_fetch_com
         assets.check(partial)
     clone = fresh_clone(tmp_path / "clone")
     env = learner_env(clone, HUMANIZER_ASSETS=str(partial), HF_HOME=str(tmp_path / "no-hub"))
-    done = run_in(clone, env, "-m", "helpers.series", "--preset", "smoke", "--only", "00")
+    done = run_in(clone, env, "-m", "helpers.tools.series", "--preset", "smoke", "--only", "00")
     assert done.returncode != 0
     assert done.stdout.strip().splitlines()[-1].startswith(f"error: {partial / GGUF} is missing")

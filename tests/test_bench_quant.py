@@ -3,7 +3,7 @@ import importlib.util
 
 import pandas as pd
 
-from helpers.config import REPO_ROOT
+from helpers.core.config import REPO_ROOT
 
 spec = importlib.util.spec_from_file_location("bench_quant", REPO_ROOT / "bench" / "quant.py")
 bench = importlib.util.module_from_spec(spec)

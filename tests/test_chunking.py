@@ -1,6 +1,6 @@
 import pytest
 
-from helpers.chunking import Piece, join_pieces, split_document
+from helpers.infer.chunking import Piece, join_pieces, split_document
 
 
 def words(text):

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from helpers.config import REPO_ROOT
-from helpers.results import paired_difference, reading
+from helpers.core.config import REPO_ROOT
+from helpers.evaluate.verdicts import paired_difference, reading
 
 spec = importlib.util.spec_from_file_location("compare_runs", REPO_ROOT / "experiments" / "compare_runs.py")
 compare_runs = importlib.util.module_from_spec(spec)
@@ -66,7 +66,7 @@ def test_the_table_names_the_difference_and_its_reading():
 
 
 def test_an_experiment_saves_its_measurements_and_rebuilds_its_table_from_them(tmp_path, capsys):
-    from helpers.results import save_experiment
+    from helpers.evaluate.experiments import save_experiment
 
     render = lambda result: f"{result['n']} drafts\n"  # noqa: E731
     assert save_experiment(tmp_path / "experiments", "x", {"n": 3}, render) == "3 drafts\n"

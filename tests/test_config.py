@@ -1,6 +1,6 @@
 import pytest
 
-from helpers.config import PRESETS, get_config
+from helpers.core.config import PRESETS, get_config
 
 
 def test_presets_and_overrides():
@@ -63,7 +63,7 @@ def test_each_notebooks_config_is_recorded_beside_the_artifacts(runs):
 
 
 def test_list_experiments_names_recorded_runs_only(runs):
-    from helpers.config import list_experiments
+    from helpers.core.config import list_experiments
 
     assert list_experiments("smoke") == []
     get_config("smoke", notebook="00")
@@ -77,7 +77,7 @@ def test_list_experiments_names_recorded_runs_only(runs):
 def test_unread_override_warns_naming_the_field_and_its_reader(runs, monkeypatch):
     import warnings
 
-    from helpers import config
+    from helpers.core import config
 
     monkeypatch.setattr(config, "FIELDS_READ", {"01": ("seed", "n_eval"), "07": ("seed", "n_bootstrap")})
     with pytest.warns(UserWarning, match=r"n_eval=50 has no effect.*notebook 01 does"):
@@ -91,7 +91,7 @@ def test_unread_override_warns_naming_the_field_and_its_reader(runs, monkeypatch
 def test_field_trace_records_reads_but_not_copies():
     import dataclasses
 
-    from helpers.config import start_field_trace, stop_field_trace
+    from helpers.core.config import start_field_trace, stop_field_trace
 
     cfg = get_config("smoke")
     start_field_trace()

@@ -3,9 +3,22 @@ import json
 
 import pytest
 
-from helpers import data, text_measures
-from helpers.config import get_config
-from helpers.io import DataError, atomic_write_json, read_json
+from helpers.core.config import get_config
+from helpers.core.io import DataError, atomic_write_json, read_json
+from helpers.evaluate import text_measures
+from helpers.evaluate.text_measures import REPO_DATA
+from helpers.train.data import (
+    L2R_FILES,
+    clean,
+    dpo_pairs,
+    faithful,
+    l2r_file,
+    load_split,
+    paragraph_key,
+    prepare,
+    read_pairs,
+    split_by_paragraph,
+)
 
 HUMAN = "The river rose two metres overnight and the bridge at Elm Street closed at 6 a.m."
 
@@ -32,7 +45,7 @@ def test_bad_lines_are_skipped_with_line_numbers(tmp_path):
         good(1),
         good(2),
     ])
-    rows, report = data.read_pairs(path)
+    rows, report = read_pairs(path)
     assert [r["id"] for r in rows] == ["r1", "r2"]
     reasons = dict(report.skipped)
     assert set(reasons) == {2, 3, 4, 5, 6, 8}
@@ -48,20 +61,20 @@ def test_bad_lines_are_skipped_with_line_numbers(tmp_path):
 def test_strict_mode_names_file_and_line(tmp_path):
     path = write_lines(tmp_path / "pairs.jsonl", [good(1), json.dumps({"id": "x", "ai": "t"})])
     with pytest.raises(DataError, match=r"pairs.jsonl:2: missing field 'human'"):
-        data.read_pairs(path, strict=True)
+        read_pairs(path, strict=True)
 
 
 def test_reads_gzip(tmp_path):
     path = tmp_path / "pairs.jsonl.gz"
     with gzip.open(path, "wt") as f:
         f.write(good(1) + "\n")
-    rows, _ = data.read_pairs(path)
-    assert rows[0]["group"] == data.paragraph_key(HUMAN)
+    rows, _ = read_pairs(path)
+    assert rows[0]["group"] == paragraph_key(HUMAN)
 
 
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(DataError, match="nope.jsonl: file not found"):
-        data.read_pairs(tmp_path / "nope.jsonl")
+        read_pairs(tmp_path / "nope.jsonl")
 
 
 def rows_for(n_groups, per_group=3):
@@ -72,14 +85,14 @@ def rows_for(n_groups, per_group=3):
 
 def test_split_by_paragraph_has_no_overlap_and_is_seeded():
     rows = rows_for(10)
-    rest, held = data.split_by_paragraph(rows, n_holdout=3, seed=7)
+    rest, held = split_by_paragraph(rows, n_holdout=3, seed=7)
     assert len({r["group"] for r in held}) == 3 and len(rest) + len(held) == 30
     assert not {r["group"] for r in rest} & {r["group"] for r in held}
-    assert data.split_by_paragraph(rows, 3, seed=7) == (rest, held)
+    assert split_by_paragraph(rows, 3, seed=7) == (rest, held)
 
 
 def test_dpo_pairs_reject_another_rewrite_of_the_same_paragraph():
-    pairs = data.dpo_pairs(rows_for(4) + rows_for(1, per_group=1), n=10, seed=0)
+    pairs = dpo_pairs(rows_for(4) + rows_for(1, per_group=1), n=10, seed=0)
     assert len(pairs) == 4  # the single-rewrite paragraph gives no pair
     for p in pairs:
         assert p["chosen"] == f"human {p['group'][1:]}"
@@ -88,9 +101,9 @@ def test_dpo_pairs_reject_another_rewrite_of_the_same_paragraph():
 
 def test_faithful_pairs_keep_the_drafts_facts():
     draft = {"ai": "Anna Berg paid 40 euros in Oslo.", "human": "Anna Berg paid 40 euros there."}
-    assert data.faithful(draft, 0.5) and not data.faithful(draft, 1.0)  # keeps 2 of 3 facts
-    assert data.faithful({"ai": "no facts here at all", "human": "none"}, 1.0)
-    assert data.faithful(draft, 0.0)
+    assert faithful(draft, 0.5) and not faithful(draft, 1.0)  # keeps 2 of 3 facts
+    assert faithful({"ai": "no facts here at all", "human": "none"}, 1.0)
+    assert faithful(draft, 0.0)
 
 
 def test_dpo_prompts_are_faithful_drafts():
@@ -98,7 +111,7 @@ def test_dpo_prompts_are_faithful_drafts():
     for r in rows:
         r["human"] = "A report by Jane Roe."
         r["ai"] = "A report by Jane Roe" + (" in Paris." if r["id"].endswith("-1") else ".")
-    pairs = data.dpo_pairs(rows, n=10, seed=0, min_facts=1.0)  # "-1" drafts add a place
+    pairs = dpo_pairs(rows, n=10, seed=0, min_facts=1.0)  # "-1" drafts add a place
     assert sorted(p["id"] for p in pairs) == ["g0-0", "g1-0", "g2-0"]
     assert all(p["rejected"].endswith("Paris.") for p in pairs)
 
@@ -109,7 +122,7 @@ def test_clean_counts_every_drop():
             {"human": "one two", "ai": "a b c", "low_overlap": False},
             {"human": "one two three four five six", "ai": "a b c", "low_overlap": False},
             {"human": "one two three", "ai": "a b c", "low_overlap": True}]
-    kept, dropped = data.clean(rows, cfg)
+    kept, dropped = clean(rows, cfg)
     assert kept == rows[:1]
     assert dropped == {"shorter than 3 words": 1, "longer than 5 words": 1, "low_overlap": 1}
 
@@ -131,7 +144,7 @@ def test_prepare_from_a_local_file_splits_cleanly(tmp_path):
     write_lines(tmp_path / "dev.jsonl", [l for l in lines if '"d' in l[:10]])
     cfg = get_config("smoke", data_source=str(tmp_path / "{split}.jsonl"), n_val_paragraphs=2,
                      n_eval=5, max_train_pairs=100, n_dpo_pairs=100)
-    prepared = data.prepare(cfg)
+    prepared = prepare(cfg)
     assert len(prepared["eval"]) == 5 and len({r["group"] for r in prepared["val"]}) == 2
     train_groups = {r["group"] for r in prepared["train"]}
     assert not train_groups & {r["group"] for r in prepared["val"]}
@@ -157,23 +170,23 @@ def test_l2r_data_ships_with_the_repository(split, pairs, paragraphs, monkeypatc
     import hashlib
 
     monkeypatch.delenv("HUMANIZER_ASSETS", raising=False)
-    path = data.l2r_file(split)
-    assert path == data.REPO_DATA / data.L2R_FILES[split]
+    path = l2r_file(split)
+    assert path == REPO_DATA / L2R_FILES[split]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == L2R_SHA256[split]
     raw = [json.loads(line) for line in gzip.open(path, "rt", encoding="utf-8")]
     assert (len(raw), len({r["human"] for r in raw})) == (pairs, paragraphs)
-    rows, report = data.load_split(get_config("smoke"), split)
+    rows, report = load_split(get_config("smoke"), split)
     assert len(rows) + len(report.skipped) == pairs  # the loader skips only exact duplicates
     assert all(why.startswith("duplicate") for _, why in report.skipped)
 
 
 def test_l2r_falls_back_to_an_offline_pack_then_says_what_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "REPO_DATA", tmp_path / "repo-data")
+    monkeypatch.setattr("helpers.train.data.REPO_DATA", tmp_path / "repo-data")
     monkeypatch.setenv("HUMANIZER_ASSETS", str(tmp_path / "pack"))
     with pytest.raises(DataError, match=r"repo-data/l2r/l2r_dev.jsonl.gz is missing: it comes "
                                         r"with the repository"):
-        data.l2r_file("dev")
+        l2r_file("dev")
     packed = tmp_path / "pack" / "data" / "l2r" / "l2r_dev.jsonl.gz"
     packed.parent.mkdir(parents=True)
     packed.write_bytes(b"")
-    assert data.l2r_file("dev") == packed
+    assert l2r_file("dev") == packed

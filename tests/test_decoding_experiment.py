@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from helpers.config import REPO_ROOT
+from helpers.core.config import REPO_ROOT
 
 spec = importlib.util.spec_from_file_location("decoding", REPO_ROOT / "experiments" / "decoding.py")
 decoding = importlib.util.module_from_spec(spec)
@@ -36,7 +36,7 @@ def test_a_bool_field_takes_true_or_false():
 
 
 def test_the_table_is_rebuilt_from_the_saved_result_alone(tmp_path):
-    from helpers.results import save_experiment
+    from helpers.evaluate.experiments import save_experiment
 
     ci = {"mean": 0.5, "lo": 0.25, "hi": 0.75}
     result = {"command": "python experiments/decoding.py --n 2", "date": "2026-12-05",

@@ -1,4 +1,4 @@
-from helpers import env
+from helpers.core import env
 
 LINUX = {"platform": "Linux x86_64", "device": "Device(cpu, 0)"}
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import mlx.core as mx
 from conftest import make_tiny_model, save_tiny_dir
 
-from helpers import config as config_module
-from helpers import exactness, lora
-from helpers.config import get_config
+from helpers.core import config as config_module
+from helpers.core.config import get_config
+from helpers.infer import exactness
+from helpers.train.adapters import read_adapter_config, save_dpo_adapter, save_sft_adapter
+from helpers.train.lora import add_lora, lora_config
+from helpers.train.merge import save_merged_adapter
+from helpers.train.stacked import add_dpo_adapter, stacked_layers
 
 TOKENS = mx.array([[5, 17, 300, 9000, 42, 7, 7, 123, 4000, 11]])
 
@@ -18,18 +22,18 @@ def saved_run(tmp_path, monkeypatch):
     cfg = get_config("smoke", model=str(save_tiny_dir(base, config, tmp_path / "base")),
                      lora_layers=-1, experiment="")
     model, _ = make_tiny_model(seed=4)
-    lora.add_lora(model, lora.lora_config(cfg, "sft"), seed=0)
-    lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"), seed=1)
+    add_lora(model, lora_config(cfg, "sft"), seed=0)
+    add_dpo_adapter(model, lora_config(cfg, "dpo"), seed=1)
     mx.random.seed(2)
-    for _, layer in lora.stacked_layers(model):
+    for _, layer in stacked_layers(model):
         layer.lora_b = 0.05 * mx.random.normal(layer.lora_b.shape)
         layer.dpo_b = 0.05 * mx.random.normal(layer.dpo_b.shape)
     adapters = tmp_path / "adapters"
-    lora.save_sft_adapter(model, adapters / "sft", lora.lora_config(cfg, "sft"))
-    lora.save_dpo_adapter(model, adapters / "dpo", lora.lora_config(cfg, "dpo"))
-    lora.save_dpo_adapter(model, tmp_path / "checkpoint", lora.lora_config(cfg, "dpo"))
-    lora.save_merged_adapter(model, adapters / "merged", lora.read_adapter_config(adapters / "sft"),
-                             lora.read_adapter_config(adapters / "dpo"))
+    save_sft_adapter(model, adapters / "sft", lora_config(cfg, "sft"))
+    save_dpo_adapter(model, adapters / "dpo", lora_config(cfg, "dpo"))
+    save_dpo_adapter(model, tmp_path / "checkpoint", lora_config(cfg, "dpo"))
+    save_merged_adapter(model, adapters / "merged", read_adapter_config(adapters / "sft"),
+                             read_adapter_config(adapters / "dpo"))
     return cfg, adapters, model
 
 
@@ -44,9 +48,9 @@ def test_report_passes_when_all_builds_agree(tmp_path, monkeypatch):
 
 def test_report_fails_on_a_checkpoint_that_is_not_the_adapter(tmp_path, monkeypatch):
     cfg, adapters, model = saved_run(tmp_path, monkeypatch)
-    for _, layer in lora.stacked_layers(model):
+    for _, layer in stacked_layers(model):
         layer.dpo_b = 2 * layer.dpo_b
-    lora.save_dpo_adapter(model, tmp_path / "checkpoint", lora.lora_config(cfg, "dpo"))
+    save_dpo_adapter(model, tmp_path / "checkpoint", lora_config(cfg, "dpo"))
     table, passed = exactness.exactness_report(cfg, TOKENS, adapters, tmp_path / "checkpoint",
                                                adapters / "merged")
     assert not passed and table["max |Δ logit| fp32"].iloc[0] > 1e-3

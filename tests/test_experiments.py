@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 from conftest import LengthDetector, toy_embedder, toy_rewrites, write_jsonl
 
-from helpers import results
-from helpers.config import get_config, list_experiments
+from helpers.core.config import get_config, list_experiments
+from helpers.evaluate.experiments import compare_experiments
+from helpers.evaluate.scoring import (
+    load_rewrites,
+    score_all,
+    summarize,
+    system_texts,
+    write_results,
+)
 
 ROWS = toy_rewrites()
 
@@ -16,10 +23,10 @@ ROWS = toy_rewrites()
 def notebook_07(name: str) -> None:
     """What notebook 07 does with a run's rewrites, with a toy detector and embedder."""
     cfg = get_config("smoke", experiment=name, notebook="07")
-    rows = results.load_rewrites(cfg.input_path("rewrites.jsonl"))
-    texts = results.system_texts(rows)
-    scores = results.score_all(texts, {"Length": LengthDetector()})
-    results.write_results(cfg, results.summarize(cfg, texts, scores, toy_embedder, []))
+    rows = load_rewrites(cfg.input_path("rewrites.jsonl"))
+    texts = system_texts(rows)
+    scores = score_all(texts, {"Length": LengthDetector()})
+    write_results(cfg, summarize(cfg, texts, scores, toy_embedder, []))
 
 
 def test_two_experiments_side_by_side(runs):
@@ -36,7 +43,7 @@ def test_two_experiments_side_by_side(runs):
     saved = json.loads((runs / "smoke" / "keeps-facts" / "config.json").read_text())
     assert list(saved["notebooks"]) == ["07"] and saved["notebooks"]["07"]["config"]["preset"] == "smoke"
 
-    frame = results.compare_experiments(get_config("smoke"), names, runs_root=runs)
+    frame = compare_experiments(get_config("smoke"), names, runs_root=runs)
     facts = frame[frame.measure == "facts kept"].set_index("experiment")["mean"].to_dict()
     assert facts == {"(default)": 0.0, "keeps-facts": 1.0, "rescored": 0.0}
     p_ai = frame[frame.measure == "P(AI) Length"].set_index("experiment")["mean"].to_dict()

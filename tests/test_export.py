@@ -5,11 +5,19 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-
 from conftest import WORKSHOP_MODEL, make_tiny_model
-from helpers import export, generate, humanizer, lora, models
-from helpers.config import get_config
-from helpers.data import rewrite_request
+
+from helpers.core.config import get_config
+from helpers.core.gguf import gguf_config, gguf_to_mlx_names, load_gguf, unpermute_rope_rows
+from helpers.core.models import resolve
+from helpers.core.prompt import rewrite_request
+from helpers.infer import humanizer
+from helpers.infer.decode import prompt_tokens
+from helpers.infer.systems import use_system
+from helpers.tools import export
+from helpers.train.adapters import load_stacked, save_dpo_adapter, save_sft_adapter
+from helpers.train.lora import add_lora, lora_config, lora_layers
+from helpers.train.stacked import add_dpo_adapter, stacked_layers
 
 IDS = mx.array([[1, 9690, 198, 2683, 314, 253, 1842, 28, 5000, 12000, 2]])
 DRAFT = "The results were remarkable, showcasing a 42% improvement in overall efficiency."
@@ -27,20 +35,20 @@ def train_like_adapters(folder, seed=0):
     notebooks 04 and 05 save them."""
     cfg = tiny_cfg()
     model, _ = make_tiny_model(seed=seed)
-    lora.add_lora(model, lora.lora_config(cfg, "sft"), seed=1)
-    for _, m in lora.lora_layers(model):
+    add_lora(model, lora_config(cfg, "sft"), seed=1)
+    for _, m in lora_layers(model):
         m.lora_b = 0.05 * mx.random.normal(m.lora_b.shape, key=mx.random.key(2))
-    lora.save_sft_adapter(model, folder / "sft", lora.lora_config(cfg, "sft"))
-    lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"), seed=3)
-    for _, m in lora.stacked_layers(model):
+    save_sft_adapter(model, folder / "sft", lora_config(cfg, "sft"))
+    add_dpo_adapter(model, lora_config(cfg, "dpo"), seed=3)
+    for _, m in stacked_layers(model):
         m.dpo_b = 0.05 * mx.random.normal(m.dpo_b.shape, key=mx.random.key(4))
-    lora.save_dpo_adapter(model, folder / "dpo", lora.lora_config(cfg, "dpo"))
+    save_dpo_adapter(model, folder / "dpo", lora_config(cfg, "dpo"))
 
 
 def stacked_logits(folder, which):
     model, _ = make_tiny_model(seed=0)
-    lora.load_stacked(model, folder / "sft", folder / "dpo")
-    generate.use_system(model, which)
+    load_stacked(model, folder / "sft", folder / "dpo")
+    use_system(model, which)
     return model(IDS)
 
 
@@ -68,7 +76,7 @@ def exported(adapters, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def source_fields():
-    return export.tokenizer_fields_from_gguf(models.resolve(WORKSHOP_MODEL))
+    return export.tokenizer_fields_from_gguf(resolve(WORKSHOP_MODEL))
 
 
 def read_with_gguf_reader(path):
@@ -80,9 +88,9 @@ def read_with_gguf_reader(path):
     meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
     raw = {t.name: mx.array(quants.dequantize(t.data, t.tensor_type).astype(np.float32))
            for t in reader.tensors}
-    config = models.gguf_config(meta, raw)
+    config = gguf_config(meta, raw)
     model = llama.Model(llama.ModelArgs.from_dict(config))
-    model.load_weights(list(models.gguf_to_mlx_names(raw, config).items()), strict=True)
+    model.load_weights(list(gguf_to_mlx_names(raw, config).items()), strict=True)
     return model, reader
 
 
@@ -91,13 +99,13 @@ def test_permute_rope_rows_is_undone_by_the_loader():
     permuted = export.permute_rope_rows(w, 4)
     assert not np.array_equal(permuted, w)
     assert permuted[1, 0] == w[4, 0]  # row 1 of head 0 is the first row of its second half
-    np.testing.assert_array_equal(np.array(models.unpermute_rope_rows(mx.array(permuted), 4)), w)
+    np.testing.assert_array_equal(np.array(unpermute_rope_rows(mx.array(permuted), 4)), w)
 
 
 @pytest.mark.parametrize("which", ["sft+dpo", "sft", "base"])
 def test_fused_humanizer_computes_what_the_adapters_compute(adapters, which):
     model, _, config = export.fused_humanizer(tiny_cfg(), which)
-    assert not lora.lora_layers(model)  # plain linears: any runtime can run it
+    assert not lora_layers(model)  # plain linears: any runtime can run it
     reference = stacked_logits(adapters, which)
     assert mx.abs(model(IDS) - reference).max().item() < 1e-5
     base = make_tiny_model(seed=0)[0](IDS)
@@ -112,18 +120,18 @@ def test_missing_adapter_is_named(tmp_path, monkeypatch):
 
 
 def test_gguf_reads_back_through_the_project_loader(exported, adapters, tokenizer):
-    model, gguf_tokenizer, config = models.load_gguf(str(exported))
+    model, gguf_tokenizer, config = load_gguf(str(exported))
     assert "quantization" not in config and config["num_key_value_heads"] == 2
     assert relative_error(model(IDS), stacked_logits(adapters, "sft+dpo")) < RELATIVE_TOLERANCE["f32"]
     # the tokenizer travelled; a chat without a system message gets the trained system prompt
     cfg = tiny_cfg()
-    trained = generate.prompt_tokens(tokenizer, DRAFT, cfg.system_prompt)
+    trained = prompt_tokens(tokenizer, DRAFT, cfg.system_prompt)
     user_only = [{"role": "user", "content": rewrite_request(DRAFT)}]
     no_system = gguf_tokenizer.apply_chat_template(user_only, add_generation_prompt=True,
                                                    return_dict=False)
     assert no_system == trained
-    assert generate.prompt_tokens(gguf_tokenizer, DRAFT, "Be brief.") == \
-        generate.prompt_tokens(tokenizer, DRAFT, "Be brief.")
+    assert prompt_tokens(gguf_tokenizer, DRAFT, "Be brief.") == \
+        prompt_tokens(tokenizer, DRAFT, "Be brief.")
 
 
 @pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0"])
@@ -150,7 +158,7 @@ def test_gguf_reads_back_through_gguf_reader(outtype, adapters, source_fields, t
 def test_q8_0_reads_the_same_through_mlx_and_gguf(adapters, source_fields, tmp_path):
     model, _, config = export.fused_humanizer(tiny_cfg(), "sft+dpo")
     path = export.write_gguf(tmp_path / "tiny-q8.gguf", model, config, source_fields, "q8_0")
-    quantized, _, mlx_config = models.load_gguf(str(path))
+    quantized, _, mlx_config = load_gguf(str(path))
     assert mlx_config["quantization"]["bits"] == 8 and mlx_config["quantization"]["group_size"] == 32
     assert relative_error(quantized(IDS), read_with_gguf_reader(path)[0](IDS)) < 1e-5
 
@@ -225,7 +233,7 @@ def test_llama_cpp_runs_the_export_like_mlx(exported, adapters, tokenizer):
 
     llm = llama_cpp.Llama(model_path=str(exported), n_ctx=128, logits_all=True, verbose=False,
                           n_threads=1, seed=0)
-    prompt = generate.prompt_tokens(tokenizer, DRAFT, tiny_cfg().system_prompt)
+    prompt = prompt_tokens(tokenizer, DRAFT, tiny_cfg().system_prompt)
     text = tokenizer.decode(prompt)
     assert llm.tokenize(text.encode(), add_bos=False, special=True) == prompt
     llm.eval(prompt)

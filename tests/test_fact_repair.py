@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.fact_repair import (best_place, repair_facts, sentence_candidates, sentences,
-                                 sentences_with_lost_facts, word_overlap)
-from helpers.text_measures import fact_preservation
+from helpers.evaluate.text_measures import fact_preservation
+from helpers.infer.fact_repair import (
+    best_place,
+    repair_facts,
+    sentence_candidates,
+    sentences,
+    sentences_with_lost_facts,
+    word_overlap,
+)
 
 DRAFT = "The bridge opened in 1932. It cost $4.5 million. Mayor Jane Holt cut the ribbon."
 

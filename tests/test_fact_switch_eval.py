@@ -3,7 +3,7 @@ import importlib.util
 
 import pytest
 
-from helpers.config import REPO_ROOT
+from helpers.core.config import REPO_ROOT
 
 spec = importlib.util.spec_from_file_location("fact_switch_eval",
                                               REPO_ROOT / "experiments" / "fact_switch_eval.py")
@@ -42,7 +42,7 @@ def test_each_target_is_judged_on_its_own_side():
 
 
 def test_the_table_is_rebuilt_from_the_saved_result_alone(tmp_path):
-    from helpers.results import save_experiment
+    from helpers.evaluate.experiments import save_experiment
 
     ci = {"mean": 0.95, "lo": 0.9, "hi": 1.0}
     diff = {"mean": 0.2, "lo": 0.1, "hi": 0.3}

@@ -10,7 +10,7 @@ import pytest
 from conftest import make_tiny_model
 from mlx_lm.models import activations, base, llama
 
-from helpers import fast_cpu
+from helpers.core import fast_cpu
 
 
 @pytest.fixture(autouse=True)
@@ -144,7 +144,7 @@ def test_off_switch(monkeypatch):
 def test_compiled_training_on_the_fast_kernels_follows_the_stock_losses(tmp_path):
     from test_train import run_training, train_losses
 
-    from helpers.config import get_config
+    from helpers.core.config import get_config
 
     cfg = get_config("smoke", lora_layers=-1, lora_rank=4)
     fast_cpu.uninstall()

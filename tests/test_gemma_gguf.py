@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from helpers import detectors, gemma_gguf
-from helpers.config import get_config
-from helpers.models import ModelNotAvailable
+from helpers.core import gemma_gguf
+from helpers.core.config import get_config
+from helpers.core.models import ModelNotAvailable
+from helpers.evaluate.zero_shot import CachedFastDetectGPT, FastDetectGPT, other_family_detector
 
 TINY = {"model_type": "gemma3_text", "hidden_size": 32, "num_hidden_layers": 2,
         "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1,
@@ -82,7 +83,7 @@ def test_fast_detectgpt_on_gemma_is_the_reference_formula():
     mean = (p * logp).sum(-1)
     var = (p * logp ** 2).sum(-1) - mean ** 2
     expected = (observed - mean).sum() / np.sqrt(var.sum())
-    ours = detectors.FastDetectGPT(model, IdTokenizer(), batch_size=1).raw_scores([text])
+    ours = FastDetectGPT(model, IdTokenizer(), batch_size=1).raw_scores([text])
     assert ours[0] == pytest.approx(expected, rel=1e-4)
 
 
@@ -90,13 +91,13 @@ def test_other_family_detector_is_not_run_plainly_without_its_model(monkeypatch,
     monkeypatch.setattr(gemma_gguf, "GEMMA_PACKAGE", "no_such_gemma_package")
     cfg = get_config("smoke", other_scorer_model="nobody/no-such-gemma")
     with pytest.raises(ModelNotAvailable) as err:
-        detectors.other_family_detector(cfg, ["a", "b"], [0, 1])
+        other_family_detector(cfg, ["a", "b"], [0, 1])
     message = str(err.value)
     assert "\n" not in message and "nobody/no-such-gemma" in message
     assert "pip install no-such-gemma-package" in message
     off = get_config("smoke", other_scorer_model="")
     with pytest.raises(ModelNotAvailable, match="switched off"):
-        detectors.other_family_detector(off, ["a", "b"], [0, 1])
+        other_family_detector(off, ["a", "b"], [0, 1])
 
 
 def test_cached_scores_need_no_model_the_second_time(tmp_path):
@@ -108,15 +109,15 @@ def test_cached_scores_need_no_model_the_second_time(tmp_path):
 
     texts = ["2 7 9 11", "3 5 8 13 21", "4"]  # the last is one token: nothing to score
     cache = tmp_path / "scores.json"
-    first = detectors.CachedFastDetectGPT(load, cache, "tiny|64", 64).raw_scores(texts)
+    first = CachedFastDetectGPT(load, cache, "tiny|64", 64).raw_scores(texts)
     assert loads == [1] and np.isnan(first[2])
-    direct = detectors.FastDetectGPT(model, IdTokenizer(), 64).raw_scores(texts[:2])
+    direct = FastDetectGPT(model, IdTokenizer(), 64).raw_scores(texts[:2])
     np.testing.assert_allclose(first[:2], direct, rtol=1e-6)
 
     def no_load():
         raise AssertionError("the model was loaded although every score was cached")
 
-    again = detectors.CachedFastDetectGPT(no_load, cache, "tiny|64", 64).raw_scores(texts[::-1])
+    again = CachedFastDetectGPT(no_load, cache, "tiny|64", 64).raw_scores(texts[::-1])
     np.testing.assert_allclose(again, first[::-1])
-    other = detectors.CachedFastDetectGPT(load, cache, "tiny|32", 32).raw_scores(texts[:1])
+    other = CachedFastDetectGPT(load, cache, "tiny|32", 32).raw_scores(texts[:1])
     assert loads == [1, 1] and other[0] == pytest.approx(first[0], rel=1e-6)  # new key: rescored

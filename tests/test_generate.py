@@ -8,8 +8,25 @@ import numpy as np
 import pytest
 from conftest import make_tiny_model
 
-from helpers import generate, lora, text_measures
-from helpers.config import get_config
+from helpers.core.config import get_config
+from helpers.evaluate import text_measures
+from helpers.infer.clean import clean_output, cut_loop
+from helpers.infer.decode import (
+    MIN_SHARED_PREFIX,
+    digit_tokens,
+    generate_tokens,
+    make_nucleus_sampler,
+    max_new_tokens,
+    no_repeat_ngram,
+    prefix_cache,
+    prompt_tokens,
+    repetition_processors,
+    shared_prefix,
+)
+from helpers.infer.rewrite import Rewrite, rewrite, rewrite_detailed
+from helpers.infer.systems import SWITCHES, use_system
+from helpers.train.lora import add_lora, lora_config
+from helpers.train.stacked import add_dpo_adapter, stacked_layers
 
 
 @pytest.mark.parametrize("raw, clean", [
@@ -34,7 +51,7 @@ from helpers.config import get_config
     ("The mill closed.\n\nThe town shrank.", "The mill closed.\n\nThe town shrank."),
 ])
 def test_clean_output(raw, clean):
-    assert generate.clean_output(raw) == clean
+    assert clean_output(raw) == clean
 
 
 def nucleus(logprobs, top_p):
@@ -47,7 +64,7 @@ def test_nucleus_sampler_samples_the_nucleus_with_the_right_frequencies():
     logits = np.full(49152, -30.0, np.float32)
     logits[[7, 70, 700, 7000, 40000]] = [3.0, 2.5, 2.0, 1.0, 0.0]
     logprobs = logits - np.log(np.exp(logits.astype(np.float64)).sum())
-    sampler = generate.make_nucleus_sampler(temperature=0.7, top_p=0.9)
+    sampler = make_nucleus_sampler(temperature=0.7, top_p=0.9)
     mx.random.seed(0)
     draws = np.array(sampler(mx.array(np.tile(logprobs, (4000, 1)))))
     allowed = nucleus(logprobs, 0.9)
@@ -61,63 +78,63 @@ def test_nucleus_sampler_samples_the_nucleus_with_the_right_frequencies():
 
 def test_greedy_sampler_at_temperature_zero():
     logprobs = mx.array([[0.1, 0.5, 0.2], [0.9, 0.0, 0.1]])
-    assert generate.make_nucleus_sampler(0.0, 0.9)(logprobs).tolist() == [1, 0]
+    assert make_nucleus_sampler(0.0, 0.9)(logprobs).tolist() == [1, 0]
 
 
 @pytest.mark.slow
 def test_rewrite_batches_in_order_and_caps_length(tokenizer):
     cfg = get_config("smoke", gen_max_tokens=12, gen_batch_size=2, lora_layers=-1)
     model, _ = make_tiny_model()
-    lora.add_lora(model, lora.lora_config(cfg), seed=0)
-    lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"))
+    add_lora(model, lora_config(cfg), seed=0)
+    add_dpo_adapter(model, lora_config(cfg, "dpo"))
     drafts = ["One short draft.", "A second, slightly longer draft about mills.", "Third."]
-    budgets = [generate.max_new_tokens(tokenizer, d, cfg) for d in drafts]
+    budgets = [max_new_tokens(tokenizer, d, cfg) for d in drafts]
     assert budgets == [12, 12, 12]  # the cap wins over max_len_ratio x source length
-    tokens = generate.generate_tokens(model, tokenizer, drafts, cfg, progress=False)
+    tokens = generate_tokens(model, tokenizer, drafts, cfg, progress=False)
     assert all(1 <= len(t) <= 12 for t in tokens) and max(len(t) for t in tokens) == 12
-    outputs = generate.rewrite(model, tokenizer, drafts, cfg, progress=False, clean=False)
+    outputs = rewrite(model, tokenizer, drafts, cfg, progress=False, clean=False)
     assert outputs == [tokenizer.decode(t) for t in tokens]
     # the same seed gives the same texts; fusing during generation left the adapters in place
-    assert generate.rewrite(model, tokenizer, drafts, cfg, progress=False, clean=False) == outputs
-    assert len(lora.stacked_layers(model)) == 14
+    assert rewrite(model, tokenizer, drafts, cfg, progress=False, clean=False) == outputs
+    assert len(stacked_layers(model)) == 14
     # one batch or one at a time: each draft is decoded on its own (greedy to compare exactly)
     greedy = get_config("smoke", gen_max_tokens=12, gen_batch_size=1, temperature=0.0)
-    alone = [generate.rewrite(model, tokenizer, [d], greedy, progress=False, clean=False)[0]
+    alone = [rewrite(model, tokenizer, [d], greedy, progress=False, clean=False)[0]
              for d in drafts]
-    together = generate.rewrite(model, tokenizer, drafts, get_config(
+    together = rewrite(model, tokenizer, drafts, get_config(
         "smoke", gen_max_tokens=12, gen_batch_size=3, temperature=0.0), progress=False, clean=False)
     assert together == alone
 
 
 def test_the_shared_prefix_is_prefilled_once_and_decodes_alike(tokenizer, monkeypatch):
-    assert generate.shared_prefix([[1, 2, 3, 4], [1, 2, 5]]) == [1, 2]
-    assert generate.shared_prefix([[1, 2, 3], [1, 2, 3, 4]]) == [1, 2]  # each keeps a token
-    assert generate.shared_prefix([[1, 2, 3]]) == []  # one prompt: nothing to share
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 5]]) == [1, 2]
+    assert shared_prefix([[1, 2, 3], [1, 2, 3, 4]]) == [1, 2]  # each keeps a token
+    assert shared_prefix([[1, 2, 3]]) == []  # one prompt: nothing to share
     cfg = get_config("smoke", gen_max_tokens=12, temperature=0.0, repetition_penalty=1.3)
     model, _ = make_tiny_model()
     drafts = ["One short draft.", "A second, slightly longer draft about mills.", "Third."]
-    prompts = [generate.prompt_tokens(tokenizer, d, cfg.system_prompt) for d in drafts]
-    prefix = generate.shared_prefix(prompts)
-    assert len(prefix) >= generate.MIN_SHARED_PREFIX  # the chat template and system prompt
+    prompts = [prompt_tokens(tokenizer, d, cfg.system_prompt) for d in drafts]
+    prefix = shared_prefix(prompts)
+    assert len(prefix) >= MIN_SHARED_PREFIX  # the chat template and system prompt
     prefilled = []
-    original = generate.prefix_cache
-    monkeypatch.setattr(generate, "prefix_cache",
+    original = prefix_cache
+    monkeypatch.setattr("helpers.infer.decode.prefix_cache",
                         lambda m, p: prefilled.append(list(p)) or original(m, p))
-    shared = generate.generate_tokens(model, tokenizer, drafts, cfg, progress=False)
+    shared = generate_tokens(model, tokenizer, drafts, cfg, progress=False)
     assert prefilled == [prefix]
-    monkeypatch.setattr(generate, "MIN_SHARED_PREFIX", 10 ** 6)  # every prompt prefilled whole
-    assert generate.generate_tokens(model, tokenizer, drafts, cfg, progress=False) == shared
+    monkeypatch.setattr("helpers.infer.decode.MIN_SHARED_PREFIX", 10 ** 6)  # every prompt prefilled whole
+    assert generate_tokens(model, tokenizer, drafts, cfg, progress=False) == shared
     assert prefilled == [prefix]
 
 
 def test_use_system_switches():
     cfg = get_config("smoke", lora_layers=-1)
     model, _ = make_tiny_model()
-    lora.add_lora(model, lora.lora_config(cfg), seed=0)
-    lora.add_dpo_adapter(model, lora.lora_config(cfg, "dpo"))
-    for which, (sft, dpo) in generate.SWITCHES.items():
-        generate.use_system(model, which)
-        layer = lora.stacked_layers(model)[0][1]
+    add_lora(model, lora_config(cfg), seed=0)
+    add_dpo_adapter(model, lora_config(cfg, "dpo"))
+    for which, (sft, dpo) in SWITCHES.items():
+        use_system(model, which)
+        layer = stacked_layers(model)[0][1]
         assert (layer.use_sft, layer.use_dpo) == (sft, dpo)
 
 
@@ -128,9 +145,9 @@ def test_repetition_penalty_breaks_greedy_loops(tokenizer):
 
     def answer(**overrides):
         cfg = get_config("smoke", gen_max_tokens=16, temperature=0.0, **overrides)
-        return generate.generate_tokens(model, tokenizer, drafts, cfg, progress=False)[0]
+        return generate_tokens(model, tokenizer, drafts, cfg, progress=False)[0]
 
-    assert generate.repetition_processors(get_config("smoke")) == []  # 1.0: nothing added
+    assert repetition_processors(get_config("smoke")) == []  # 1.0: nothing added
     plain = answer()
     assert len(set(plain)) < len(plain)  # this random model loops when greedy
     penalized = answer(repetition_penalty=1e6, repetition_context=16)
@@ -143,27 +160,27 @@ LOOPING = ("The dance sport combines urban culture with acrobatic feats. This hi
 
 def test_a_looping_rewrite_is_cut_before_it_says_it_again():
     assert LOOPING[text_measures.loop_start(LOOPING):].startswith("dance sport combines urban")
-    assert generate.cut_loop(LOOPING) == ("The dance sport combines urban culture with acrobatic "
+    assert cut_loop(LOOPING) == ("The dance sport combines urban culture with acrobatic "
                                           "feats.")
     words = "one two three four five six seven eight"
-    assert generate.cut_loop(f"{words}, {words} nine") == words  # no sentence end: cut at the repeat
+    assert cut_loop(f"{words}, {words} nine") == words  # no sentence end: cut at the repeat
     plain = "Rain fell for nine days. The river rose two metres."
-    assert generate.cut_loop(plain) == plain and text_measures.loop_start(plain) is None
+    assert cut_loop(plain) == plain and text_measures.loop_start(plain) is None
 
 
 def test_no_repeat_ngram_bans_what_would_complete_an_answer_ngram_seen_before():
-    block = generate.no_repeat_ngram(3)
+    block = no_repeat_ngram(3)
     prompt = [9, 5, 6, 7]  # the prompt may hold the n-gram: copying the draft stays allowed
     answer = [5, 6, 7, 5, 6]
     logits = mx.zeros((1, 10))
     for k in range(len(answer) + 1):  # step k sees the prompt and the k answer tokens so far
         out = np.array(block(mx.array(prompt + answer[:k]), logits))
     assert np.isneginf(out[0, 7]) and np.isfinite(np.delete(out[0], 7)).all()  # (5, 6) -> 7 seen
-    digits = generate.no_repeat_ngram(3, exempt=mx.array([i == 7 for i in range(8)]))  # 7: a digit
+    digits = no_repeat_ngram(3, exempt=mx.array([i == 7 for i in range(8)]))  # 7: a digit
     for k in range(len(answer) + 1):
         out = np.array(digits(mx.array(prompt + answer[:k]), logits))
     assert np.isfinite(out).all()  # a repeated number is not a loop: "1,000,000" stays writable
-    fresh = generate.no_repeat_ngram(3)
+    fresh = no_repeat_ngram(3)
     for k in range(3):  # answer [5, 6]: nothing to repeat yet, whatever the prompt holds
         out = np.array(fresh(mx.array(prompt + answer[:k]), logits))
     assert np.isfinite(out).all()
@@ -171,7 +188,7 @@ def test_no_repeat_ngram_bans_what_would_complete_an_answer_ngram_seen_before():
 
 @pytest.mark.slow
 def test_digit_tokens_are_the_digits_of_the_tokenizer(tokenizer):
-    flags = np.array(generate.digit_tokens(tokenizer))
+    flags = np.array(digit_tokens(tokenizer))
     digits = {tokenizer.decode([i]) for i in np.flatnonzero(flags)}
     assert {str(d) for d in range(10)} <= {d.strip() for d in digits}
     assert all(d.strip().isdigit() for d in digits) and flags.sum() < 100
@@ -184,7 +201,7 @@ def test_no_repeat_ngram_decodes_answers_without_a_repeated_ngram(tokenizer):
 
     def answers(**overrides):
         cfg = get_config("smoke", gen_max_tokens=24, temperature=0.0, **overrides)
-        return generate.generate_tokens(model, tokenizer, drafts, cfg, progress=False)
+        return generate_tokens(model, tokenizer, drafts, cfg, progress=False)
 
     def repeats(tokens, n):
         grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
@@ -193,12 +210,12 @@ def test_no_repeat_ngram_decodes_answers_without_a_repeated_ngram(tokenizer):
     assert all(repeats(a, 2) for a in answers())  # this random model loops when greedy
     blocked = answers(no_repeat_ngram=2)
     cfg = get_config("smoke", gen_max_tokens=24)
-    assert [len(a) for a in blocked] == [generate.max_new_tokens(tokenizer, d, cfg) for d in drafts]
+    assert [len(a) for a in blocked] == [max_new_tokens(tokenizer, d, cfg) for d in drafts]
     assert not any(repeats(a, 2) for a in blocked)
 
 
 def test_verify_and_resample_keeps_the_candidate_with_the_most_facts():
-    from helpers.generate import Rewrite, verify_and_resample
+    from helpers.infer.rewrite import Rewrite, verify_and_resample
 
     drafts = ["Paris hosted 3 events in 2019.", "No facts here at all.", "Rome had 7 hills."]
     first = [Rewrite("Paris hosted events.", 3, False), Rewrite("Nothing.", 1, False),
@@ -218,27 +235,27 @@ def test_verify_and_resample_keeps_the_candidate_with_the_most_facts():
 
 
 def test_fact_switch_never_keeps_fewer_facts(tokenizer):
-    from helpers.text_measures import fact_preservation
+    from helpers.evaluate.text_measures import fact_preservation
 
     model, _ = make_tiny_model()
     drafts = ["Berlin hosted 120 delegates on 4 May 2021.", "Ada Lovelace wrote in 1843."]
     plain = get_config("smoke", temperature=0.0, gen_max_tokens=8)
     resampled = get_config("smoke", temperature=0.0, gen_max_tokens=8, fact_check_samples=3,
                            fact_repair=False)
-    before = generate.rewrite(model, tokenizer, drafts, plain, progress=False)
-    after = generate.rewrite(model, tokenizer, drafts, resampled, progress=False)
+    before = rewrite(model, tokenizer, drafts, plain, progress=False)
+    after = rewrite(model, tokenizer, drafts, resampled, progress=False)
     for d, b, a in zip(drafts, before, after):
         assert fact_preservation(d, a) >= fact_preservation(d, b)
     # with the sentence repair every lost fact comes back: each draft is one sentence, and this
     # random model keeps none, so the draft sentence itself is spliced in
-    repaired = generate.rewrite(model, tokenizer, drafts, dataclasses.replace(resampled,
+    repaired = rewrite(model, tokenizer, drafts, dataclasses.replace(resampled,
                                                                               fact_repair=True),
                                 progress=False)
     assert [fact_preservation(d, r) for d, r in zip(drafts, repaired)] == [1.0, 1.0]
 
 
 def test_without_resampling_the_fact_switch_goes_straight_to_the_repair(monkeypatch):
-    from helpers.text_measures import fact_preservation
+    from helpers.evaluate.text_measures import fact_preservation
 
     drafts = ["Berlin hosted 120 delegates on 4 May 2021.", "Ada Lovelace wrote in 1843."]
     decoded = []
@@ -252,9 +269,9 @@ def test_without_resampling_the_fact_switch_goes_straight_to_the_repair(monkeypa
         def decode(self, tokens):
             return ""
 
-    monkeypatch.setattr(generate, "generate_tokens", fake_tokens)
+    monkeypatch.setattr("helpers.infer.rewrite.generate_tokens", fake_tokens)
     cfg = get_config("smoke", fact_check_samples=2, fact_resample=False)
-    repaired = generate.rewrite(None, Decoder(), drafts, cfg, progress=False)
+    repaired = rewrite(None, Decoder(), drafts, cfg, progress=False)
     assert [desc for desc, _ in decoded] == ["rewriting", "fact repair", "fact repair"]
     assert decoded[2][1] == [drafts[0]] * 2 + [drafts[1]] * 2  # 2 samples a failing sentence
     assert [fact_preservation(d, r) for d, r in zip(drafts, repaired)] == [1.0, 1.0]
@@ -273,13 +290,13 @@ def test_given_plain_rewrites_the_fact_switch_starts_from_them(monkeypatch):
         def decode(self, tokens):
             return "Berlin hosted 120 delegates."  # every sample keeps the first draft's facts
 
-    monkeypatch.setattr(generate, "generate_tokens", fake_tokens)
-    plain = [generate.Rewrite("Berlin hosted delegates.", 3, False),
-             generate.Rewrite("Ada wrote in 1843.", 4, False)]
+    monkeypatch.setattr("helpers.infer.rewrite.generate_tokens", fake_tokens)
+    plain = [Rewrite("Berlin hosted delegates.", 3, False),
+             Rewrite("Ada wrote in 1843.", 4, False)]
     cfg = get_config("smoke", fact_check_samples=2, fact_repair=False)
-    chosen = generate.rewrite_detailed(None, Decoder(), drafts, cfg, progress=False, plain=plain)
+    chosen = rewrite_detailed(None, Decoder(), drafts, cfg, progress=False, plain=plain)
     assert decoded == ["fact check"]  # no plain decode: only the lossy first draft is resampled
     assert [r.text for r in chosen] == ["Berlin hosted 120 delegates.", "Ada wrote in 1843."]
     assert chosen[1] is plain[1]
     with pytest.raises(ValueError, match="1 plain rewrites for 2 drafts"):
-        generate.rewrite_detailed(None, Decoder(), drafts, cfg, progress=False, plain=plain[:1])
+        rewrite_detailed(None, Decoder(), drafts, cfg, progress=False, plain=plain[:1])

@@ -2,9 +2,10 @@
 import mlx.core as mx
 import numpy as np
 import pytest
-
-from helpers import gptq, quant
 from conftest import make_tiny_model
+
+from helpers.quant import gptq
+from helpers.quant.units import stored_bits
 
 
 def correlated_inputs(n=256, d=64, rank=4, noise=0.05, seed=0):
@@ -31,7 +32,7 @@ def test_stored_arrays_decode_exactly_to_the_gptq_weights(bits, group_size):
     np.testing.assert_array_equal(np.array(decoded), np.array(out["dequantized"]))
     # and it costs exactly the bits the accounting says
     nbytes = out["weight"].nbytes + out["scales"].nbytes + out["biases"].nbytes
-    assert 8 * nbytes == quant.stored_bits(w.shape, bits, group_size)
+    assert 8 * nbytes == stored_bits(w.shape, bits, group_size)
 
 
 def textbook_gptq_levels(w, hessian, bits, group_size):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import humanize
+from helpers.tools import rewrite_files
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,7 +50,7 @@ class FakeHumanizer:
 
 def run(*args, humanizer=None):
     humanizer = FakeHumanizer() if humanizer is None else humanizer
-    return humanize.main([str(a) for a in args] + ["--no-progress"], humanizer=humanizer)
+    return rewrite_files.main([str(a) for a in args] + ["--no-progress"], humanizer=humanizer)
 
 
 def read_rows(path):
@@ -173,27 +173,27 @@ def test_no_output_file_is_made_when_there_is_nothing_to_write(tmp_path):
 def test_an_unwritable_output_is_refused_before_the_model_is_loaded(tmp_path, monkeypatch, capsys):
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": "a"}])
     (tmp_path / "a_file").write_text("")
-    monkeypatch.setattr(humanize, "load_humanizer", lambda *a: pytest.fail("model loaded"))
+    monkeypatch.setattr("helpers.tools.rewrite_files.load_humanizer", lambda *a: pytest.fail("model loaded"))
     under_a_file = tmp_path / "a_file" / "out.jsonl"
-    assert humanize.main(["--input", str(src), "--output", str(under_a_file)]) == 4
+    assert rewrite_files.main(["--input", str(src), "--output", str(under_a_file)]) == 4
     assert "a_file/out.jsonl: cannot write there" in capsys.readouterr().err
     if os.geteuid() != 0:  # root may write anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        assert humanize.main(["--input", str(src), "--output", str(locked / "out.jsonl")]) == 4
+        assert rewrite_files.main(["--input", str(src), "--output", str(locked / "out.jsonl")]) == 4
 
 
 def test_a_missing_model_is_exit_3(tmp_path, monkeypatch, capsys):
-    from helpers.models import ModelNotAvailable
+    from helpers.core.models import ModelNotAvailable
 
     class Missing:
         @classmethod
         def load(cls, cfg, adapter="sft+dpo"):
             raise ModelNotAvailable("Cannot load 'some/model': no copy of it")
 
-    monkeypatch.setitem(sys.modules, "helpers.humanizer", types.SimpleNamespace(Humanizer=Missing))
+    monkeypatch.setitem(sys.modules, "helpers.infer.humanizer", types.SimpleNamespace(Humanizer=Missing))
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": "a"}])
-    assert humanize.main(["--input", str(src), "--output", str(tmp_path / "o.jsonl")]) == 3
+    assert rewrite_files.main(["--input", str(src), "--output", str(tmp_path / "o.jsonl")]) == 3
     assert "Cannot load 'some/model'" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
 
@@ -386,7 +386,7 @@ def test_stdin_and_stdout(monkeypatch, capsys):
 
 
 def test_command_line_help_lists_the_exit_codes():
-    result = subprocess.run([sys.executable, "-m", "helpers.humanize", "--help"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "helpers.tools.rewrite_files", "--help"], cwd=REPO,
                             capture_output=True, text=True, check=True)
     assert "--adapter" in result.stdout and "sft+dpo" in result.stdout
     for code in ("0 ", "1 ", "2 ", "3 ", "4 ", "5 ", "130 "):
@@ -400,7 +400,7 @@ def test_the_real_smoke_model_rewrites_end_to_end(tmp_path):
         {"id": "d1", "text": "The meeting on 3 May drew 40 people to talk budgets."},
         {"id": "d2", "text": "Rain is expected tomorrow."}])
     out = tmp_path / "out.jsonl"
-    assert humanize.main(["--input", str(src), "--output", str(out), "--preset", "smoke",
+    assert rewrite_files.main(["--input", str(src), "--output", str(out), "--preset", "smoke",
                           "--adapter", "base", "--no-progress"]) == 0
     rows = read_rows(out)
     assert [r["id"] for r in rows] == ["d1", "d2"] and all(r["output"].strip() for r in rows)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import config as config_module
-from helpers.config import get_config
-from helpers.generate import rewrite, use_system
-from helpers.humanizer import Humanizer, config_of_run
+from helpers.core import config as config_module
+from helpers.core.config import get_config
+from helpers.infer.humanizer import Humanizer, config_of_run
+from helpers.infer.rewrite import rewrite
+from helpers.infer.systems import use_system
 
 DRAFTS = ["The meeting on 4 May 2021 in Berlin was attended by 120 delegates.",
           "Photosynthesis converts light energy into chemical energy stored in glucose."]

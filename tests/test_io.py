@@ -6,8 +6,15 @@ import stat
 
 import pytest
 
-from helpers.io import (DataError, ReadReport, atomic_write_json, atomic_write_text, current_umask,
-                        iter_jsonl, read_text_file)
+from helpers.core.io import (
+    DataError,
+    ReadReport,
+    atomic_write_json,
+    atomic_write_text,
+    current_umask,
+    iter_jsonl,
+    read_text_file,
+)
 
 
 @pytest.fixture

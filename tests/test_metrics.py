@@ -3,47 +3,55 @@ import math
 import numpy as np
 import pytest
 
-from helpers import metrics, text_measures
-from helpers.text_measures import load_slop_phrases
+from helpers.evaluate import text_measures
+from helpers.evaluate.meaning import best_by_facts, meaning_similarity
+from helpers.evaluate.statistics import (
+    auroc,
+    bootstrap_ci,
+    gap_closed,
+    paired_bootstrap_ci,
+    threshold_at_fpr,
+)
+from helpers.evaluate.text_measures import load_slop_phrases
 
 CRAFTED = ("On March 3, 2021, Dr. Alice Smith paid $1,200 (15%) to Acme Corp in New York; see "
            "https://example.com/a1. The deal closed on 2021-04-01. However, Bob agreed.")
 
 
 def test_bootstrap_ci_of_a_constant_is_the_constant_and_drops_nans():
-    ci = metrics.bootstrap_ci([0.5, 0.5, float("nan"), 0.5], n_boot=200)
+    ci = bootstrap_ci([0.5, 0.5, float("nan"), 0.5], n_boot=200)
     assert ci == {"mean": 0.5, "lo": 0.5, "hi": 0.5, "n": 3}
-    assert metrics.bootstrap_ci([float("nan")])["mean"] is None
+    assert bootstrap_ci([float("nan")])["mean"] is None
 
 
 def test_bootstrap_ci_brackets_the_mean():
     values = np.random.default_rng(1).normal(3.0, 1.0, 400)
-    ci = metrics.bootstrap_ci(values, n_boot=500)
+    ci = bootstrap_ci(values, n_boot=500)
     assert ci["lo"] < ci["mean"] < ci["hi"]
     assert ci["hi"] - ci["lo"] == pytest.approx(2 * 1.96 / 20, rel=0.25)  # 2 * 1.96 * sd / sqrt(n)
 
 
 def test_auroc_perfect_reversed_and_tied():
-    assert metrics.auroc([0.1, 0.2, 0.3], [0.7, 0.8]) == 1.0
-    assert metrics.auroc([0.7, 0.8], [0.1, 0.2, 0.3]) == 0.0
-    assert metrics.auroc([0.5, 0.5], [0.5]) == 0.5
-    assert metrics.auroc([0.1, 0.6], [0.5, 0.9]) == 0.75
-    ci = metrics.paired_bootstrap_ci(metrics.auroc, [0.1, 0.2, 0.3], [0.7, 0.8, 0.9], n_boot=100)
+    assert auroc([0.1, 0.2, 0.3], [0.7, 0.8]) == 1.0
+    assert auroc([0.7, 0.8], [0.1, 0.2, 0.3]) == 0.0
+    assert auroc([0.5, 0.5], [0.5]) == 0.5
+    assert auroc([0.1, 0.6], [0.5, 0.9]) == 0.75
+    ci = paired_bootstrap_ci(auroc, [0.1, 0.2, 0.3], [0.7, 0.8, 0.9], n_boot=100)
     assert (ci["mean"], ci["lo"], ci["hi"]) == (1.0, 1.0, 1.0)
 
 
 def test_threshold_at_fpr():
     human = np.arange(1, 11) / 10  # 0.1 ... 1.0
-    assert metrics.threshold_at_fpr(human, 0.05) == 1.0  # 0 of 10 humans may be flagged
-    t = metrics.threshold_at_fpr(human, 0.2)
+    assert threshold_at_fpr(human, 0.05) == 1.0  # 0 of 10 humans may be flagged
+    t = threshold_at_fpr(human, 0.2)
     assert t == 0.8 and np.mean(human > t) == 0.2
 
 
 def test_gap_closed():
-    assert metrics.gap_closed([0.9, 0.9], [0.5, 0.5], [0.1, 0.1]) == pytest.approx(0.5)
-    assert metrics.gap_closed([0.9], [0.9], [0.1]) == 0.0
-    assert metrics.gap_closed([0.9], [0.1], [0.1]) == 1.0
-    assert metrics.gap_closed([0.4], [0.2], [0.4]) is None  # no gap to close
+    assert gap_closed([0.9, 0.9], [0.5, 0.5], [0.1, 0.1]) == pytest.approx(0.5)
+    assert gap_closed([0.9], [0.9], [0.1]) == 0.0
+    assert gap_closed([0.9], [0.1], [0.1]) == 1.0
+    assert gap_closed([0.4], [0.2], [0.4]) is None  # no gap to close
 
 
 def test_slop_rate_counts_phrases_per_1k_tokens():
@@ -120,18 +128,18 @@ def test_best_by_facts_keeps_most_facts_then_meaning_then_first():
                   "Alice Smith paid 1,300 to Acme Corp on 3 May 2021.",  # 3 of 4
                   "On May 3rd, 2021 Alice Smith paid Acme Corp $1200.",  # 4 of 4
                   "Alice Smith gave Acme Corp 1,200 dollars on 3 May 2021."]  # 4 of 4
-    assert metrics.best_by_facts(source, candidates) == 2  # a tie with 3: the first wins
+    assert best_by_facts(source, candidates) == 2  # a tie with 3: the first wins
     closer = lambda s, cands: [0.1, 0.2, 0.3, 0.9]  # noqa: E731
-    assert metrics.best_by_facts(source, candidates, closer) == 3  # the tie goes to meaning
+    assert best_by_facts(source, candidates, closer) == 3  # the tie goes to meaning
     further = lambda s, cands: [0.9, 0.1]  # noqa: E731
-    assert metrics.best_by_facts(source, candidates[:2], further) == 1  # facts before meaning
+    assert best_by_facts(source, candidates[:2], further) == 1  # facts before meaning
     # no facts to keep: meaning decides; without it the first non-empty text
-    assert metrics.best_by_facts("plain words.", ["", "a", "b"], lambda s, c: [0, 0.2, 0.5]) == 2
-    assert metrics.best_by_facts("plain words.", ["  ", "a", "b"]) == 1
+    assert best_by_facts("plain words.", ["", "a", "b"], lambda s, c: [0, 0.2, 0.5]) == 2
+    assert best_by_facts("plain words.", ["  ", "a", "b"]) == 1
     with pytest.raises(ValueError, match="no candidates"):
-        metrics.best_by_facts(source, [])
+        best_by_facts(source, [])
     with pytest.raises(ValueError, match="gave 1 scores for 2"):
-        metrics.best_by_facts(source, ["a", "b"], lambda s, c: [0.5])
+        best_by_facts(source, ["a", "b"], lambda s, c: [0.5])
 
 
 def test_sentence_initial_words_are_not_names():
@@ -159,20 +167,20 @@ def test_chat_artefacts(text, expected):
 def test_meaning_similarity_with_a_fake_embedder():
     vectors = {"a": [1.0, 0.0], "b": [0.0, 2.0], "c": [3.0, 3.0]}
     embed = lambda texts: np.array([vectors[t] for t in texts])  # noqa: E731
-    assert metrics.meaning_similarity(embed, ["a", "a", "c"], ["a", "b", "b"]) == pytest.approx(
+    assert meaning_similarity(embed, ["a", "a", "c"], ["a", "b", "b"]) == pytest.approx(
         [1.0, 0.0, math.sqrt(0.5)])
 
 
 @pytest.fixture(scope="module")
 def embedder():
-    from helpers.detectors import Embedder
+    from helpers.evaluate.embedding import Embedder
     return Embedder("sentence-transformers/all-MiniLM-L6-v2")
 
 
 def test_minilm_similarity_of_identical_texts_is_one(embedder):
     texts = ["The bridge at Elm Street closed at 6 a.m.", "A cat sat on the mat."]
-    sims = metrics.meaning_similarity(embedder, texts, list(texts))
+    sims = meaning_similarity(embedder, texts, list(texts))
     assert sims == pytest.approx([1.0, 1.0], abs=1e-5)
-    related, unrelated = metrics.meaning_similarity(
+    related, unrelated = meaning_similarity(
         embedder, ["The Elm Street bridge was shut at six in the morning."] * 2, texts)
     assert related > unrelated + 0.2

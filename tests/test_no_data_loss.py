@@ -1,4 +1,4 @@
-"""The rule every command that writes follows (helpers/owned.py): nothing a user points it at is
+"""The rule every command that writes follows (helpers/core/owned.py): nothing a user points it at is
 deleted, truncated or replaced. Each command runs under smoke against something already at each
 path it writes (an empty folder, a folder with user files, a file without a trailing newline, a
 JSONL of another tool, a symlink to its input, a read-only file), against a second run at once,
@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from helpers import config, export, humanize, report, series
 from test_humanize import SLOW_RUN, FakeHumanizer, read_rows, write_jsonl
+
+from helpers.core import config
+from helpers.tools import export, rewrite_files, series, update_docs
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE = ("empty_folder", "user_folder", "no_newline_file", "other_tool_jsonl",
@@ -125,7 +126,7 @@ def test_humanize_keeps_what_is_at_its_paths(smoke_run, tmp_path, capsys, target
     else:
         write_jsonl(the_input, [{"id": "a", "text": "The council met on 3 May."}])
     case, before = hostile_case(tmp_path, kind, planted, the_input)
-    code = humanize.main(["--input", str(the_input), "--output", str(case / output),
+    code = rewrite_files.main(["--input", str(the_input), "--output", str(case / output),
                           "--preset", "smoke", "--no-progress"], humanizer=smoke_run[1])
     assert code == HUMANIZE_EXIT[target][kind], capsys.readouterr().err
     if code:
@@ -137,16 +138,16 @@ def test_humanize_replaces_its_own_text_output_only_with_overwrite(smoke_run, tm
     the_input, out = tmp_path / "draft.md", tmp_path / "out.md"
     the_input.write_text("The council met on 3 May.\n")
     args = ["--input", str(the_input), "--output", str(out), "--no-progress"]
-    assert humanize.main(args, humanizer=smoke_run[1]) == 0
+    assert rewrite_files.main(args, humanizer=smoke_run[1]) == 0
     (tmp_path / "notes.txt").write_text("mine")
     before = snapshot(tmp_path)
-    assert humanize.main(args, humanizer=smoke_run[1]) == 4
+    assert rewrite_files.main(args, humanizer=smoke_run[1]) == 4
     assert "pass --overwrite" in capsys.readouterr().err
     assert_kept(before, tmp_path)
     out.write_text(out.read_text() + "my edit\n")  # edited since: no longer humanize's own
     before = snapshot(tmp_path)
-    assert humanize.main(args + ["--overwrite"], humanizer=smoke_run[1]) == 4
-    assert "changed since helpers.humanize wrote it" in capsys.readouterr().err
+    assert rewrite_files.main(args + ["--overwrite"], humanizer=smoke_run[1]) == 4
+    assert "changed since helpers.tools.rewrite_files wrote it" in capsys.readouterr().err
     assert_kept(before, tmp_path)
 
 
@@ -154,14 +155,14 @@ def test_humanize_starts_over_on_its_own_jsonl_only_with_overwrite(tmp_path, cap
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "one"}])
     out, other = tmp_path / "out.jsonl", tmp_path / "other.jsonl"
     args = ["--input", str(src), "--no-progress", "--overwrite", "--output"]
-    assert humanize.main(args + [str(out)], humanizer=FakeHumanizer()) == 0
+    assert rewrite_files.main(args + [str(out)], humanizer=FakeHumanizer()) == 0
     plant("other_tool_jsonl", other, src)
     before = snapshot(tmp_path)
-    assert humanize.main(args + [str(other)], humanizer=FakeHumanizer()) == 4
+    assert rewrite_files.main(args + [str(other)], humanizer=FakeHumanizer()) == 4
     one_line_error(capsys.readouterr().err, "other.jsonl: exists and was not written by")
     assert_kept(before, tmp_path)
     write_jsonl(src, [{"id": "b", "text": "two"}])
-    assert humanize.main(args + [str(out)], humanizer=FakeHumanizer()) == 0
+    assert rewrite_files.main(args + [str(out)], humanizer=FakeHumanizer()) == 0
     assert [r["id"] for r in read_rows(out)] == ["b"]  # replaced, not appended to
     assert_kept(before, tmp_path, replaced=("out.jsonl", "in.jsonl"))
 
@@ -173,7 +174,7 @@ def test_the_no_newline_file_of_the_report_is_kept(tmp_path, capsys):
     precious.write_text('{"precious": true, "settings": [1,2,3]}')
     before = snapshot(tmp_path)
     fake = FakeHumanizer()
-    assert humanize.main(["--input", str(src), "--output", str(precious), "--no-progress"],
+    assert rewrite_files.main(["--input", str(src), "--output", str(precious), "--no-progress"],
                          humanizer=fake) == 4
     one_line_error(capsys.readouterr().err, "config.json", "not a humanize output")
     assert_kept(before, tmp_path)
@@ -203,7 +204,7 @@ def test_a_second_humanize_run_on_an_output_in_use_is_refused_at_once(tmp_path, 
     wait_for_rows(proc, out, 1)
     second = FakeHumanizer()
     started = time.monotonic()
-    assert humanize.main(["--input", str(src), "--output", str(out), "--no-progress"],
+    assert rewrite_files.main(["--input", str(src), "--output", str(out), "--no-progress"],
                          humanizer=second) == 4
     assert time.monotonic() - started < 5 and second.calls == []
     one_line_error(capsys.readouterr().err, "another humanize run is writing it now")
@@ -217,7 +218,7 @@ def test_sigkill_during_a_write_keeps_every_earlier_byte_and_its_lock_goes_stale
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"d{i}", "text": f"draft {i}"}
                                               for i in range(10)])
     out = tmp_path / "out.jsonl"
-    assert humanize.main(["--input", str(write_jsonl(tmp_path / "first.jsonl", [
+    assert rewrite_files.main(["--input", str(write_jsonl(tmp_path / "first.jsonl", [
         {"id": "d0", "text": "draft 0"}])), "--output", str(out), "--no-progress"],
         humanizer=FakeHumanizer()) == 0
     (tmp_path / "notes.txt").write_text("mine, beside the output")
@@ -230,7 +231,7 @@ def test_sigkill_during_a_write_keeps_every_earlier_byte_and_its_lock_goes_stale
     assert out.read_bytes().startswith(earlier)  # appended to, nothing earlier touched
     assert_kept(before, tmp_path, replaced=("out.jsonl",))
     fake = FakeHumanizer()  # the killed run's lock does not block
-    assert humanize.main(["--input", str(src), "--output", str(out), "--no-progress"],
+    assert rewrite_files.main(["--input", str(src), "--output", str(out), "--no-progress"],
                          humanizer=fake) == 0
     assert [r["id"] for r in read_rows(out)] == [f"d{i}" for i in range(10)]
 
@@ -238,10 +239,10 @@ def test_sigkill_during_a_write_keeps_every_earlier_byte_and_its_lock_goes_stale
 def test_repeated_rows_already_in_an_output_are_reported_on_resume(tmp_path, capsys):
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "one"}])
     out = tmp_path / "out.jsonl"
-    assert humanize.main(["--input", str(src), "--output", str(out), "--no-progress"],
+    assert rewrite_files.main(["--input", str(src), "--output", str(out), "--no-progress"],
                          humanizer=FakeHumanizer()) == 0
     out.write_text(out.read_text() * 2)
-    assert humanize.main(["--input", str(src), "--output", str(out), "--no-progress"],
+    assert rewrite_files.main(["--input", str(src), "--output", str(out), "--no-progress"],
                          humanizer=FakeHumanizer()) == 0
     assert ("nothing to rewrite: 1 of 1 documents already in" in (err := capsys.readouterr().err)
             and "holds 1 repeated row (ids 'a')" in err)
@@ -320,7 +321,7 @@ def test_gguf_export_replaces_only_its_own_unchanged_files_on_overwrite(runs_roo
     modelfile.write_text(modelfile.read_text() + "PARAMETER num_ctx 4096\n")  # hand-edited
     before = snapshot(tmp_path)
     assert export.main(args + ["--overwrite"]) == 4
-    one_line_error(capsys.readouterr().err, "Modelfile: changed since helpers.export wrote it")
+    one_line_error(capsys.readouterr().err, "Modelfile: changed since helpers.tools.export wrote it")
     assert_kept(before, tmp_path)
 
 
@@ -459,6 +460,6 @@ def test_make_readme_keeps_what_is_at_its_path(tmp_path, monkeypatch, capsys, ki
     the_input.parent.mkdir()
     the_input.write_text("| results |\n")
     case, before = hostile_case(tmp_path, kind, "README.md", the_input)
-    assert report.main(["--preset", "smoke"], docs=[case / "README.md"]) == README_EXIT[kind]
+    assert update_docs.main(["--preset", "smoke"], docs=[case / "README.md"]) == README_EXIT[kind]
     one_line_error(capsys.readouterr().err, str(case / "README.md"))
     assert_kept(before, case)

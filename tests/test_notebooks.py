@@ -65,7 +65,7 @@ def test_fields_a_notebook_names_are_in_its_traced_reads(path):
     import dataclasses
     import re
 
-    from helpers.config import FIELDS_READ, Config
+    from helpers.core.config import FIELDS_READ, Config
 
     nb = nbformat.read(path, as_version=4)
     fields = {f.name for f in dataclasses.fields(Config)}
@@ -78,7 +78,7 @@ def test_fields_a_notebook_names_are_in_its_traced_reads(path):
 def test_one_kernel_for_jupyterlab_papermill_nbmake_and_the_tests():
     """The notebooks name the kernel that `make setup` registers (OpenBLAS preloaded), so a learner
     opening one from `make lab` gets it without choosing, and every runner uses the same one."""
-    from helpers.series import KERNEL
+    from helpers.tools.series import KERNEL
 
     makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
     assert f"ipykernel install --sys-prefix --name {KERNEL} " in makefile

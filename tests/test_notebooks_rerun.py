@@ -1,11 +1,11 @@
 """Every notebook under smoke, in series order (later ones read earlier ones' runs/smoke/ artifacts):
 top to bottom, then every code cell again in the same kernel. This is `make test`'s notebook run.
-The Config fields each notebook read are checked against helpers/config.py's FIELDS_READ."""
+The Config fields each notebook read are checked against helpers/core/config.py's FIELDS_READ."""
 import nbformat
 import pytest
 
-from helpers import config
-from helpers.notebook_check import RerunError, number, run_twice, series
+from helpers.core import config
+from helpers.tools.notebook_check import RerunError, number, run_twice, series
 
 FIELDS_TRACED = {}  # notebook number -> fields it read, filled by test_notebook_runs_twice
 
@@ -37,7 +37,7 @@ def test_a_cell_that_breaks_on_rerun_is_named(tmp_path, smoke_env):
 
 def test_reads_are_traced(tmp_path, smoke_env):
     path = write_notebook(tmp_path / "99_t.ipynb",
-                          "from helpers.config import get_config\ncfg = get_config('smoke')",
+                          "from helpers.core.config import get_config\ncfg = get_config('smoke')",
                           "steps = cfg.sft_steps * 2")
     result = run_twice(path, timeout=60)
     assert result["fields"] == ["sft_steps"] and result["first_s"] >= 0
@@ -61,5 +61,5 @@ def test_fields_read_map_is_up_to_date():
         pytest.skip("no notebook ran in this session")
     stale = {nb: fields for nb, fields in FIELDS_TRACED.items()
              if config.FIELDS_READ.get(nb) != fields}
-    assert not stale, ("helpers/config.py FIELDS_READ is out of date; these notebooks read:\n"
+    assert not stale, ("helpers/core/config.py FIELDS_READ is out of date; these notebooks read:\n"
                        + "\n".join(f'    "{nb}": {fields},' for nb, fields in stale.items()))

@@ -4,7 +4,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from helpers.config import REPO_ROOT
+from helpers.core.config import REPO_ROOT
 
 spec = importlib.util.spec_from_file_location(
     "quant_downstream", REPO_ROOT / "experiments" / "quant_downstream.py")

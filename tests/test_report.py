@@ -1,23 +1,23 @@
 import pytest
 
-from helpers import report
-from helpers.results import ITEM_SCORES
+from helpers.evaluate.scoring import ITEM_SCORES
+from helpers.tools import update_docs
 
 
 def test_section_replaced_between_markers_only():
-    readme = f"# Title\n\n{report.START}\nold table\n{report.END}\n\n## Tests\n"
-    section = report.section("results", report.results_body("| a | b |\n|---|---|\n| 1 | 2 |\n",
+    readme = f"# Title\n\n{update_docs.START}\nold table\n{update_docs.END}\n\n## Tests\n"
+    section = update_docs.section("results", update_docs.results_body("| a | b |\n|---|---|\n| 1 | 2 |\n",
                                                            "workshop", {"total": 3000}))
-    new = report.replace_section(readme, section)
+    new = update_docs.replace_section(readme, section)
     assert new.startswith("# Title\n\n") and new.endswith("\n\n## Tests\n")
     assert "old table" not in new and "| 1 | 2 |" in new
     assert "`make readme`" in new and "PRESET=workshop make run" in new and "50 min" in new
-    assert report.replace_section(new, section) == new
+    assert update_docs.replace_section(new, section) == new
 
 
 def test_missing_markers_are_reported():
     with pytest.raises(ValueError, match="results markers"):
-        report.replace_section("# no markers\n", "x", "README.md")
+        update_docs.replace_section("# no markers\n", "x", "README.md")
 
 
 def test_update_docs_copies_results_and_the_experiment_tables(tmp_path, monkeypatch):
@@ -29,12 +29,12 @@ def test_update_docs_copies_results_and_the_experiment_tables(tmp_path, monkeypa
     (runs / "experiments" / "decoding.md").write_text("| decoding |\n")
     (runs / "experiments" / "quant_downstream.md").write_text("| downstream |\n")
     readme = tmp_path / "README.md"
-    readme.write_text(f"{report.START}\n{report.END}\nmiddle\n<!-- decoding:start -->\nold\n"
+    readme.write_text(f"{update_docs.START}\n{update_docs.END}\nmiddle\n<!-- decoding:start -->\nold\n"
                       "<!-- decoding:end -->\n<!-- timing:start -->\nold\n<!-- timing:end -->\n"
                       "<!-- quant_downstream:start -->\nold\n<!-- quant_downstream:end -->\n")
-    monkeypatch.setattr(report, "get_config", lambda preset: SimpleNamespace(runs_dir=runs))
-    monkeypatch.setattr(report.config, "RUNS_ROOT", tmp_path / "no-runs")
-    assert "results" in report.update_docs("workshop", [readme])
+    monkeypatch.setattr("helpers.tools.update_docs.get_config", lambda preset: SimpleNamespace(runs_dir=runs))
+    monkeypatch.setattr("helpers.core.config.RUNS_ROOT", tmp_path / "no-runs")
+    assert "results" in update_docs.update_docs("workshop", [readme])
     text = readme.read_text()
     assert "| results |" in text and "| decoding |" in text and "old" not in text
     assert "| downstream |" in text
@@ -49,7 +49,7 @@ def test_time_table_has_a_column_per_measured_preset_and_always_workshop(tmp_pat
     (tmp_path / "smoke" / "series_timing.json").write_text(json.dumps({
         "machine": {"date": "2026-12-01", "cpus": 2, "platform": "Linux", "load_average_15min": 3.2},
         "00_tour.ipynb": 75.4, "01_data.ipynb": 29.0, "total": 604.0}))
-    table = report.timing_table(tmp_path)
+    table = update_docs.timing_table(tmp_path)
     assert "| notebook | `smoke` | `workshop` |\n|---|---|---|\n" in table
     assert "| `00_tour.ipynb` | 75 s | — |\n| `01_data.ipynb` | 29 s | — |\n" in table
     assert "| whole series | 10.1 min | not measured yet |" in table
@@ -70,20 +70,20 @@ def test_time_table_says_how_busy_other_work_kept_the_machine(tmp_path, cores, n
         "machine": {"date": "2026-12-06", "cpus": 2, "platform": "Linux", "load_average_15min": 2.2,
                     "other_work_cores": cores},
         "00_tour.ipynb": 70.0, "total": 70.0}))
-    assert f"`workshop`: measured 2026-12-06 on 2 CPU cores ({note})" in report.timing_table(tmp_path)
+    assert f"`workshop`: measured 2026-12-06 on 2 CPU cores ({note})" in update_docs.timing_table(tmp_path)
 
 
 def test_update_docs_without_results_still_refreshes_the_time_table(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     readme = tmp_path / "README.md"
-    readme.write_text(f"{report.START}\nkept\n{report.END}\n<!-- timing:start -->\nold\n"
+    readme.write_text(f"{update_docs.START}\nkept\n{update_docs.END}\n<!-- timing:start -->\nold\n"
                       "<!-- timing:end -->\n")
-    monkeypatch.setattr(report, "get_config", lambda preset: SimpleNamespace(runs_dir=tmp_path))
-    monkeypatch.setattr(report.config, "RUNS_ROOT", tmp_path)
-    assert report.update_docs("workshop", [readme], only=["results"]) == []
+    monkeypatch.setattr("helpers.tools.update_docs.get_config", lambda preset: SimpleNamespace(runs_dir=tmp_path))
+    monkeypatch.setattr("helpers.core.config.RUNS_ROOT", tmp_path)
+    assert update_docs.update_docs("workshop", [readme], only=["results"]) == []
     assert "old" in readme.read_text()  # the time table was not asked for
-    assert report.update_docs("workshop", [readme]) == ["timing"]
+    assert update_docs.update_docs("workshop", [readme]) == ["timing"]
     text = readme.read_text()
     assert "kept" in text and "old" not in text and "not measured yet" in text
 
@@ -98,16 +98,16 @@ def test_quant_table_gives_each_method_its_ratios_at_its_own_point(tmp_path):
         row("uniform", 4.5, 0.6), row("gradient (mlx-lm)", 4.5, 0.4),
         row("KL knapsack + GPTQ", 4.5, 0.2), row("rule mixed_4_6", 4.71, 0.5),
         row("KL knapsack", 4.71, 0.25)]}))
-    table = report.quant_table(tmp_path, "workshop")
+    table = update_docs.quant_table(tmp_path, "workshop")
     assert "16 held-out validation paragraphs" in table
     assert "| 4.5 | KL knapsack + GPTQ | 4.500 | 0.200 [0.100, 0.400] | 20.00 | 80.0 | 3.00 | 2.00 |" \
         in table  # 0.6 / 0.2 and the best anchor 0.4 / 0.2
     assert "| 4.71 | KL knapsack | 4.710 | 0.250 [0.125, 0.500] | 20.00 | 80.0 | — | 2.00 |" in table
-    assert report.quant_table(tmp_path / "none", "workshop") is None
+    assert update_docs.quant_table(tmp_path / "none", "workshop") is None
 
 
 def test_only_a_whole_series_writes_the_time_table_record():
-    from helpers.series import timing_file
+    from helpers.tools.series import timing_file
 
     assert timing_file() == timing_file("00") == "series_timing.json"
     assert timing_file("04") == timing_file(only="03") == timing_file("00", "00") \
@@ -133,14 +133,14 @@ def test_the_example_is_picked_by_its_id_and_shows_each_text_with_its_scores(tmp
 
     rows = write_run(tmp_path)
     i = min(range(3), key=lambda k: hashlib.sha1(f"d{k}".encode()).hexdigest())
-    assert report.example_item(rows) == i
-    text = report.example_section(tmp_path, "workshop")
+    assert update_docs.example_item(rows) == i
+    text = update_docs.example_section(tmp_path, "workshop")
     assert f"evaluation draft {i + 1} of 3, picked by the hash of its id" in text
     assert f"**SFT+DPO stacked**\n\n> dpo {i}" in text and f"> base {i}" not in text
     assert f"| SFT+DPO stacked | {0.1 * i + 0.2:.2f} |" in text
     assert f"| human reference | {0.1 * i:.2f} |" in text
-    assert report.example_section(tmp_path / "none", "workshop") is None
-    assert (report.score(float("nan")), report.score(None), report.score(0.456)) == ("—", "—", "0.46")
+    assert update_docs.example_section(tmp_path / "none", "workshop") is None
+    assert (update_docs.score(float("nan")), update_docs.score(None), update_docs.score(0.456)) == ("—", "—", "0.46")
 
 
 def test_closing_cells_read_a_finished_run_or_say_how_to_make_it(tmp_path):
@@ -154,20 +154,20 @@ def test_closing_cells_read_a_finished_run_or_say_how_to_make_it(tmp_path):
                                   ("human", "human reference", 0.2, 0.5))]}
     (tmp_path / "workshop").mkdir()
     (tmp_path / "workshop" / "results.json").write_text(json.dumps(results))
-    assert report.recorded_rows(("source", "sft"), runs_root=tmp_path) == (
+    assert update_docs.recorded_rows(("source", "sft"), runs_root=tmp_path) == (
         "| System | P(AI) n-gram |\n|---|---|\n| source AI draft | 0.80 [0.70, 0.90] |\n"
         "| SFT | 0.40 [0.30, 0.50] |")
-    assert report.recorded_rows(("human",), "slop_per_1k", runs_root=tmp_path).endswith(
+    assert update_docs.recorded_rows(("human",), "slop_per_1k", runs_root=tmp_path).endswith(
         "| human reference | 0.5 [0.4, 0.6] |")
-    assert report.recorded_rows(("sft",), ("loops", "slop_per_1k"), runs_root=tmp_path) == (
+    assert update_docs.recorded_rows(("sft",), ("loops", "slop_per_1k"), runs_root=tmp_path) == (
         "| System | Loops | Slop /1K |\n|---|---|---|\n| SFT | 20% [10, 30] | 1.0 [0.9, 1.1] |")
-    assert report.recorded_rows(("sft",), runs_root=tmp_path / "none").startswith(
+    assert update_docs.recorded_rows(("sft",), runs_root=tmp_path / "none").startswith(
         "no workshop results yet: `PRESET=workshop make run` writes")
 
 
 def test_readme_is_a_front_door_and_every_generated_section_has_one_home():
-    assert len(report.README.read_text(encoding="utf-8").splitlines()) <= 250
-    names = ["timing", "example", "results", "quantization", *report.EXPERIMENT_TABLES]
+    assert len(update_docs.README.read_text(encoding="utf-8").splitlines()) <= 250
+    names = ["timing", "example", "results", "quantization", *update_docs.EXPERIMENT_TABLES]
     for name in names:
-        homes = [doc.name for doc in report.DOCS if report.markers(name)[0] in doc.read_text()]
+        homes = [doc.name for doc in update_docs.DOCS if update_docs.markers(name)[0] in doc.read_text()]
         assert len(homes) == 1, f"{name}: in {homes}"

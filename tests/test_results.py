@@ -4,9 +4,27 @@ import numpy as np
 import pytest
 from conftest import LengthDetector, toy_embedder, toy_rewrites, write_jsonl
 
-from helpers import results
-from helpers.config import get_config
-from helpers.io import DataError
+from helpers.core.config import get_config
+from helpers.core.io import DataError
+from helpers.evaluate import verdicts
+from helpers.evaluate.experiments import compare_experiments, plot_experiments
+from helpers.evaluate.scoring import (
+    ITEM_SCORES,
+    cap_flags,
+    load_rewrites,
+    score_all,
+    summarize,
+    system_texts,
+    write_results,
+)
+from helpers.evaluate.tables import headline, render_markdown
+from helpers.evaluate.verdicts import (
+    NOT_COUNTED,
+    VERDICT_RULE,
+    counted_detectors,
+    separates,
+    target_rows,
+)
 
 ROWS = toy_rewrites(base_prefix="Sure! ")
 
@@ -19,14 +37,14 @@ class ConstantDetector:
 
 
 def summary_of(tmp_path, rows=ROWS, **cfg_overrides):
-    rows = results.load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", rows))
-    texts = results.system_texts(rows)
-    scores = results.score_all(texts, {"Length": LengthDetector(), "Flat": ConstantDetector()})
-    judge = results.score_all(texts, {"judge": LengthDetector()})
+    rows = load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", rows))
+    texts = system_texts(rows)
+    scores = score_all(texts, {"Length": LengthDetector(), "Flat": ConstantDetector()})
+    judge = score_all(texts, {"judge": LengthDetector()})
     cfg = get_config("smoke", n_bootstrap=50, **cfg_overrides)
-    return texts, results.summarize(cfg, texts, scores, toy_embedder, ["sure"],
+    return texts, summarize(cfg, texts, scores, toy_embedder, ["sure"],
                                     unavailable={"RADAR": "offline"}, judge_scores=judge,
-                                    hit_cap=results.cap_flags(rows))
+                                    hit_cap=cap_flags(rows))
 
 
 def test_summary_and_markdown(tmp_path):
@@ -46,24 +64,24 @@ def test_summary_and_markdown(tmp_path):
     assert info["Flat"]["auroc"]["mean"] == 0.5 and not info["Flat"]["separates"]
     assert info["judge"]["kind"] == "training judge" and info["Length"]["kind"] == "evaluation"
     assert info["Length"]["auroc_vs_human"]["sft+dpo"] == 0.0  # the shortest texts of all
-    assert results.counted_detectors(summary) == ["Length"]  # not Flat, not the judge
+    assert counted_detectors(summary) == ["Length"]  # not Flat, not the judge
     paired = summary["paired_differences"]
     assert paired["facts sft+dpo - human"]["mean"] == -1.0
-    md = results.render_markdown(json.loads(json.dumps(summary)))  # survives a JSON round trip
+    md = render_markdown(json.loads(json.dumps(summary)))  # survives a JSON round trip
     assert "| source AI draft |" in md and "| SFT+DPO stacked |" in md
     assert "P(AI) judge (training judge)" in md and "**RADAR** not run: offline" in md
     assert "Gap closed Length" in md and "Gap closed Flat" not in md
-    assert "Gap closed judge" not in md and results.VERDICT_RULE in md
-    assert f"| Flat | evaluation | 0.50 [0.50, 0.50] | {results.NOT_COUNTED} |" in md
+    assert "Gap closed judge" not in md and VERDICT_RULE in md
+    assert f"| Flat | evaluation | 0.50 [0.50, 0.50] | {NOT_COUNTED} |" in md
     # tables: scores, what was kept, what the texts show, detectors (header + 5/5/5/3 rows),
     # targets (header + 5 + 2 for Flat + 10 for the texts)
     assert md.count("\n| ") == 6 + 6 + 6 + 4 + 18
     assert "| SFT+DPO stacked | 0% [0, 0] | not recorded |" in md  # no hit_cap in these rows
     length = summary["differences"]["Length"]
     assert length["sft - base"]["mean"] < 0 and length["sft+dpo - human"]["mean"] < 0
-    checks = {row[0]: row[2] for row in results.target_rows(summary)}
+    checks = {row[0]: row[2] for row in target_rows(summary)}
     assert checks["Length: SFT+DPO P(AI) at or below human reference (margin +0.02)"] == "met"
-    assert checks["Flat: P(AI) targets"] == results.NOT_COUNTED
+    assert checks["Flat: P(AI) targets"] == NOT_COUNTED
     assert not any(k.startswith("judge") for k in checks)
     assert checks["facts kept ≥ human reference (paired difference ≥ 0)"] == "**not met**"
     assert checks["facts kept ≥ 0.90 with the fact switch on"] == "— (fact switch off in this run)"
@@ -71,7 +89,7 @@ def test_summary_and_markdown(tmp_path):
     assert checks["generation cap hit ≤ 1%"] == "— (not recorded in rewrites.jsonl)"
     assert checks["Flat: flags SFT+DPO no more often than the drafts at 5% FPR (margin +0.02)"] \
         == "met"  # it flags nothing at all
-    assert results.headline(summary).endswith(
+    assert headline(summary).endswith(
         "Targets: 13 met, 0 not shown, 1 not met, 1 does not separate these texts: not counted.")
 
 
@@ -93,7 +111,7 @@ def test_text_targets_read_loops_the_cap_and_invented_facts(tmp_path):
     assert final["any_invented"]["mean"] == 1.0 and final["identical"]["mean"] == 0.0
     assert summary["paired_differences"]["loops sft+dpo - sft"]["mean"] == pytest.approx(2 / 6)
     assert summary["paired_differences"]["invented sft+dpo - human"]["mean"] == 1.0
-    checks = {row[0]: row[2] for row in results.target_rows(summary)}
+    checks = {row[0]: row[2] for row in target_rows(summary)}
     # 2 of 6: a resample can hold no looping rewrite, so the CI reaches 0
     assert checks["loop rate (a repeated 8-word sequence) ≤ 3%"] == "not shown"
     assert checks["generation cap hit ≤ 1%"] == "**not met**"
@@ -103,11 +121,11 @@ def test_text_targets_read_loops_the_cap_and_invented_facts(tmp_path):
 
 
 def test_rewrites_without_hit_cap_load_and_a_bad_one_is_named(tmp_path):
-    rows = results.load_rewrites(write_jsonl(tmp_path / "old.jsonl", ROWS))
-    assert results.cap_flags(rows) == {}  # files from before hit_cap was recorded
+    rows = load_rewrites(write_jsonl(tmp_path / "old.jsonl", ROWS))
+    assert cap_flags(rows) == {}  # files from before hit_cap was recorded
     bad = [ROWS[0] | {"hit_cap": {"base": True}}]
     with pytest.raises(DataError, match=r"bad.jsonl:1: field 'hit_cap' must map the systems"):
-        results.load_rewrites(write_jsonl(tmp_path / "bad.jsonl", bad))
+        load_rewrites(write_jsonl(tmp_path / "bad.jsonl", bad))
 
 
 @pytest.mark.parametrize("ci,limit,direction,expected", [
@@ -131,37 +149,37 @@ def test_rewrites_without_hit_cap_load_and_a_bad_one_is_named(tmp_path):
     (None, 0.0, "<", "—"),
 ])
 def test_verdict_on_hand_made_cis(ci, limit, direction, expected):
-    assert results.verdict(ci, limit, direction) == expected
+    assert verdicts.verdict(ci, limit, direction) == expected
 
 
 def test_fact_switch_target_is_judged_only_when_the_switch_was_on(tmp_path):
     _, summary = summary_of(tmp_path, fact_check_samples=2)
-    rows = {row[0]: row[1:] for row in results.target_rows(summary)}
+    rows = {row[0]: row[1:] for row in target_rows(summary)}
     measured, verdict = rows["facts kept ≥ 0.90 with the fact switch on"]
     assert verdict == "**not met**"  # 0 of 2 kept
     assert measured.endswith("(2 resamples, sentence repair on)")
     _, summary = summary_of(tmp_path, fact_check_samples=2, fact_resample=False)
-    rows = {row[0]: row[1:] for row in results.target_rows(summary)}
+    rows = {row[0]: row[1:] for row in target_rows(summary)}
     assert rows["facts kept ≥ 0.90 with the fact switch on"][0].endswith(
         "(no resampling, sentence repair on (2 samples a sentence))")
 
 
 def test_verdict_rejects_an_unknown_direction():
     with pytest.raises(ValueError, match="direction must be one of"):
-        results.verdict({"lo": 0.0, "hi": 1.0}, 0.0, "below")
+        verdicts.verdict({"lo": 0.0, "hi": 1.0}, 0.0, "below")
 
 
 def test_gap_closed_counts_only_detectors_that_separate():
-    assert results.separates({"mean": 0.70, "lo": 0.67, "hi": 0.73})
-    assert not results.separates({"mean": 0.46, "lo": 0.42, "hi": 0.50})
-    assert not results.separates({"mean": 0.55, "lo": 0.5, "hi": 0.6})  # touching 0.5: no
-    assert not results.separates({"mean": None, "lo": None, "hi": None})
+    assert separates({"mean": 0.70, "lo": 0.67, "hi": 0.73})
+    assert not separates({"mean": 0.46, "lo": 0.42, "hi": 0.50})
+    assert not separates({"mean": 0.55, "lo": 0.5, "hi": 0.6})  # touching 0.5: no
+    assert not separates({"mean": None, "lo": None, "hi": None})
     summary = {"detectors": {
         "A": {"kind": "evaluation", "auroc": {"mean": 0.9, "lo": 0.85, "hi": 0.95}},
         "B": {"kind": "evaluation", "auroc": {"mean": 0.46, "lo": 0.42, "hi": 0.50}},
         "J": {"kind": "training judge", "auroc": {"mean": 0.9, "lo": 0.85, "hi": 0.95}},
     }}
-    assert results.counted_detectors(summary) == ["A"]
+    assert counted_detectors(summary) == ["A"]
 
 
 def test_compare_experiments_reads_each_experiments_results(tmp_path):
@@ -173,29 +191,29 @@ def test_compare_experiments_reads_each_experiments_results(tmp_path):
     (root / "smoke" / "results.json").write_text(json.dumps(summary))
     (root / "smoke" / "facts-on" / "results.json").write_text(json.dumps(other))
     cfg = get_config("smoke")
-    frame = results.compare_experiments(cfg, ["", "facts-on"], runs_root=root)
+    frame = compare_experiments(cfg, ["", "facts-on"], runs_root=root)
     facts = frame[frame.measure == "facts kept"].set_index("experiment")["mean"]
     assert facts.to_dict() == {"(default)": 0.0, "facts-on": 0.5}
     assert set(frame.measure) >= {"P(AI) Length", "P(AI) Flat", "gap closed Length",
                                   "targets met"}
     assert "gap closed Flat" not in set(frame.measure)
-    results.plot_experiments(frame)
+    plot_experiments(frame)
     with pytest.raises(FileNotFoundError, match="missing-one.*experiment 'missing-one'"):
-        results.compare_experiments(cfg, ["missing-one"], runs_root=root)
+        compare_experiments(cfg, ["missing-one"], runs_root=root)
 
 
 def test_load_rewrites_errors_name_file_line_and_field(tmp_path):
     bad = dict(ROWS[0], outputs={"sft": 3})
     with pytest.raises(DataError, match=r"rewrites.jsonl:2: field 'outputs'"):
-        results.load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", [ROWS[0], bad]))
+        load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", [ROWS[0], bad]))
     other = dict(ROWS[0], outputs={"sft": "x"})
     with pytest.raises(DataError, match=r":2: systems \['sft'\] differ"):
-        results.load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", [ROWS[0], other]))
+        load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", [ROWS[0], other]))
     no_human = {k: v for k, v in ROWS[0].items() if k != "human"}
     with pytest.raises(DataError, match=r":1: field 'human'"):
-        results.load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", [no_human]))
+        load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", [no_human]))
     with pytest.raises(FileNotFoundError, match="run notebook 06"):
-        results.load_rewrites(tmp_path / "missing.jsonl")
+        load_rewrites(tmp_path / "missing.jsonl")
 
 
 class PartialLength(LengthDetector):
@@ -204,11 +222,11 @@ class PartialLength(LengthDetector):
 
 
 def test_a_detector_that_scores_some_systems_leaves_the_others_blank(tmp_path):
-    rows = results.load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", ROWS))
-    texts = results.system_texts(rows)
-    scores = results.score_all(texts, {"Part": PartialLength()})
+    rows = load_rewrites(write_jsonl(tmp_path / "rewrites.jsonl", ROWS))
+    texts = system_texts(rows)
+    scores = score_all(texts, {"Part": PartialLength()})
     assert np.isnan(scores["Part"]["sft"]).all() and not np.isnan(scores["Part"]["sft+dpo"]).any()
-    summary = results.summarize(get_config("smoke", n_bootstrap=50), texts, scores, toy_embedder,
+    summary = summarize(get_config("smoke", n_bootstrap=50), texts, scores, toy_embedder,
                                 ["sure"])
     info = summary["detectors"]["Part"]
     assert set(info["flagged"]) == {"source", "sft+dpo", "human"}
@@ -216,7 +234,7 @@ def test_a_detector_that_scores_some_systems_leaves_the_others_blank(tmp_path):
     by_key = {r["system"]: r for r in summary["systems"]}
     assert by_key["sft"]["p_ai"]["Part"]["mean"] is None
     assert by_key["sft"]["gap_closed_by_detector"]["Part"] is None
-    md = results.render_markdown(json.loads(json.dumps(summary)))
+    md = render_markdown(json.loads(json.dumps(summary)))
     assert "| Part | evaluation | 1.00 [1.00, 1.00] | counted | 0.00 | 0.600 | 100% | — | — | 0% | 0% |" \
         in md  # flagged: source, base, SFT, SFT+DPO, human
     assert "Part: SFT+DPO P(AI) < SFT" not in md  # SFT not scored: no target row
@@ -227,7 +245,7 @@ def test_item_scores_are_written_beside_the_results_for_the_readme_example(tmp_p
     from types import SimpleNamespace
 
     cfg = SimpleNamespace(path=lambda name: tmp_path / name)
-    monkeypatch.setattr(results, "render_markdown", lambda summary: "| table |\n")
-    results.write_results(cfg, {"n_items": 2}, {"n-gram": {"sft": np.array([0.123456, 0.5])}})
-    assert json.loads((tmp_path / results.ITEM_SCORES).read_text()) == {"n-gram": {"sft": [0.1235, 0.5]}}
+    monkeypatch.setattr("helpers.evaluate.scoring.render_markdown", lambda summary: "| table |\n")
+    write_results(cfg, {"n_items": 2}, {"n-gram": {"sft": np.array([0.123456, 0.5])}})
+    assert json.loads((tmp_path / ITEM_SCORES).read_text()) == {"n-gram": {"sft": [0.1235, 0.5]}}
     assert (tmp_path / "results.md").read_text() == "| table |\n"

@@ -1,11 +1,11 @@
-"""helpers.series: --set gives every notebook the same overrides, only for a named experiment."""
+"""helpers.tools.series: --set gives every notebook the same overrides, only for a named experiment."""
 from __future__ import annotations
 
 import sys
 
 import pytest
 
-from helpers import series
+from helpers.tools import series
 
 
 def test_overrides_need_an_experiment_name():

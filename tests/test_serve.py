@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from helpers.serve import make_server
+from helpers.tools.serve import make_server
 
 openai = pytest.importorskip("openai")
 
@@ -92,7 +92,8 @@ def test_unknown_model_is_a_400_unless_it_names_an_adapter(served):
 
 
 def test_a_port_in_use_is_one_line_and_exit_1(served, smoke_run, monkeypatch, capsys):
-    from helpers import humanizer, serve
+    from helpers.infer import humanizer
+    from helpers.tools import serve
 
     monkeypatch.setattr(humanizer.Humanizer, "load", classmethod(lambda cls, *a, **k: smoke_run[1]))
     assert serve.main(["--port", str(served[0][1])]) == 1

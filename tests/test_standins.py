@@ -7,11 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hub_cache import add_repo, folder_files
-from standins import (byte_tokenizer, llama_folder, parquet_dataset_files,
-                      roberta_classifier_folder)
+from helpers.evaluate.radar import RADAR_ID, RADAR_REVISION
 
-from helpers.detectors import RADAR_ID, RADAR_REVISION
+from hub_cache import add_repo, folder_files
+from standins import byte_tokenizer, llama_folder, parquet_dataset_files, roberta_classifier_folder
 
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
               "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -52,7 +51,8 @@ def test_radar_loads_from_the_hub_cache_and_scores_p_ai_at_label_0(hub, tmp_path
     """RADAR's model card and RAID's code read P(AI) as softmax(logits)[:, 0]; its config.json
     names no labels. The score must be that column, for each text in the order given."""
     import torch
-    from helpers.detectors import Radar
+
+    from helpers.evaluate.radar import Radar
 
     add_repo(hub, RADAR_ID, folder_files(roberta_classifier_folder(tmp_path / "radar")),
              ref=RADAR_REVISION)
@@ -84,8 +84,9 @@ def test_binoculars_pair_loads_from_the_hub_cache_and_scores_by_the_formula(hub,
     log PPL_q = -(1/n) Σ_t log q(x_t | x_<t);  X-PPL = -(1/n) Σ_t Σ_v p(v | x_<t) log q(v | x_<t);
     B = log PPL / X-PPL, and the detector's raw score is -B (higher = more AI-like)."""
     import mlx.core as mx
-    from helpers.config import get_config
-    from helpers.detectors import load_binoculars
+
+    from helpers.core.config import get_config
+    from helpers.evaluate.zero_shot import load_binoculars
 
     observer_id, performer_id = get_config("workshop").binoculars_models
     llama_repo(hub, tmp_path, observer_id, TINY_LLAMA, seed=1)
@@ -104,9 +105,9 @@ def test_binoculars_pair_loads_from_the_hub_cache_and_scores_by_the_formula(hub,
 
 
 def test_binoculars_refuses_two_models_with_different_tokenizers(hub, tmp_path):
-    from helpers.config import get_config
-    from helpers.detectors import load_binoculars
-    from helpers.models import ModelNotAvailable
+    from helpers.core.config import get_config
+    from helpers.core.models import ModelNotAvailable
+    from helpers.evaluate.zero_shot import load_binoculars
 
     observer_id, performer_id = get_config("workshop").binoculars_models
     llama_repo(hub, tmp_path, observer_id, TINY_LLAMA)
@@ -119,9 +120,10 @@ def test_binoculars_refuses_two_models_with_different_tokenizers(hub, tmp_path):
 def test_load_detectors_finds_every_hub_detector_in_the_cache(hub, tmp_path, runs):
     """The workshop preset's evaluation set-up with RADAR, its model (Fast-DetectGPT's scorer)
     and the Binoculars pair only in the hub cache: none of them is reported unavailable."""
-    from helpers.config import get_config
-    from helpers.detectors import load_detectors
     from test_detectors import FakeEmbedder, style_rows
+
+    from helpers.core.config import get_config
+    from helpers.evaluate.detectors import load_detectors
 
     cfg = get_config("workshop")
     add_repo(hub, RADAR_ID, folder_files(roberta_classifier_folder(tmp_path / "radar")),
@@ -163,7 +165,7 @@ def editlens_rows(split: str) -> list[dict]:
 
 @pytest.fixture
 def editlens(hub, tmp_path):
-    from helpers.data import EDITLENS_ID
+    from helpers.train.data import EDITLENS_ID
 
     splits = {s: editlens_rows(s) for s in ("train", "val", "test")}
     add_repo(hub, EDITLENS_ID, parquet_dataset_files(tmp_path / "editlens", splits), "dataset")
@@ -172,7 +174,7 @@ def editlens(hub, tmp_path):
 
 @pytest.mark.parametrize("split, hub_split", [("train", "train"), ("dev", "test")])
 def test_editlens_loads_offline_from_the_hub_cache_as_pairs(editlens, split, hub_split):
-    from helpers.data import load_editlens, paragraph_key
+    from helpers.train.data import load_editlens, paragraph_key
 
     rows = load_editlens(split)
     expected = [r for r in editlens[hub_split] if r["text_type"] != "human_written"]
@@ -184,7 +186,7 @@ def test_editlens_loads_offline_from_the_hub_cache_as_pairs(editlens, split, hub
 
 
 def test_editlens_reads_the_human_ai_column_variant(hub, tmp_path):
-    from helpers.data import EDITLENS_ID, load_editlens
+    from helpers.train.data import EDITLENS_ID, load_editlens
 
     rows = [{"id": "a", "human": "A person wrote this.", "ai": "An AI wrote this.",
              "domain": "essays", "model": "m"}]
@@ -195,8 +197,8 @@ def test_editlens_reads_the_human_ai_column_variant(hub, tmp_path):
 
 
 def test_editlens_offline_without_a_copy_fails_in_one_line(hub):
-    from helpers.data import load_editlens
-    from helpers.io import DataError
+    from helpers.core.io import DataError
+    from helpers.train.data import load_editlens
 
     with pytest.raises(DataError) as err:
         load_editlens("train")
@@ -225,8 +227,8 @@ PAPER_OVERRIDES = dict(min_words=3, n_val_paragraphs=1, n_eval=2, calib_texts=2,
 def paper(editlens, hub, tmp_path, runs):
     """get_config("paper") at toy sizes, with MiniCPM5-1B and EditLens in the hub cache and
     notebook 01's data prepared from EditLens."""
-    from helpers.config import get_config
-    from helpers.data import prepare, save_prepared
+    from helpers.core.config import get_config
+    from helpers.train.data import prepare, save_prepared
 
     cfg = get_config("paper", **PAPER_OVERRIDES)
     assert (cfg.model, cfg.data_source) == ("openbmb/MiniCPM5-1B", "editlens")
@@ -240,40 +242,49 @@ def test_paper_preset_quantizes_and_trains_minicpm5_offline(paper):
     sensitivity, save the mixed-precision model, put LoRA on every target linear of every block
     of it and take one SFT step: the loss is finite and every LoRA B moves off zero."""
     import mlx.core as mx
-    from helpers import lora, quant, train
-    from helpers.data import load_prepared
-    from helpers.models import base_model_spec, load_model, save_mlx_model
+
+    from helpers.core.models import base_model_spec, load_model, save_mlx_model
+    from helpers.quant.allocate import allocate
+    from helpers.quant.apply import clone_model, quantize_model
+    from helpers.quant.scan import sensitivity_scan
+    from helpers.quant.units import bits_per_weight
+    from helpers.train.adapters import ADAPTER_FILE
+    from helpers.train.base import load_base
+    from helpers.train.data import load_prepared
+    from helpers.train.lora import add_lora, lora_config, lora_layers
+    from helpers.train.sft import train_sft
 
     cfg = paper
     model, tokenizer, config = load_model(cfg.model, keep_quantized=False, return_config=True)
     assert len(model.layers) == 2 and not config["tie_word_embeddings"]
-    sens = quant.sensitivity_scan(cfg, model, tokenizer, progress=False)
+    sens = sensitivity_scan(cfg, model, tokenizer, progress=False)
     assert len(sens["units"]) == 2 * 7 + 2  # every block linear, the embedding, the lm_head
-    chosen = quant.allocate(sens, cfg.target_bpw, sens["candidate_bits"], cfg.protect)
-    assert quant.bits_per_weight(chosen, sens["units"], cfg.group_size) <= cfg.target_bpw
-    qmodel, qconfig = quant.quantize_model(quant.clone_model(model), config, chosen,
+    chosen = allocate(sens, cfg.target_bpw, sens["candidate_bits"], cfg.protect)
+    assert bits_per_weight(chosen, sens["units"], cfg.group_size) <= cfg.target_bpw
+    qmodel, qconfig = quantize_model(clone_model(model), config, chosen,
                                            cfg.group_size)
     save_mlx_model(qmodel, tokenizer, {**qconfig, "quantized_from": cfg.model},
                    cfg.path("quantized_model"))
     assert base_model_spec(cfg) == str(cfg.path("quantized_model"))
 
-    base, tokenizer = lora.load_base(cfg)
-    lora.add_lora(base, lora.lora_config(cfg, "sft"), seed=cfg.seed)
-    wrapped = {name for name, _ in lora.lora_layers(base)}
+    base, tokenizer = load_base(cfg)
+    add_lora(base, lora_config(cfg, "sft"), seed=cfg.seed)
+    wrapped = {name for name, _ in lora_layers(base)}
     assert wrapped == {f"model.layers.{i}.{t}" for i in range(2) for t in cfg.lora_targets}
-    log = train.train_sft(base, tokenizer, cfg, load_prepared(cfg))
+    log = train_sft(base, tokenizer, cfg, load_prepared(cfg))
     losses = [row["loss"] for row in log if row["split"] == "train"]
     assert len(losses) == 1 and np.isfinite(losses[0])
-    assert all(mx.abs(m.lora_b).max().item() > 0 for _, m in lora.lora_layers(base))
-    assert (cfg.path("adapters/sft") / lora.ADAPTER_FILE).exists()
+    assert all(mx.abs(m.lora_b).max().item() > 0 for _, m in lora_layers(base))
+    assert (cfg.path("adapters/sft") / ADAPTER_FILE).exists()
 
 
 def test_lora_targets_missing_from_the_architecture_are_an_error(paper):
-    from helpers import lora
-    from helpers.config import get_config
+    from helpers.core.config import get_config
+    from helpers.train.base import load_base
+    from helpers.train.lora import add_lora, lora_config
 
     cfg = get_config("paper", **PAPER_OVERRIDES,
                      lora_targets=("self_attn.q_proj", "self_attn.qkv_proj"))
-    model, _ = lora.load_base(cfg)
+    model, _ = load_base(cfg)
     with pytest.raises(ValueError, match=r"\['self_attn.qkv_proj'\] are not linears of block 0"):
-        lora.add_lora(model, lora.lora_config(cfg, "sft"))
+        add_lora(model, lora_config(cfg, "sft"))

@@ -12,8 +12,10 @@ import nbformat
 import pytest
 from conftest import make_tiny_model
 
-from helpers import generate, lora
-from helpers.config import get_config
+from helpers.core.config import get_config
+from helpers.infer.rewrite import Rewrite, rewrite, rewrite_eval_set
+from helpers.train.lora import add_lora, lora_config
+from helpers.train.stacked import add_dpo_adapter, stacked_layers
 
 TOUR = Path(__file__).resolve().parent.parent / "notebooks" / "00_tour.ipynb"
 
@@ -71,16 +73,16 @@ def test_base_zero_shot_of_the_evaluation_equals_the_tour_rewrite(tokenizer, tmp
     cfg = get_config("smoke", gen_max_tokens=8, lora_layers=-1)
     bare, _ = make_tiny_model(seed=0)
     stacked, _ = make_tiny_model(seed=0)
-    lora.add_lora(stacked, lora.lora_config(cfg), seed=0)
-    lora.add_dpo_adapter(stacked, lora.lora_config(cfg, "dpo"), seed=1)
-    for _, layer in lora.stacked_layers(stacked):  # trained-looking adapters: they change outputs
+    add_lora(stacked, lora_config(cfg), seed=0)
+    add_dpo_adapter(stacked, lora_config(cfg, "dpo"), seed=1)
+    for _, layer in stacked_layers(stacked):  # trained-looking adapters: they change outputs
         layer.lora_b = 0.5 * mx.random.normal(layer.lora_b.shape)
         layer.dpo_b = 0.5 * mx.random.normal(layer.dpo_b.shape)
     rows = [{"id": str(i), "domain": "test", "ai": draft, "human": "-"} for i, draft in
             enumerate(["The mill closed in 1931.", "A second draft, about the river and the town."])]
-    records = generate.rewrite_eval_set(cfg, stacked, tokenizer, rows, systems=("base", "sft+dpo"),
+    records = rewrite_eval_set(cfg, stacked, tokenizer, rows, systems=("base", "sft+dpo"),
                                         out_path=tmp_path / "rewrites.jsonl")
-    tour = generate.rewrite(bare, tokenizer, [r["ai"] for r in rows], cfg, progress=False)
+    tour = rewrite(bare, tokenizer, [r["ai"] for r in rows], cfg, progress=False)
     assert [r["outputs"]["base"] for r in records] == tour
     assert [r["outputs"]["sft+dpo"] for r in records] != tour  # the switch matters: not vacuous
 
@@ -90,27 +92,27 @@ def test_eval_set_rewrites_are_read_back_only_for_the_same_key(tokenizer, tmp_pa
     other drafts generate again."""
     cfg = get_config("smoke", lora_layers=-1)
     stacked, _ = make_tiny_model(seed=0)
-    lora.add_lora(stacked, lora.lora_config(cfg), seed=0)
-    lora.add_dpo_adapter(stacked, lora.lora_config(cfg, "dpo"), seed=1)
+    add_lora(stacked, lora_config(cfg), seed=0)
+    add_dpo_adapter(stacked, lora_config(cfg, "dpo"), seed=1)
     generated = []
 
     def fake_rewrite(model, tok, drafts, cfg, desc=""):
         generated.append(desc)
-        return [generate.Rewrite(f"{desc} {cfg.temperature} {d}", 3, desc == "sft")
+        return [Rewrite(f"{desc} {cfg.temperature} {d}", 3, desc == "sft")
                 for d in drafts]
 
-    monkeypatch.setattr(generate, "rewrite_detailed", fake_rewrite)
+    monkeypatch.setattr("helpers.infer.rewrite.rewrite_detailed", fake_rewrite)
     rows = [{"id": "a", "domain": "d", "ai": "One draft.", "human": "-"}]
     out = tmp_path / "rewrites.jsonl"
-    first = generate.rewrite_eval_set(cfg, stacked, tokenizer, rows, ("base", "sft"), out)
+    first = rewrite_eval_set(cfg, stacked, tokenizer, rows, ("base", "sft"), out)
     assert first[0]["hit_cap"] == {"base": False, "sft": True}  # recorded per system
-    assert generate.rewrite_eval_set(cfg, stacked, tokenizer, rows, ("base", "sft"), out) == first
+    assert rewrite_eval_set(cfg, stacked, tokenizer, rows, ("base", "sft"), out) == first
     assert generated == ["base", "sft"]
     hotter = get_config("smoke", lora_layers=-1, temperature=0.5)
-    assert generate.rewrite_eval_set(hotter, stacked, tokenizer, rows, ("base", "sft"), out) != first
-    layer = lora.stacked_layers(stacked)[0][1]
+    assert rewrite_eval_set(hotter, stacked, tokenizer, rows, ("base", "sft"), out) != first
+    layer = stacked_layers(stacked)[0][1]
     layer.dpo_b = layer.dpo_b + 1.0
-    generate.rewrite_eval_set(hotter, stacked, tokenizer, rows, ("base", "sft"), out)
-    generate.rewrite_eval_set(hotter, stacked, tokenizer, rows[:0] + [rows[0] | {"ai": "Two."}],
+    rewrite_eval_set(hotter, stacked, tokenizer, rows, ("base", "sft"), out)
+    rewrite_eval_set(hotter, stacked, tokenizer, rows[:0] + [rows[0] | {"ai": "Two."}],
                               ("base", "sft"), out)
     assert generated == ["base", "sft"] * 4

@@ -1,0 +1,98 @@
+"""MiniLM sentence embeddings, and the detector trained on them (+ logistic
+regression).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from helpers.core.io import atomic_write_bytes, atomic_write_json, read_json
+from helpers.evaluate.hub import locate
+from helpers.evaluate.platt import _fingerprint, _sigmoid, calibration_pairs, fit_platt
+from helpers.evaluate.trained_detectors import choose_c, detector_rows, training_texts
+
+
+class Embedder:
+    """Unit-length MiniLM sentence embeddings; each distinct text is encoded once."""
+
+    def __init__(self, spec: str = "sentence-transformers/all-MiniLM-L6-v2", batch_size: int = 32):
+        from sentence_transformers import SentenceTransformer
+        self.spec, self.batch_size = spec, batch_size
+        self.model = SentenceTransformer(locate(spec), device="cpu")
+        self.cache: dict[str, np.ndarray] = {}
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if missing:
+            vectors = self.model.encode(missing, batch_size=self.batch_size,
+                                        normalize_embeddings=True, convert_to_numpy=True)
+            self.cache.update(zip(missing, vectors.astype(np.float32)))
+        dim = self.model.get_embedding_dimension()
+        return np.stack([self.cache[t] for t in texts]) if texts else np.zeros((0, dim))
+
+
+class EmbeddingDetector:
+    """Logistic regression on MiniLM embeddings, then Platt-calibrated on held-out pairs."""
+    name = "MiniLM+LR"
+
+    def __init__(self, embedder: Embedder, weight: np.ndarray, bias: float, platt, meta=None):
+        self.embedder, self.weight, self.bias = embedder, weight, float(bias)
+        self.platt, self.meta = tuple(platt), meta or {}
+
+    def decision(self, texts: list[str]) -> np.ndarray:
+        return self.embedder(texts) @ self.weight + self.bias
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        return _sigmoid(self.platt[0] * self.decision(texts) + self.platt[1])
+
+    @classmethod
+    def train(cls, embedder, texts, labels, calib_texts, calib_labels, seed: int = 0,
+              groups=None):
+        """`groups`: one paragraph key per text (default: texts come as [all human, then all AI]
+        of the same rows, so a row's two texts share a group)."""
+        from sklearn.linear_model import LogisticRegression
+        x, labels = embedder(texts), np.asarray(labels)
+        groups = np.arange(len(texts)) % (len(texts) // 2) if groups is None else groups
+        best_c = choose_c(x, labels, groups)
+        lr = LogisticRegression(C=best_c, max_iter=2000).fit(x, labels)
+        detector = cls(embedder, lr.coef_[0].astype(np.float32), lr.intercept_[0], (1.0, 0.0))
+        detector.platt = fit_platt(detector.decision(calib_texts), calib_labels)
+        detector.meta = {"C": best_c, "n_train": len(texts), "n_calib": len(calib_texts)}
+        return detector
+
+    def save(self, folder: Path, fingerprint: str) -> None:
+        from safetensors.numpy import save
+        atomic_write_bytes(folder / "minilm_lr.safetensors",
+                           save({"weight": self.weight, "bias": np.array([self.bias], np.float32)}))
+        atomic_write_json(folder / "minilm_lr.json", {**self.meta, "embedder": self.embedder.spec,
+                                                      "platt": list(self.platt),
+                                                      "fingerprint": fingerprint})
+
+    @classmethod
+    def load(cls, folder: Path, embedder: Embedder, fingerprint: str):
+        """The saved detector, or None when there is none or it was trained on other data."""
+        from safetensors.numpy import load_file
+        meta_path = folder / "minilm_lr.json"
+        if not meta_path.exists() or read_json(meta_path).get("fingerprint") != fingerprint:
+            return None
+        meta = read_json(meta_path)
+        tensors = load_file(str(folder / "minilm_lr.safetensors"))
+        return cls(embedder, tensors["weight"], tensors["bias"][0], meta["platt"], meta)
+
+
+def trained_detector(cfg, embedder: Embedder, data: dict) -> EmbeddingDetector:
+    """Train on `cfg.detector_train_pairs` training pairs (human vs AI; data['detector']: chosen
+    before the SFT data filter), calibrate on validation pairs; reuse
+    runs/<preset>/detectors/minilm_lr.* when trained on the same data."""
+    train = detector_rows(cfg, data)
+    texts, labels, groups = training_texts(train)
+    calib_texts, calib_labels = calibration_pairs(data["val"], len(data["val"]))
+    fingerprint = _fingerprint(embedder.spec, cfg.seed, texts, calib_texts)
+    folder = cfg.path("detectors")
+    detector = EmbeddingDetector.load(folder, embedder, fingerprint)
+    if detector is None:
+        detector = EmbeddingDetector.train(embedder, texts, labels.tolist(), calib_texts,
+                                           calib_labels, seed=cfg.seed, groups=groups)
+        detector.save(folder, fingerprint)
+    return detector

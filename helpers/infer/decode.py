@@ -1,0 +1,202 @@
+"""Decoding many drafts together with mlx-lm's BatchGenerator (on a CPU a batch of 32
+costs little more per step than one sequence): nucleus sampling, repetition
+processors, a length-aware token cap, the shared prompt prefix computed once.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import make_prompt_cache
+
+from helpers.core.prompt import chat_messages
+from helpers.train.merge import fused_view
+
+
+def make_nucleus_sampler(temperature: float, top_p: float, top_k: int = 64):
+    """Nucleus (top-p) sampling, as mlx-lm's make_sampler(temp, top_p) does it, but over the top_k
+    most likely tokens: a partial sort of the 49k-token vocabulary instead of a full one (on a CPU
+    the full sort costs more than the model's decode step). The distribution is the same whenever
+    the nucleus has at most top_k tokens; otherwise the tail beyond top_k is dropped."""
+    if temperature == 0:
+        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+
+    def sample(logprobs: mx.array) -> mx.array:
+        k = min(top_k, logprobs.shape[-1])
+        candidates = mx.argpartition(-logprobs, k - 1, axis=-1)[..., :k]
+        top = mx.take_along_axis(logprobs, candidates, axis=-1)
+        order = mx.argsort(-top, axis=-1)
+        top = mx.take_along_axis(top, order, axis=-1)
+        candidates = mx.take_along_axis(candidates, order, axis=-1)
+        probs = mx.exp(top)
+        mass_before = mx.cumsum(probs, axis=-1) - probs  # keep tokens until the mass reaches top_p
+        top = mx.where(mass_before < top_p, top, -mx.inf)  # logprobs are normalized
+        choice = mx.random.categorical(top * (1.0 / temperature), axis=-1)
+        return mx.take_along_axis(candidates, choice[..., None], axis=-1).squeeze(-1)
+
+    return sample
+
+
+def repetition_processors(cfg) -> list:
+    """mlx-lm's repetition penalty over the answer's last tokens: small models fall into loops
+    ("his voice, his voice, ...") that sampling alone does not break."""
+    from mlx_lm.sample_utils import make_logits_processors
+
+    if cfg.repetition_penalty == 1.0:
+        return []
+    return make_logits_processors(repetition_penalty=cfg.repetition_penalty,
+                                  repetition_context_size=cfg.repetition_context)
+
+
+def no_repeat_ngram(n: int, exempt: mx.array | None = None):
+    """A logits processor for one sequence that never lets its answer repeat an n-gram of tokens
+    (fairseq's and transformers' `no_repeat_ngram_size`): with the answer a_1..a_t, every token x
+    such that (a_{t-n+2}, ..., a_t, x) already occurs in the answer gets logit -inf. Only the
+    answer counts, so copying a name or a clause from the draft stays allowed; a loop ("... which
+    is a high-energy dance sport that combines ...") cannot start its second turn. Tokens where
+    `exempt` (a boolean per vocabulary entry) is true are never banned: digits, because this
+    tokenizer writes numbers one digit a token, and banning a repeated "0 0 0" turns "1,000,000"
+    into an invented number.
+
+    The processor keeps its own count of decode steps: at step k the context ends with the k
+    answer tokens written so far, however the prompt before them was cached. The ban is computed
+    with MLX array operations, so decoding stays asynchronous (no .item() per step)."""
+    steps = 0
+
+    def processor(context: mx.array, logits: mx.array) -> mx.array:
+        nonlocal steps
+        answer, steps = context[len(context) - steps:] if steps else context[:0], steps + 1
+        t = answer.shape[0]
+        if t < n:
+            return logits
+        # windows j = 0..t-n: does answer[j : j+n-1] equal the last n-1 tokens?
+        same = mx.ones((t - n + 1,), dtype=mx.bool_)
+        for i in range(n - 1):
+            same = same & (answer[i:t - n + 1 + i] == answer[t - n + 1 + i])
+        hits = mx.zeros((logits.shape[-1],), dtype=mx.float32).at[answer[n - 1:]].add(
+            same.astype(mx.float32))
+        banned = hits > 0
+        if exempt is not None:  # a model may have more logits than the tokenizer has entries
+            banned = banned & ~mx.pad(exempt, (0, max(0, hits.shape[0] - exempt.shape[0])))
+        return mx.where(banned, -mx.inf, logits)
+
+    return processor
+
+
+def digit_tokens(tokenizer) -> mx.array:
+    """True for every vocabulary entry that is digits alone (after the tokenizer's space mark)."""
+    vocab = tokenizer.vocab
+    key = id(tokenizer)
+    if key not in _DIGITS:
+        flags = [False] * (max(vocab.values()) + 1)
+        for piece, i in vocab.items():
+            digits = piece.lstrip("Ġ▁ ")
+            flags[i] = bool(digits) and all(c in "0123456789" for c in digits)
+        _DIGITS[key] = mx.array(flags)
+    return _DIGITS[key]
+
+
+def logits_processors(cfg, tokenizer=None) -> list:
+    """One sequence's processors: the repetition penalty, then the n-gram block (a fresh one per
+    sequence: it counts that sequence's steps; digits exempt when the tokenizer is given)."""
+    if cfg.no_repeat_ngram <= 0:
+        return repetition_processors(cfg)
+    exempt = digit_tokens(tokenizer) if tokenizer is not None else None
+    return repetition_processors(cfg) + [no_repeat_ngram(cfg.no_repeat_ngram, exempt)]
+
+
+def prompt_tokens(tokenizer, draft: str, system: str) -> list[int]:
+    """The same chat prefix the adapters were trained on (up to the assistant's turn)."""
+    return tokenizer.apply_chat_template(chat_messages(draft, system), add_generation_prompt=True,
+                                         return_dict=False)
+
+
+def max_new_tokens(tokenizer, draft: str, cfg) -> int:
+    n_source = len(tokenizer.encode(draft, add_special_tokens=False))
+    return min(cfg.gen_max_tokens, max(16, math.ceil(cfg.max_len_ratio * n_source)))
+
+MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth a separate prefill
+
+
+def shared_prefix(prompts: list[list[int]]) -> list[int]:
+    """The tokens every prompt starts with (the chat template and system prompt), less what
+    would leave a prompt with no token of its own to prefill."""
+    if len(prompts) < 2:
+        return []
+    return os.path.commonprefix(prompts)[:min(map(len, prompts)) - 1]
+
+
+def prefix_cache(model, prefix: list[int]) -> list:
+    """The KV cache of `prefix`, computed once: BatchGenerator copies it into each prompt's
+    row (its merge only reads it), so the shared tokens are not prefilled again per prompt."""
+    cache = make_prompt_cache(model)
+    model(mx.array([prefix]), cache=cache)
+    mx.eval([c.state for c in cache])
+    return cache
+
+
+def decode_steps(model, tokenizer, prompts: list[list[int]], budgets: list[int], cfg,
+                 seed: int | None = None):
+    """Decode the prompts together, step by step: yields (index, token, finish_reason) as mlx-lm's
+    BatchGenerator makes them (token None for the EOS step; finish_reason "stop", "length" or
+    None). Both batch rewriting and streaming go through here, so they decode alike."""
+    model.eval()
+    with fused_view(model):
+        # seeded after fusing: building the fused linears draws random numbers, and the samples
+        # must not depend on whether the model carries (switched-off) adapters
+        mx.random.seed(cfg.seed if seed is None else seed)
+        generator = BatchGenerator(
+            model, stop_tokens=[[t] for t in tokenizer.eos_token_ids],
+            sampler=make_nucleus_sampler(cfg.temperature, cfg.top_p),
+            completion_batch_size=cfg.gen_batch_size,
+            prefill_batch_size=min(8, cfg.gen_batch_size))
+        # longest first: prefill batches pad less, and the last, shrinking batches hold the
+        # short rewrites, not the long ones
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        prefix = shared_prefix(prompts)
+        prefix = prefix if len(prefix) >= MIN_SHARED_PREFIX else []
+        shared = {"caches": [prefix_cache(model, prefix)] * len(prompts),
+                  # the tokens the cache holds: the repetition penalty sees the same context
+                  "all_tokens": [list(prefix) for _ in prompts]} if prefix else {}
+        try:
+            uids = generator.insert([prompts[i][len(prefix):] for i in order],
+                                    [budgets[i] for i in order],
+                                    logits_processors=[logits_processors(cfg, tokenizer)
+                                                       for _ in order],
+                                    **shared)
+            index = {uid: i for uid, i in zip(uids, order)}
+            while responses := generator.next_generated():
+                for r in responses:
+                    yield index[r.uid], None if r.finish_reason == "stop" else r.token, \
+                        r.finish_reason
+        finally:
+            generator.close()
+
+
+def generate_tokens(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
+                    seed: int | None = None, desc: str = "rewriting",
+                    finish_reasons: list | None = None) -> list[list[int]]:
+    """The answer tokens for every draft (EOS excluded), batched and sampled, in input order.
+    Pass a list as `finish_reasons` to get each draft's ("stop" or "length": the token cap)."""
+    from tqdm.auto import tqdm
+
+    if not drafts:
+        return []
+    prompts = [prompt_tokens(tokenizer, d, cfg.system_prompt) for d in drafts]
+    budgets = [max_new_tokens(tokenizer, d, cfg) for d in drafts]
+    tokens, reasons = [[] for _ in drafts], [None] * len(drafts)
+    with tqdm(total=len(drafts), disable=not progress, desc=desc) as bar:
+        for i, token, reason in decode_steps(model, tokenizer, prompts, budgets, cfg, seed):
+            if token is not None:
+                tokens[i].append(token)
+            if reason is not None:
+                reasons[i] = reason
+                bar.update(1)
+    if finish_reasons is not None:
+        finish_reasons[:] = reasons
+    return tokens
+
+
+_DIGITS: dict[int, mx.array] = {}

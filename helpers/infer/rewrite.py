@@ -1,0 +1,156 @@
+"""Rewrite drafts with one of the four systems: decode, clean, and (the fact switch)
+resample and repair rewrites that lost the draft's facts. The command line for
+files is `python -m helpers.tools.rewrite_files`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from helpers.core.io import atomic_write_json, atomic_write_jsonl
+from helpers.infer.clean import clean_output, cut_loop
+from helpers.infer.decode import generate_tokens
+from helpers.infer.fact_repair import repair_facts, sentence_candidates
+from helpers.infer.systems import use_system
+
+
+@dataclasses.dataclass
+class Rewrite:
+    text: str
+    n_tokens: int  # answer tokens generated
+    hit_cap: bool  # stopped by the token cap, not by the model: the text may be cut short
+
+
+def rewrite_detailed(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
+                     clean: bool = True, seed: int | None = None,
+                     desc: str = "rewriting", plain: list[Rewrite] | None = None) -> list[Rewrite]:
+    """Rewrite every draft (batched, sampled, length-capped), in input order; with
+    cfg.fact_check_samples > 0 a rewrite that lost facts is resampled (verify_and_resample, unless
+    cfg.fact_resample is off), then, with cfg.fact_repair, what is still lost is put back sentence
+    by sentence (fact_repair). `plain`: these drafts' rewrites with the switch off, when the caller
+    already decoded them with the same model and settings; the switch starts from them."""
+    def decode(texts, run_cfg, run_seed, label):
+        reasons = []
+        tokens = generate_tokens(model, tokenizer, texts, run_cfg, progress, run_seed, label,
+                                 finish_reasons=reasons)
+        texts = [clean_output(tokenizer.decode(t)) if clean else tokenizer.decode(t)
+                 for t in tokens]
+        texts = [cut_loop(t) for t in texts] if run_cfg.cut_loops else texts
+        return [Rewrite(text, len(t), r == "length") for text, t, r in zip(texts, tokens, reasons)]
+
+    if plain is not None and len(plain) != len(drafts):
+        raise ValueError(f"rewrite_detailed: {len(plain)} plain rewrites for {len(drafts)} drafts")
+    first = decode(drafts, cfg, seed, desc) if plain is None else list(plain)
+    if cfg.fact_check_samples <= 0:
+        return first
+    n, base_seed = cfg.fact_check_samples, cfg.seed if seed is None else seed
+    sampling = dataclasses.replace(cfg, temperature=cfg.fact_check_temperature)
+    chosen = verify_and_resample(drafts, first, n, lambda texts: decode(
+        texts, sampling, base_seed + 1, "fact check")) if cfg.fact_resample else first
+    if not cfg.fact_repair:
+        return chosen
+
+    def rewrite_sentences(texts):  # the first candidate decodes as cfg does, n more are sampled
+        return sentence_candidates(
+            texts, n, lambda t: [r.text for r in decode(t, cfg, base_seed + 2, "fact repair")],
+            lambda t: [r.text for r in decode(t, sampling, base_seed + 3, "fact repair")])
+
+    repaired = repair_facts(drafts, [r.text for r in chosen], rewrite_sentences)
+    return [dataclasses.replace(r, text=t) for r, t in zip(chosen, repaired)]
+
+
+def verify_and_resample(drafts: list[str], first: list[Rewrite], n: int, sample) -> list[Rewrite]:
+    """For each rewrite that lost some of its draft's facts, n more candidates from
+    `sample(texts) -> rewrites` (all drafts at once, each repeated n times); keep the candidate
+    that keeps the most facts (metrics.best_by_facts: ties go to the first, the plain rewrite)."""
+    from helpers.evaluate.meaning import best_by_facts
+    from helpers.evaluate.text_measures import fact_preservation
+
+    lossy = [i for i, (d, r) in enumerate(zip(drafts, first))
+             if fact_preservation(d, r.text) < 1.0]  # NaN (no facts) compares False: kept
+    if not lossy:
+        return first
+    extra = sample([drafts[i] for i in lossy for _ in range(n)])
+    chosen = list(first)
+    for k, i in enumerate(lossy):
+        candidates = [first[i]] + extra[k * n:(k + 1) * n]
+        chosen[i] = candidates[best_by_facts(drafts[i], [c.text for c in candidates])]
+    return chosen
+
+
+def rewrite(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
+            clean: bool = True, seed: int | None = None, desc: str = "rewriting") -> list[str]:
+    """Rewrite every draft (batched, sampled, length-capped); returns texts in input order."""
+    return [r.text for r in rewrite_detailed(model, tokenizer, drafts, cfg, progress, clean, seed,
+                                             desc)]
+
+
+# every Config field that changes what `rewrite` writes for a given model and draft
+DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty",
+                   "repetition_context", "no_repeat_ngram", "cut_loops", "max_len_ratio",
+                   "gen_max_tokens", "gen_batch_size",
+                   "seed", "fact_check_samples", "fact_check_temperature", "fact_resample",
+                   "fact_repair", "compute_dtype")
+
+
+def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "sft", "sft+dpo"),
+                     out_path: Path | None = None) -> list[dict]:
+    """The contract notebook 07 reads: one row per eval draft with every system's rewrite
+    (`outputs`) and whether it stopped at the token cap (`hit_cap`, by system), written
+    atomically to runs/<preset>/rewrites.jsonl. Its key (base, adapters in memory,
+    drafts, systems, decoding fields) goes beside it; a call with the same key reads the file
+    back instead of generating again, so rerunning the cell is instant and any change reruns."""
+    from helpers.core.io import iter_jsonl, read_json
+    from helpers.train.adapters import adapter_digest
+    from helpers.train.base import base_fingerprint
+    from helpers.train.trainer import ids_digest
+
+    out_path = Path(out_path or cfg.path("rewrites.jsonl"))
+    key_path = out_path.with_name(out_path.name + ".key.json")
+    key = {"base": base_fingerprint(cfg), "adapters": adapter_digest(model),
+           "drafts": ids_digest([f"{r['id']}\t{r['ai']}" for r in rows]), "systems": list(systems),
+           "decoding": {f: getattr(cfg, f) for f in DECODING_FIELDS},
+           "fields": ["outputs", "hit_cap"]}  # a file from before hit_cap was recorded: rewrite
+    key = json.loads(json.dumps(key))  # tuples as lists, as read back
+    if out_path.exists() and key_path.exists() and read_json(key_path) == key:
+        print(f"{out_path} was written for these adapters, drafts and decoding: read back")
+        return [row for _, row in iter_jsonl(out_path, strict=True)]
+    outputs = {}
+    for which in systems:
+        use_system(model, which)
+        outputs[which] = rewrite_detailed(model, tokenizer, [r["ai"] for r in rows], cfg,
+                                          desc=which)
+    records = [{"id": r["id"], "domain": r["domain"], "source": r["ai"], "human": r["human"],
+                "outputs": {which: outputs[which][i].text for which in systems},
+                "hit_cap": {which: outputs[which][i].hit_cap for which in systems}}
+               for i, r in enumerate(rows)]
+    key_path.unlink(missing_ok=True)  # a crash between the two writes leaves no stale key
+    atomic_write_jsonl(out_path, records)
+    atomic_write_json(key_path, key)
+    return records
+
+
+def on_policy_samples(cfg, model, tokenizer, drafts: list[str]) -> list[str]:
+    """The SFT model's own rewrites of `drafts`, sampled at cfg.on_policy_temperature: DPO's
+    on-policy rejected texts. Cached in
+    runs/<preset>/dpo_on_policy.json for this SFT adapter and these sampling settings."""
+    from helpers.train.trainer import adapter_fingerprint, ids_digest
+
+    # plain sampling, no repetition penalty: the rejected texts should show the SFT model's own
+    # failure modes (loops included), so that DPO learns to move away from them
+    cfg = dataclasses.replace(cfg, temperature=cfg.on_policy_temperature, repetition_penalty=1.0)
+    key = {"sft": adapter_fingerprint(cfg), "drafts": ids_digest(drafts),
+           "sampling": [cfg.temperature, cfg.top_p, cfg.max_len_ratio, cfg.gen_max_tokens, cfg.seed]}
+    cache = cfg.path("dpo_on_policy.json")
+    if cache.exists():
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if cached.get("key") == key:
+            return cached["samples"]
+    use_system(model, "sft")
+    try:
+        samples = rewrite(model, tokenizer, drafts, cfg, desc="on-policy samples")
+    finally:
+        use_system(model, "sft+dpo")
+    atomic_write_json(cache, {"key": key, "samples": samples})
+    return samples
