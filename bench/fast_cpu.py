@@ -62,7 +62,7 @@ def main() -> None:
 
     add_lora(model, lora_config(cfg))
     lengths = mx.array([[args.tokens // 2, args.tokens]] * args.train_batch)
-    step = {}  # one compiled training step per kernel set, as helpers/train.py compiles it
+    step = {}  # one compiled training step per kernel set, as helpers/train/trainer.py compiles it
 
     def train_step(name):
         if name not in step:

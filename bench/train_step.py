@@ -3,7 +3,7 @@
     python bench/train_step.py [--preset workshop] [--batches 3] [--repeats 3]
 
 The first batches notebook 04 trains on (the preset's data, batch size and order), each through
-the compiled LoRA step as helpers/train.py builds it: once with the vocabulary projection and the
+the compiled LoRA step as helpers/train/losses.py builds it: once with the vocabulary projection and the
 cross-entropy over every position (start 0), once from the training set's first answer position
 (train.first_answer_position), which is what train_sft uses. Measured in turns in one process
 (rotated, medians after a warm-up round that also compiles); the losses must agree. Ratio > 1:

@@ -42,8 +42,9 @@ def test_notebooks_00_and_01_run_from_a_hub_cache_alone(hub_home, tmp_path):
 LOAD_EVERY_MODEL = """
 import json
 from helpers.core.config import get_config
-from helpers.detectors import Embedder, locate
-from helpers.models import load_model
+from helpers.core.models import load_model
+from helpers.evaluate.embedding import Embedder
+from helpers.evaluate.hub import locate
 loaded = {}
 for preset in ("smoke", "workshop"):
     cfg = get_config(preset)
@@ -70,7 +71,7 @@ def test_every_model_the_smoke_and_workshop_presets_need_loads_from_the_hub_cach
 def test_without_the_model_anywhere_the_error_says_how_to_get_it(tmp_path):
     clone = fresh_clone(tmp_path / "clone")
     env = learner_env(clone, HF_HOME=str(tmp_path / "empty-hf-home"))
-    done = run_in(clone, env, "-c", "from helpers.models import load_model; "
+    done = run_in(clone, env, "-c", "from helpers.core.models import load_model; "
                   f"load_model({WORKSHOP_MODEL!r})")
     assert done.returncode != 0
     assert f"hf download {WORKSHOP_MODEL}" in done.stdout.splitlines()[-1]

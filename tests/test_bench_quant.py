@@ -3,6 +3,8 @@ import importlib.util
 
 import pandas as pd
 
+from helpers.quant.allocate import GPTQ_AWARE
+
 from helpers.core.config import REPO_ROOT
 
 spec = importlib.util.spec_from_file_location("bench_quant", REPO_ROOT / "bench" / "quant.py")
@@ -57,8 +59,8 @@ def test_the_readme_table_is_written_from_the_saved_result(tmp_path):
 
 def test_each_of_our_methods_is_judged_against_the_same_uniform_texts():
     table = pd.concat([rows(4.5, [0.4] * 4, [0.15] * 4, [0.1] * 4), pd.DataFrame(
-        [{"target": 4.5, "method": bench.quant.GPTQ_AWARE, "kl_per_text": [0.25] * 4}])])
-    aware = bench.verdict_line(table, 4.5, bench.quant.GPTQ_AWARE)
+        [{"target": 4.5, "method": GPTQ_AWARE, "kl_per_text": [0.25] * 4}])])
+    aware = bench.verdict_line(table, 4.5, GPTQ_AWARE)
     assert aware.startswith("4.5 bpw: GPTQ-aware knapsack + GPTQ is 1.60 [1.60, 1.60]x lower than "
                             "uniform") and aware.endswith("target >= 2.0x vs uniform: not met")
     assert bench.verdict_line(table, 4.5).endswith("target >= 2.0x vs uniform: met")

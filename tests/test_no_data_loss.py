@@ -329,7 +329,8 @@ KILLED_EXPORT = """
 import sys
 sys.path[:0] = [{repo!r}]
 from pathlib import Path
-from helpers import config, export
+from helpers.core import config
+from helpers.tools import export
 config.RUNS_ROOT = Path({runs!r})
 sys.exit(export.main(sys.argv[1:]))
 """
@@ -372,7 +373,7 @@ def tiny_series(folder: Path, fail: bool = False) -> Path:
     import nbformat
 
     folder.mkdir(exist_ok=True)
-    source = ("from helpers.models import ModelNotAvailable\nraise ModelNotAvailable("
+    source = ("from helpers.core.models import ModelNotAvailable\nraise ModelNotAvailable("
               "\"Cannot load 'some/model': offline and no copy; set HUMANIZER_ASSETS\")"
               if fail else "x = 1")
     parameters = nbformat.v4.new_code_cell('PRESET, EXPERIMENT, OVERRIDES = "smoke", "", {}')

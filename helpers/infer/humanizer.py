@@ -6,7 +6,7 @@
     for piece in h.stream("A draft to rewrite."):
         print(piece, end="")
 
-One model carries both adapters (helpers/lora.py's stacked layers), so switching adapter flips
+One model carries both adapters (helpers/train/stacked.py's layers), so switching adapter flips
 two switches and reloads nothing. Prompts, decoding and cleaning are those of notebooks 06-07:
 the training system prompt unless a call brings its own, cfg's decoding, `clean_output`. The
 command line (helpers.tools.rewrite_files), the server (helpers.tools.serve) and the export use this object.

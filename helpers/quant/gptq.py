@@ -29,7 +29,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-SCALE_DTYPE = mx.float16  # as helpers.quant stores scales and biases
+SCALE_DTYPE = mx.float16  # as helpers/quant/units.py stores scales and biases
 
 
 def inverse_hessian_factor(hessian: np.ndarray, damp: float = 0.01) -> np.ndarray:
