@@ -29,7 +29,8 @@ RESERVED_NAMES = {"adapters", "checkpoints", "data", "detectors", "experiments",
 
 
 @dataclass
-class Config:
+class ModelSettings:
+    """The run and the models every notebook loads (00-07)."""
     preset: str = DEFAULT_PRESET
     experiment: str = ""  # a name: this run's artifacts go to runs/<preset>/<experiment>/
     seed: int = 0
@@ -38,8 +39,20 @@ class Config:
     model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     embedder: str = "sentence-transformers/all-MiniLM-L6-v2"
     compute_dtype: str = "float32"  # bf16 matmul is slow on CPU; fp32 everywhere but Metal
+    # compute with dequantize(W_q) in fp32: same numbers, faster on CPU (notebook 04 measures it);
+    # read wherever the quantized base is loaded (00, 04-06)
+    fake_quant: bool = True
+    # the instruction every stage gives the model: SFT/DPO rows, rewrites, the tour
+    system_prompt: str = (
+        "You rewrite text so it reads like it was written by a person: plain, specific, varied. "
+        "Keep every fact, number and name. Answer with the rewritten text only."
+    )
 
-    # data: "l2r" (local JSONL from HUMANIZER_ASSETS), "editlens" (hub), or a path to a JSONL file
+
+@dataclass
+class DataSettings:
+    """Pairs, cleaning and splits (notebook 01)."""
+    # "l2r" (local JSONL from HUMANIZER_ASSETS), "editlens" (hub), or a path to a JSONL file
     data_source: str = "l2r"
     drop_low_overlap: bool = True
     min_words: int = 40
@@ -48,12 +61,11 @@ class Config:
     min_train_facts: float = 0.0  # SFT/DPO keep pairs whose human text keeps this share of facts
     n_val_paragraphs: int = 40  # held out of the training file for validation loss
     n_eval: int = 200  # held-out drafts from the dev file, for evaluation only
-    system_prompt: str = (
-        "You rewrite text so it reads like it was written by a person: plain, specific, varied. "
-        "Keep every fact, number and name. Answer with the rewritten text only."
-    )
 
-    # quantization
+
+@dataclass
+class QuantSettings:
+    """Sensitivity scan and mixed-precision quantization (notebooks 02, 03)."""
     calib_texts: int = 16
     calib_max_tokens: int = 256
     candidate_bits: tuple = (4, 8)
@@ -72,13 +84,21 @@ class Config:
     gptq_calib_tokens: int = 128  # tokens per row for those Hessians
     gptq_damp: float = 0.01  # GPTQ damping, as a share of the Hessian's mean diagonal
 
-    # SFT LoRA
+
+@dataclass
+class LoraSettings:
+    """The LoRA shape both adapters share (notebooks 04, 05; 06 loads them)."""
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_layers: int = -1  # -1 = all blocks
     lora_targets: tuple = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                            "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+@dataclass
+class SFTSettings:
+    """Supervised fine-tuning of the SFT adapter (notebook 04)."""
     sft_steps: int = 300
     sft_lr: float = 2e-4
     batch_size: int = 4
@@ -86,9 +106,11 @@ class Config:
     checkpoint_every: int = 50
     val_every: int = 50
     val_examples: int = 16  # validation loss on this many rows of data['val'] (a fixed subset)
-    fake_quant: bool = True  # compute with dequantize(W_q) in fp32: same numbers, faster on CPU (nb 04)
 
-    # DPO
+
+@dataclass
+class DPOSettings:
+    """Preference pairs, offline or ranked, and DPO training of the second adapter (notebook 05)."""
     dpo_rank: int = 8
     dpo_alpha: float = 16.0
     dpo_steps: int = 150
@@ -109,7 +131,10 @@ class Config:
     pref_weight_meaning: float = 1.0  # times MiniLM similarity to the draft
     pref_weight_surprise: float = 0.1  # times nats/token under the base model (typical text is flagged)
 
-    # generation
+
+@dataclass
+class DecodeSettings:
+    """Generation, decoding and the fact switch (notebook 06; 00 and 04 sample with them too)."""
     temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.0  # >1 discourages repeating the last repetition_context tokens
@@ -130,7 +155,10 @@ class Config:
     # draft sentence itself when no candidate keeps its facts): facts come back, at a detector cost
     fact_repair: bool = True
 
-    # evaluation (notebook 07)
+
+@dataclass
+class EvalSettings:
+    """Detectors, thresholds and bootstrap intervals (notebook 07)."""
     radar_model: str = "TrustSafeAI/RADAR-Vicuna-7B"
     scorer_model: str = ""  # Fast-DetectGPT's scoring LM; "" = the preset's model (dequantized)
     binoculars_models: tuple = ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -146,6 +174,19 @@ class Config:
     detector_train_pairs: int = 500  # training pairs for the MiniLM + logistic-regression detector
     target_fpr: float = 0.05
     n_bootstrap: int = 1000
+
+
+STAGES = (ModelSettings, DataSettings, QuantSettings, LoraSettings, SFTSettings, DPOSettings,
+          DecodeSettings, EvalSettings)
+
+
+# A dataclass collects its bases' fields from the last base to the first: listing the stages in
+# reverse keeps the fields (and to_dict()) in series order, ModelSettings' first.
+@dataclass
+class Config(EvalSettings, DecodeSettings, DPOSettings, SFTSettings, LoraSettings, QuantSettings,
+             DataSettings, ModelSettings):
+    """Every stage's settings in one flat object: `cfg.sft_lr`, overrides and config.json keep the
+    field names; each field is declared once, in its stage's class."""
 
     @property
     def runs_dir(self) -> Path:
