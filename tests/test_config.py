@@ -74,34 +74,64 @@ def test_list_experiments_names_recorded_runs_only(runs):
     assert list_experiments("smoke") == ["", "a", "b"]
 
 
-def test_unread_override_warns_naming_the_field_and_its_reader(runs, monkeypatch):
-    import warnings
-
-    from helpers.core import config
-
-    monkeypatch.setattr(config, "FIELDS_READ", {"01": ("seed", "n_eval"), "07": ("seed", "n_bootstrap")})
-    with pytest.warns(UserWarning, match=r"n_eval=50 has no effect.*notebook 01 does"):
-        get_config("smoke", notebook="07", n_eval=50)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        get_config("smoke", notebook="07", n_bootstrap=10)
-        get_config("smoke", notebook="01", n_eval=50)
-
-
-def test_field_trace_records_reads_but_not_copies():
+def test_stages_partition_the_fields_exactly():
     import dataclasses
 
-    from helpers.core.config import start_field_trace, stop_field_trace
+    from helpers.core.config import STAGES, Config, stage_fields
 
-    cfg = get_config("smoke")
-    start_field_trace()
-    try:
-        cfg.sft_steps
-        copy = dataclasses.replace(cfg, seed=1)
-        copy.to_dict()
-        copy.dpo_beta
-    finally:
-        fields = stop_field_trace()
-    assert fields == ["dpo_beta", "sft_steps"]
-    cfg.seed
-    assert "__getattribute__" not in type(cfg).__dict__ and stop_field_trace() == []
+    owned = [name for stage in STAGES for name in stage_fields(stage)]
+    assert sorted(owned) == sorted(f.name for f in dataclasses.fields(Config))
+    assert len(owned) == len(set(owned))  # no field in two stages
+    assert set(Config.__mro__[1:-1]) == set(STAGES)
+    assert all(stage.__doc__ and "notebook" in stage.__doc__ for stage in STAGES)
+    assert stage_fields(STAGES[0])[:3] == ("preset", "experiment", "seed")
+
+
+def test_presets_name_existing_fields_and_flat_names_still_work():
+    import dataclasses
+
+    from helpers.core.config import Config, SFTSettings, stage_fields
+
+    fields = {f.name for f in dataclasses.fields(Config)}
+    assert all(set(preset) <= fields for preset in PRESETS.values())
+    cfg = get_config("workshop", sft_lr=1e-3)
+    assert cfg.sft_lr == 1e-3 and cfg.to_dict()["sft_lr"] == 1e-3 and set(cfg.to_dict()) == fields
+    assert "sft_lr" in stage_fields(SFTSettings) and "lora_rank" not in stage_fields(SFTSettings)
+
+
+def test_notebook_stages_name_every_notebook_with_known_stages():
+    from helpers.core.config import NOTEBOOK_STAGES, STAGES
+
+    assert list(NOTEBOOK_STAGES) == [f"{i:02d}" for i in range(8)]
+    assert all(set(stages) <= set(STAGES[1:]) for stages in NOTEBOOK_STAGES.values())
+
+
+def test_override_outside_the_later_stages_warns_naming_its_readers(runs):
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"notebook 04: override calib_texts=3 has no effect: this "
+                                         r"notebook and the later ones never read 'calib_texts' "
+                                         r"\(notebook 02, 03 does: set it there\)"):
+        get_config("smoke", notebook="04", calib_texts=3)
+    with pytest.warns(UserWarning, match=r"override sft_steps=2 has no effect"):
+        get_config("smoke", notebook="07", sft_steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        get_config("smoke", notebook="04", sft_steps=2)  # its own stage
+        get_config("smoke", notebook="04", n_bootstrap=10)  # a later notebook's stage
+        get_config("smoke", notebook="07", seed=3, model="x/y")  # ModelSettings: every notebook
+        get_config("smoke", notebook="02", calib_texts=3)
+
+
+def test_show_settings_prints_the_stage_with_this_runs_values(capsys):
+    from helpers.core.config import LoraSettings, settings_table, show_settings
+
+    cfg = get_config("smoke", lora_rank=5)
+    show_settings(cfg, LoraSettings)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"LoraSettings: {LoraSettings.__doc__}"
+    assert [line.split()[0] for line in lines[1:]] == ["lora_rank", "lora_alpha", "lora_dropout",
+                                                       "lora_layers", "lora_targets"]
+    assert lines[1] == "  lora_rank                5   (default 8)"
+    assert lines[2] == "  lora_alpha               16.0"
+    assert settings_table(cfg, LoraSettings) == "\n".join(lines)

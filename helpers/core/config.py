@@ -1,5 +1,10 @@
 """One configuration object, three presets.
 
+Each stage's settings live in their own dataclass (DataSettings for notebook 01, QuantSettings
+for 02 and 03, ...); `Config` inherits them all, so every field keeps its flat name (`cfg.sft_lr`,
+overrides, `make run SET=sft_lr=1e-3`, config.json). NOTEBOOK_STAGES says which stages each
+notebook reads, and `show_settings(cfg, SFTSettings)` prints the knobs of the stage it teaches.
+
 `smoke` is for CI (the whole series in minutes), `workshop` is the default for a laptop CPU,
 `paper` is the reference setting. Every notebook starts with
 `cfg = get_config(PRESET, experiment=EXPERIMENT, notebook="04", **OVERRIDES)`.
@@ -14,7 +19,6 @@ import dataclasses
 import json
 import os
 import re
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +33,8 @@ RESERVED_NAMES = {"adapters", "checkpoints", "data", "detectors", "experiments",
 
 
 @dataclass
-class Config:
+class ModelSettings:
+    """The run and the models every notebook loads (00-07)."""
     preset: str = DEFAULT_PRESET
     experiment: str = ""  # a name: this run's artifacts go to runs/<preset>/<experiment>/
     seed: int = 0
@@ -38,8 +43,20 @@ class Config:
     model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     embedder: str = "sentence-transformers/all-MiniLM-L6-v2"
     compute_dtype: str = "float32"  # bf16 matmul is slow on CPU; fp32 everywhere but Metal
+    # compute with dequantize(W_q) in fp32: same numbers, faster on CPU (notebook 04 measures it);
+    # read wherever the quantized base is loaded (00, 04-06)
+    fake_quant: bool = True
+    # the instruction every stage gives the model: SFT/DPO rows, rewrites, the tour
+    system_prompt: str = (
+        "You rewrite text so it reads like it was written by a person: plain, specific, varied. "
+        "Keep every fact, number and name. Answer with the rewritten text only."
+    )
 
-    # data: "l2r" (local JSONL from HUMANIZER_ASSETS), "editlens" (hub), or a path to a JSONL file
+
+@dataclass
+class DataSettings:
+    """Pairs, cleaning and splits (notebook 01)."""
+    # "l2r" (local JSONL from HUMANIZER_ASSETS), "editlens" (hub), or a path to a JSONL file
     data_source: str = "l2r"
     drop_low_overlap: bool = True
     min_words: int = 40
@@ -48,12 +65,11 @@ class Config:
     min_train_facts: float = 0.0  # SFT/DPO keep pairs whose human text keeps this share of facts
     n_val_paragraphs: int = 40  # held out of the training file for validation loss
     n_eval: int = 200  # held-out drafts from the dev file, for evaluation only
-    system_prompt: str = (
-        "You rewrite text so it reads like it was written by a person: plain, specific, varied. "
-        "Keep every fact, number and name. Answer with the rewritten text only."
-    )
 
-    # quantization
+
+@dataclass
+class QuantSettings:
+    """Sensitivity scan and mixed-precision quantization (notebooks 02, 03)."""
     calib_texts: int = 16
     calib_max_tokens: int = 256
     candidate_bits: tuple = (4, 8)
@@ -72,13 +88,21 @@ class Config:
     gptq_calib_tokens: int = 128  # tokens per row for those Hessians
     gptq_damp: float = 0.01  # GPTQ damping, as a share of the Hessian's mean diagonal
 
-    # SFT LoRA
+
+@dataclass
+class LoraSettings:
+    """The LoRA shape both adapters share (notebooks 04, 05; 06 loads them)."""
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_layers: int = -1  # -1 = all blocks
     lora_targets: tuple = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                            "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+@dataclass
+class SFTSettings:
+    """Supervised fine-tuning of the SFT adapter (notebook 04)."""
     sft_steps: int = 300
     sft_lr: float = 2e-4
     batch_size: int = 4
@@ -86,9 +110,11 @@ class Config:
     checkpoint_every: int = 50
     val_every: int = 50
     val_examples: int = 16  # validation loss on this many rows of data['val'] (a fixed subset)
-    fake_quant: bool = True  # compute with dequantize(W_q) in fp32: same numbers, faster on CPU (nb 04)
 
-    # DPO
+
+@dataclass
+class DPOSettings:
+    """Preference pairs, offline or ranked, and DPO training of the second adapter (notebook 05)."""
     dpo_rank: int = 8
     dpo_alpha: float = 16.0
     dpo_steps: int = 150
@@ -109,7 +135,10 @@ class Config:
     pref_weight_meaning: float = 1.0  # times MiniLM similarity to the draft
     pref_weight_surprise: float = 0.1  # times nats/token under the base model (typical text is flagged)
 
-    # generation
+
+@dataclass
+class DecodeSettings:
+    """Generation, decoding and the fact switch (notebook 06; 00 and 04 sample with them too)."""
     temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.0  # >1 discourages repeating the last repetition_context tokens
@@ -130,7 +159,10 @@ class Config:
     # draft sentence itself when no candidate keeps its facts): facts come back, at a detector cost
     fact_repair: bool = True
 
-    # evaluation (notebook 07)
+
+@dataclass
+class EvalSettings:
+    """Detectors, thresholds and bootstrap intervals (notebook 07)."""
     radar_model: str = "TrustSafeAI/RADAR-Vicuna-7B"
     scorer_model: str = ""  # Fast-DetectGPT's scoring LM; "" = the preset's model (dequantized)
     binoculars_models: tuple = ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -146,6 +178,19 @@ class Config:
     detector_train_pairs: int = 500  # training pairs for the MiniLM + logistic-regression detector
     target_fpr: float = 0.05
     n_bootstrap: int = 1000
+
+
+STAGES = (ModelSettings, DataSettings, QuantSettings, LoraSettings, SFTSettings, DPOSettings,
+          DecodeSettings, EvalSettings)
+
+
+# A dataclass collects its bases' fields from the last base to the first: listing the stages in
+# reverse keeps the fields (and to_dict()) in series order, ModelSettings' first.
+@dataclass
+class Config(EvalSettings, DecodeSettings, DPOSettings, SFTSettings, LoraSettings, QuantSettings,
+             DataSettings, ModelSettings):
+    """Every stage's settings in one flat object: `cfg.sft_lr`, overrides and config.json keep the
+    field names; each field is declared once, in its stage's class."""
 
     @property
     def runs_dir(self) -> Path:
@@ -208,19 +253,52 @@ PRESETS: dict[str, dict] = {
 }
 
 
-# Config fields each notebook reads, recorded from a real smoke run of the series (Config reads
-# traced per notebook by tests/test_notebooks_rerun.py, which fails when this map is out of date).
-# get_config(notebook=) warns about overrides that this notebook and the later ones never read.
-FIELDS_READ: dict[str, tuple[str, ...]] = {
-    "00": ('compute_dtype', 'cut_loops', 'data_source', 'drop_low_overlap', 'experiment', 'fact_check_samples', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'max_len_ratio', 'max_words', 'min_words', 'model', 'no_repeat_ngram', 'preset', 'repetition_context', 'repetition_penalty', 'seed', 'system_prompt', 'temperature', 'top_p'),
-    "01": ('data_source', 'detector_train_pairs', 'drop_low_overlap', 'experiment', 'max_train_pairs', 'max_words', 'min_train_facts', 'min_words', 'model', 'n_dpo_pairs', 'n_eval', 'n_val_paragraphs', 'preset', 'seed', 'system_prompt'),
-    "02": ('calib_max_tokens', 'calib_texts', 'candidate_bits', 'experiment', 'group_size', 'model', 'preset', 'scan_bits', 'scan_fit_bits', 'scan_fit_units', 'scan_granularity', 'target_bpw'),
-    "03": ('calib_max_tokens', 'calib_texts', 'experiment', 'gptq_calib_texts', 'gptq_calib_tokens', 'gptq_damp', 'model', 'preset', 'protect', 'quant_decode_tokens', 'quant_eval_max_tokens', 'quant_eval_texts', 'quant_targets', 'target_bpw'),
-    "04": ('batch_size', 'checkpoint_every', 'compute_dtype', 'cut_loops', 'experiment', 'fact_check_samples', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'lora_alpha', 'lora_dropout', 'lora_layers', 'lora_rank', 'lora_targets', 'max_len_ratio', 'max_seq_len', 'model', 'no_repeat_ngram', 'preset', 'repetition_penalty', 'seed', 'sft_lr', 'sft_steps', 'system_prompt', 'temperature', 'top_p', 'val_every', 'val_examples'),
-    "05": ('checkpoint_every', 'compute_dtype', 'cut_loops', 'data_source', 'detector_train_pairs', 'dpo_alpha', 'dpo_batch_size', 'dpo_beta', 'dpo_chosen', 'dpo_lr', 'dpo_pair_source', 'dpo_rank', 'dpo_samples_k', 'dpo_steps', 'drop_low_overlap', 'embedder', 'experiment', 'fact_check_samples', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'lora_dropout', 'lora_layers', 'lora_targets', 'max_len_ratio', 'max_seq_len', 'max_words', 'min_words', 'model', 'no_repeat_ngram', 'on_policy_rejected', 'on_policy_temperature', 'pref_weight_facts', 'pref_weight_judge', 'pref_weight_meaning', 'pref_weight_surprise', 'preset', 'repetition_penalty', 'seed', 'system_prompt', 'temperature', 'top_p'),
-    "06": ('compute_dtype', 'cut_loops', 'experiment', 'fact_check_samples', 'fact_check_temperature', 'fact_repair', 'fact_resample', 'fake_quant', 'gen_batch_size', 'gen_max_tokens', 'lora_dropout', 'max_len_ratio', 'max_seq_len', 'model', 'n_bootstrap', 'no_repeat_ngram', 'preset', 'repetition_context', 'repetition_penalty', 'seed', 'system_prompt', 'temperature', 'top_p'),
-    "07": ('binoculars_models', 'data_source', 'detector_calib_pairs', 'detector_max_tokens', 'detector_train_pairs', 'drop_low_overlap', 'embedder', 'experiment', 'fact_check_samples', 'fact_repair', 'fact_resample', 'max_words', 'min_words', 'model', 'n_bootstrap', 'other_scorer_calib_pairs', 'other_scorer_max_tokens', 'other_scorer_model', 'other_scorer_systems', 'preset', 'radar_model', 'scorer_model', 'seed', 'target_fpr'),
+# The stages each notebook reads, the one it teaches first (ModelSettings: every notebook). Read
+# off a smoke run's Config reads per notebook and kept honest by tests/test_notebooks.py (a
+# `cfg.<field>` in a notebook's cells must belong to one of its stages). get_config(notebook=)
+# warns about an override whose stage neither this notebook nor a later one reads.
+NOTEBOOK_STAGES: dict[str, tuple[type, ...]] = {
+    "00": (DecodeSettings, DataSettings),  # the tour samples the base model on a few pairs
+    "01": (DataSettings, DPOSettings, EvalSettings),  # n_dpo_pairs, detector_train_pairs: splits
+    "02": (QuantSettings,),
+    "03": (QuantSettings,),
+    "04": (LoraSettings, SFTSettings, DecodeSettings),
+    "05": (DPOSettings, LoraSettings, SFTSettings, DecodeSettings, DataSettings, EvalSettings),
+    "06": (DecodeSettings, LoraSettings, SFTSettings, EvalSettings),
+    "07": (EvalSettings, DecodeSettings, DataSettings),
 }
+
+
+def stage_fields(stage: type) -> tuple[str, ...]:
+    """The fields a stage declares itself, in order (ModelSettings -> ('preset', ...))."""
+    own = stage.__dict__.get("__annotations__", {})  # not the bases': Config declares none itself
+    return tuple(f.name for f in dataclasses.fields(stage) if f.name in own)
+
+
+def stage_of(field: str) -> type:
+    """The stage class that declares `field`."""
+    for stage in STAGES:
+        if field in stage_fields(stage):
+            return stage
+    raise KeyError(f"no Config field {field!r}")
+
+
+def settings_table(cfg: Config, *stages: type) -> str:
+    """The stages' fields with this run's values, one line each; a value the preset or an
+    override changed is followed by the class default."""
+    lines = []
+    for stage in stages:
+        lines.append(f"{stage.__name__}: {stage.__doc__}")
+        for name in stage_fields(stage):
+            value, default = getattr(cfg, name), stage.__dataclass_fields__[name].default
+            changed = f"   (default {default!r})" if value != default else ""
+            lines.append(f"  {name:<24} {value!r}{changed}")
+    return "\n".join(lines)
+
+
+def show_settings(cfg: Config, *stages: type) -> None:
+    """Print the knobs of the stage(s) a notebook teaches, with this run's values."""
+    print(settings_table(cfg, *stages))
 
 
 def get_config(preset: str | None = None, experiment: str | None = None, notebook: str | None = None,
@@ -242,7 +320,7 @@ def get_config(preset: str | None = None, experiment: str | None = None, noteboo
     cfg = Config(**{**PRESETS[preset], **overrides, "preset": preset, "experiment": experiment})
     if notebook is not None:
         for name in unread_overrides(notebook, overrides):
-            readers = [nb for nb, fields in FIELDS_READ.items() if name in fields]
+            readers = [nb for nb, stages in NOTEBOOK_STAGES.items() if stage_of(name) in stages]
             warnings.warn(f"notebook {notebook}: override {name}={overrides[name]!r} has no effect: "
                           f"this notebook and the later ones never read {name!r}"
                           + (f" (notebook {', '.join(readers)} does: set it there)" if readers
@@ -285,11 +363,11 @@ def check_experiment_name(name: str) -> None:
 
 
 def unread_overrides(notebook: str, overrides: dict) -> list[str]:
-    """Overridden fields that notebook `notebook` and the ones after it never read (per FIELDS_READ)."""
-    if not FIELDS_READ:
-        return []
-    read_later = set().union(*(fields for nb, fields in FIELDS_READ.items() if nb >= notebook))
-    return sorted(set(overrides) - read_later)
+    """Overridden fields whose stage neither notebook `notebook` nor a later one reads (per
+    NOTEBOOK_STAGES); ModelSettings' fields are read by every notebook."""
+    read_later = {ModelSettings}.union(*(stages for nb, stages in NOTEBOOK_STAGES.items()
+                                         if nb >= notebook))
+    return sorted(name for name in overrides if stage_of(name) not in read_later)
 
 
 def record_config(cfg: Config, notebook: str, overrides: dict) -> Path:
@@ -321,31 +399,4 @@ def list_experiments(preset: str) -> list[str]:
     return names
 
 
-# ---------------------------------------------------------------- tracing which fields are read
-
-_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Config))
-_FALLBACKS_SHOWN: set = set()
-_TRACE: set | None = None
-
-
-def _traced_getattribute(self, name):
-    # copies made by dataclasses.replace / asdict read every field: they are not reads by the code
-    if name in _FIELD_NAMES and _TRACE is not None \
-            and sys._getframe(1).f_globals.get("__name__") != "dataclasses":
-        _TRACE.add(name)
-    return object.__getattribute__(self, name)
-
-
-def start_field_trace() -> None:
-    """Record every Config field read from now on, by any Config object (until stop_field_trace)."""
-    global _TRACE
-    _TRACE = set()
-    Config.__getattribute__ = _traced_getattribute
-
-
-def stop_field_trace() -> list[str]:
-    global _TRACE
-    if "__getattribute__" in Config.__dict__:
-        del Config.__getattribute__
-    fields, _TRACE = sorted(_TRACE or ()), None
-    return fields
+_FALLBACKS_SHOWN: set = set()  # (experiment, name) pairs whose fallback was announced
