@@ -3,7 +3,8 @@ top to bottom, then every code cell again in the same kernel. This is `make test
 import nbformat
 import pytest
 
-from helpers.tools.notebook_check import RerunError, run_twice, series
+from helpers.tools.notebook_check import RerunError, run_twice
+from helpers.tools.series import series
 
 
 @pytest.fixture

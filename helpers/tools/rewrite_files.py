@@ -62,7 +62,14 @@ from helpers.core.io import (
     open_binary,
     read_text_file,
 )
-from helpers.core.owned import Refused, check_targets, exclusive, manifest_of, read_manifest, record
+from helpers.core.owned import (
+    Refused,
+    check_targets,
+    exclusive,
+    manifest_of,
+    read_manifest,
+    record,
+)
 from helpers.infer.chunking import Piece, join_pieces, split_document
 
 TEXT_FIELDS = ("text", "ai")

@@ -42,7 +42,6 @@ class MarkersMissing(UserError, ValueError):
 
 
 TOOL = "helpers.tools.update_docs"
-START, END = markers("results")
 # runs/<preset>/experiments/<name>.md, written by experiments/<name>.py and by bench/quant.py
 EXPERIMENT_TABLES = ("decoding", "fact_switch", "fact_switch_eval", "quant_downstream", "bench_quant",
                      "compare_runs", "compare_ranked_pairs", "compare_dpo_steps",
