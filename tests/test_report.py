@@ -7,7 +7,7 @@ START, END = update_docs.markers("results")
 
 
 def test_section_replaced_between_markers_only():
-    readme = f"# Title\n\n{update_docs.START}\nold table\n{update_docs.END}\n\n## Tests\n"
+    readme = f"# Title\n\n{START}\nold table\n{END}\n\n## Tests\n"
     section = update_docs.section("results", update_docs.results_body("| a | b |\n|---|---|\n| 1 | 2 |\n",
                                                            "workshop", {"total": 3000}))
     new = update_docs.replace_section(readme, section)
