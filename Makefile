@@ -9,7 +9,7 @@
 # make lab    — JupyterLab (localhost only); the notebooks open in the "Python (humanizer)" kernel
 # make assets DEST=folder — an offline pack of the models and data (README, "Offline classroom")
 # make kit DEST=kit.tar.gz — a catch-up kit: runs/<preset>/ in one file to hand out (UPTO=NN)
-# make unkit KIT=kit.tar.gz — unpack it into runs/<preset>/: start any notebook (replaces nothing of yours)
+# make unkit KIT=kit.tar.gz — unpack it into runs/<preset>/ and start any notebook there
 PRESET ?= workshop
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

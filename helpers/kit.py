@@ -12,9 +12,10 @@ no extra tool. A DEST that is an existing folder gets <folder>/humanizer-<preset
 
 What goes in: every file of the default run runs/<preset>/ (the data, the quantized model, the
 adapters, the checkpoints, the caches, the logs, the figures, the results and the executed
-notebooks under notebooks/, which are worth reading even when not rerun), but not the named
-experiments' folders (runs/<preset>/<name>/: other runs), export/ (deployables, rebuilt by
-`python -m helpers.export`), hidden files (locks, temporary files, manifests) or symlinks. The
+notebooks under notebooks/, which are worth reading even when not rerun), but of its folders
+only those the default run writes (config.RESERVED_NAMES): not the named experiments'
+(runs/<preset>/<name>/: other runs), not export/ (deployables, rebuilt by
+`python -m helpers.export`); no hidden files (locks, temporary files, manifests), no symlinks. The
 models and data from the hub are not in it: they come from the hub or `make assets`. Before
 packing, the run must hold what NEEDS says the covered notebooks read (--upto: 07 by default);
 a missing artifact is one line naming it and the notebook that makes it, exit 3.
@@ -63,7 +64,6 @@ FILES_PREFIX = "run/"  # the run's files sit under this prefix in the tar
 # the kit's own marks, one per folder; owned.manifest_of never makes this name, so it cannot
 # collide with another tool's `.outputs.json` or `.<file>.outputs.json`
 KIT_OUTPUTS = ".kit-outputs.json"
-SKIPPED_FOLDERS = ("export",)  # deployables (helpers.export), rebuilt from the run
 
 NOTEBOOKS = ("00", "01", "02", "03", "04", "05", "06", "07")
 # Each artifact a notebook reads from an earlier one: (the notebook that writes it, the files
@@ -173,20 +173,22 @@ def owners_in(folder: Path) -> dict[str, dict]:
     return owners
 
 
-def run_files(run_dir: Path, preset: str) -> list[Path]:
-    """The files a kit of run_dir holds (module docstring), sorted."""
-    experiments = {n for n in config.list_experiments(preset) if n}
-    skipped_dirs = experiments | set(SKIPPED_FOLDERS)
-    files = []
+def run_files(run_dir: Path) -> tuple[list[Path], list[str]]:
+    """(the files a kit of run_dir holds, sorted; the top folders left out). At the top only the
+    folders the default run writes (config.RESERVED_NAMES) are packed: any other is a named
+    experiment (another run), export/ (deployables) or something of the user's."""
+    files, left_out = [], []
     for folder, dirs, names in os.walk(run_dir):
         folder = Path(folder)
-        top = folder == run_dir
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and
-                         not (top and d in skipped_dirs) and not (folder / d).is_symlink())
+        if folder == run_dir:
+            left_out = sorted(d for d in dirs if d not in config.RESERVED_NAMES
+                              and not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (folder / d).is_symlink()
+                         and (folder != run_dir or d in config.RESERVED_NAMES))
         files += [folder / n for n in sorted(names)
                   if not n.startswith(".") and (folder / n).is_file()
                   and not (folder / n).is_symlink()]
-    return sorted(files, key=lambda p: p.relative_to(run_dir).as_posix())
+    return sorted(files, key=lambda p: p.relative_to(run_dir).as_posix()), left_out
 
 
 def git_commit() -> dict:
@@ -207,7 +209,8 @@ def git_commit() -> dict:
 
 def kit_manifest(run_dir: Path, preset: str, covered: list[str]) -> dict:
     entries, owners = [], {}
-    for path in run_files(run_dir, preset):
+    files, left_out = run_files(run_dir)
+    for path in files:
         rel = path.relative_to(run_dir).as_posix()
         entry = {"path": rel, "size": path.stat().st_size, "sha256": sha256_of(path)}
         if path.parent not in owners:
@@ -220,7 +223,8 @@ def kit_manifest(run_dir: Path, preset: str, covered: list[str]) -> dict:
     return {"kit_format": KIT_FORMAT, "tool": TOOL, "preset": preset, "made": made,
             "git": git_commit(), "notebooks": covered,
             "needs": {n: list(NEEDS[n]) for n in covered},
-            "total_bytes": sum(e["size"] for e in entries), "files": entries}
+            "total_bytes": sum(e["size"] for e in entries), "left_out": left_out,
+            "files": entries}
 
 
 class HashingReader(io.RawIOBase):
@@ -282,7 +286,9 @@ def pack(preset: str = config.DEFAULT_PRESET, dest: str | Path = ".", upto: str 
     record(TOOL, [out], manifest_of(out))
     print(f"kit of runs/{preset} (notebooks {covered[0]}..{covered[-1]}, {len(manifest['files'])} "
           f"files, {manifest['total_bytes'] / 2**20:.1f} MB): {out} "
-          f"({out.stat().st_size / 2**20:.1f} MB)")
+          f"({out.stat().st_size / 2**20:.1f} MB)"
+          + (f"; not packed: {', '.join(d + '/' for d in manifest['left_out'])} (experiments, "
+             f"exports: other runs' files)" if manifest["left_out"] else ""))
     return out
 
 

@@ -50,8 +50,15 @@ def write_run(root: Path) -> Path:
                  owned.manifest_of(run / "notebooks", folder=True))
     (run / "high-lr").mkdir()  # a named experiment: another run, not in the kit
     (run / "high-lr/config.json").write_text('{"experiment": "high-lr"}\n')
+    (run / "export").mkdir()  # deployables of helpers.export
+    (run / "export/humanizer.gguf").write_text("gguf")
     (run / ".rewrites.jsonl.lock").write_text("")
     return run
+
+
+def manifest_in(path: Path) -> dict:
+    with tarfile.open(path) as tar:
+        return json.loads(tar.extractfile(kit.MANIFEST).read())
 
 
 def tree(run: Path) -> dict[str, bytes]:
@@ -65,7 +72,7 @@ def made(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "RUNS_ROOT", tmp_path / "instructor")
     run = write_run(tmp_path / "instructor")
     path = kit.pack(PRESET, tmp_path / "kit.tar.gz")
-    expected = {k: v for k, v in tree(run).items() if not k.startswith("high-lr/")}
+    expected = {k: v for k, v in tree(run).items() if not k.startswith(("high-lr/", "export/"))}
     monkeypatch.setattr(config, "RUNS_ROOT", tmp_path / "learner")
     return path, tmp_path / "learner", expected
 
@@ -74,9 +81,10 @@ def test_round_trip_is_byte_identical_and_marks_the_files(made):
     path, learner, expected = made
     run = kit.unpack(path)
     assert run == learner / PRESET
-    assert tree(run) == expected  # no experiment, no lock file, nothing else
-    manifest = json.loads(tarfile.open(path).extractfile(kit.MANIFEST).read())
+    assert tree(run) == expected  # no experiment, no export, no lock file, nothing else
+    manifest = manifest_in(path)
     assert manifest["preset"] == PRESET and manifest["notebooks"] == list(kit.NOTEBOOKS)
+    assert manifest["left_out"] == ["export", "high-lr"]
     assert {e["path"] for e in manifest["files"]} == set(expected)
     # the tools that made them may replace them again (notebook 03's save, a series rerun)...
     model = run / "quantized_model"
@@ -105,8 +113,7 @@ def test_a_run_missing_an_artifact_is_refused(tmp_path, monkeypatch, capsys):
         f"(--upto 05)\n")
     assert not dest.exists() and list(tmp_path.glob(".kit.tar.gz*")) == []
     kit.pack(PRESET, dest, upto="05")  # 05 itself does not need it
-    assert json.loads(tarfile.open(dest).extractfile(kit.MANIFEST).read())["notebooks"] == \
-        ["00", "01", "02", "03", "04", "05"]
+    assert manifest_in(dest)["notebooks"] == ["00", "01", "02", "03", "04", "05"]
 
 
 def test_unpack_never_replaces_a_learners_file(made):
@@ -159,7 +166,7 @@ def test_a_damaged_file_is_caught_by_its_sha256(made):
 
 
 def test_a_truncated_kit_is_refused(made):
-    path, learner, _ = made
+    path, _, _ = made
     path.write_bytes(path.read_bytes()[:-200])
     with pytest.raises(kit.Damaged, match="copy the kit again"):
         kit.unpack(path)
