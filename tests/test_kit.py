@@ -243,3 +243,14 @@ def test_each_artifact_is_made_by_the_notebook_named(artifact):
     maker = kit.ARTIFACTS[artifact][0]
     assert WRITES[artifact] in notebook_code(maker)
     assert all(maker < n for n in kit.NOTEBOOKS if artifact in kit.NEEDS[n])
+
+
+def test_a_file_of_the_learners_at_a_tools_manifest_is_kept(made):
+    path, learner, _ = made
+    notes = learner / PRESET / "quantized_model/.outputs.json"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("my notes\n")
+    with pytest.raises(owned.Refused, match="not a manifest of mlx model export") as refused:
+        kit.unpack(path)
+    assert refused.value.exit_code == 4 and notes.read_text() == "my notes\n"
+    assert [p.name for p in notes.parent.iterdir()] == [".outputs.json"]
