@@ -20,19 +20,21 @@ models and data from the hub are not in it: they come from the hub or `make asse
 packing, the run must hold what NEEDS says the covered notebooks read (--upto: 07 by default);
 a missing artifact is one line naming it and the notebook that makes it, exit 3.
 
-The manifest (kit.json) lists each file with its size and sha256, the preset, the git commit
-the run was made with, the notebooks the kit covers, and which tool marked each file as its own
-(helpers/owned.py: the executed notebooks are helpers.series's, the quantized model is the
-mlx export's).
+The manifest (kit.json) lists each file with its size, mtime and sha256, the preset, the git
+commit the run was made with and the notebooks the kit covers. The manifests of helpers/owned.py
+that mark files as a tool's own (the executed notebooks are helpers.series's, the quantized model
+is the mlx export's) travel as they are, and each file's mtime is restored to the nanosecond, so
+their marks stay true: a rerun of notebook 03 or of the series may replace those files as it
+replaces its own earlier outputs. (Rewriting them instead would change quantized_model/'s bytes,
+hidden files included, and with them the base fingerprint the adapters are checked against.)
 
 Unpacking writes into runs/<preset>/ only where nothing of the learner's is replaced: a file
 already there is refused (exit 4, one line naming it) unless this command unpacked it earlier,
 unchanged since, and --overwrite is given. Every file is first extracted to a temporary folder
 and its sha256 checked against the manifest (a damaged kit is one line, exit 3, and nothing is
-installed), then moved into place. The unpacked files are marked as the kit's own in a
-`.kit-outputs.json` in each folder (owned.py's manifest format), and the tools that made them
-get their marks back in their own manifests, stamped anew: a rerun of notebook 03 or of the
-series may then replace them as it replaces its own earlier outputs.
+installed), then moved into place. The unpacked files are marked as the kit's own in
+runs/<preset>/.kit/<folder>/outputs.json (owned.py's manifests, kept out of the run's folders);
+a notebook rerun replaces them as it replaces its own outputs.
 
 Exit status: 0 done, 2 usage error, 3 the run lacks an artifact, or the kit is damaged,
 4 refused (something of the user's is in the way).
@@ -61,9 +63,11 @@ TOOL = "helpers.kit"
 KIT_FORMAT = 1
 MANIFEST = "kit.json"  # the kit's first member
 FILES_PREFIX = "run/"  # the run's files sit under this prefix in the tar
-# the kit's own marks, one per folder; owned.manifest_of never makes this name, so it cannot
-# collide with another tool's `.outputs.json` or `.<file>.outputs.json`
-KIT_OUTPUTS = ".kit-outputs.json"
+# The kit's own marks (owned.py's manifests, one per folder of the run) all live under this hidden
+# folder of runs/<preset>/, mirroring the run's folders: none is put inside quantized_model/,
+# whose every file (hidden ones too) makes the base fingerprint that adapters are checked against.
+KIT_MARKS = ".kit"
+TOOL_MANIFEST_SUFFIX = ".outputs.json"  # owned.manifest_of's names: packed as they are
 
 NOTEBOOKS = ("00", "01", "02", "03", "04", "05", "06", "07")
 # Each artifact a notebook reads from an earlier one: (the notebook that writes it, the files
@@ -152,25 +156,25 @@ def stamp(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def owners_in(folder: Path) -> dict[str, dict]:
-    """{file name: owner} for the files of `folder` that a tool's manifest there lists and that
-    are unchanged since (a changed file is nobody's: the unpacked copy stays nobody's too)."""
-    owners = {}
-    manifests = [(p, True) for p in [manifest_of(folder, folder=True)] if p.is_file()] + \
-        [(p, False) for p in sorted(folder.glob(".*.outputs.json")) if p.is_file()]
-    for manifest, is_folder in manifests:
+def tool_manifests(folder: Path, packed: set[str]) -> list[Path]:
+    """The manifests of owned.py in `folder` that can travel as they are: each lists only files
+    that are packed (`packed`: their names) and unchanged since the tool wrote them. The kit
+    restores each file's mtime, so their marks stay true; a manifest listing anything else is
+    left out (its files are then nobody's: a tool refuses to replace them, nothing is lost)."""
+    found = []
+    for manifest in [manifest_of(folder, folder=True)] + sorted(folder.glob(".?*.outputs.json")):
+        if not os.path.lexists(manifest):
+            continue
         try:
             tool = json.loads(manifest.read_text(encoding="utf-8"))["tool"]
             files = read_manifest(manifest, tool)
-        except (ValueError, KeyError, TypeError, Refused):
-            continue  # not a manifest of owned.py's: nobody's marks to carry over
-        for name, mark in files.items():
-            path = folder / name
-            if (is_folder or manifest == manifest_of(path)) and path.is_file() and \
-                    not path.is_symlink() and (mark is None or mark == stamp(path)):
-                owners[name] = {"tool": tool, "folder_manifest": is_folder,
-                                "stamped": mark is not None}
-    return owners
+        except (OSError, ValueError, KeyError, TypeError, Refused):
+            continue  # not a manifest of owned.py's
+        if manifest.is_file() and files and all(
+                name in packed and (mark is None or mark == stamp(folder / name))
+                for name, mark in files.items()):
+            found.append(manifest)
+    return found
 
 
 def run_files(run_dir: Path) -> tuple[list[Path], list[str]]:
@@ -207,18 +211,19 @@ def git_commit() -> dict:
     return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
+def entry_of(run_dir: Path, path: Path) -> dict:
+    st = path.stat()
+    return {"path": path.relative_to(run_dir).as_posix(), "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns, "sha256": sha256_of(path)}
+
+
 def kit_manifest(run_dir: Path, preset: str, covered: list[str]) -> dict:
-    entries, owners = [], {}
     files, left_out = run_files(run_dir)
+    by_folder: dict[Path, set[str]] = {}
     for path in files:
-        rel = path.relative_to(run_dir).as_posix()
-        entry = {"path": rel, "size": path.stat().st_size, "sha256": sha256_of(path)}
-        if path.parent not in owners:
-            owners[path.parent] = owners_in(path.parent)
-        owner = owners[path.parent].get(path.name)
-        if owner:
-            entry["owner"] = owner
-        entries.append(entry)
+        by_folder.setdefault(path.parent, set()).add(path.name)
+    files += [m for folder, names in by_folder.items() for m in tool_manifests(folder, names)]
+    entries = [entry_of(run_dir, p) for p in sorted(files, key=lambda p: p.relative_to(run_dir))]
     made = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
     return {"kit_format": KIT_FORMAT, "tool": TOOL, "preset": preset, "made": made,
             "git": git_commit(), "notebooks": covered,
@@ -312,10 +317,12 @@ def add_file(tar: tarfile.TarFile, run_dir: Path, entry: dict) -> None:
 # ---------------------------------------------------------------- unpacking
 
 def safe_relative(name: str) -> PurePosixPath:
-    """A member path that stays inside the run folder: relative, no '..', no hidden parts."""
+    """A member path that stays inside the run folder: relative, nothing hidden ('..' included)
+    but a tool's manifest."""
     rel = PurePosixPath(name)
-    if not name or rel.is_absolute() or any(p in ("", ".", "..") or p.startswith(".")
-                                            for p in rel.parts):
+    hidden = [p for p in rel.parts if p.startswith(".")]
+    if not name or rel.is_absolute() or hidden not in ([], [rel.name]) or \
+            (hidden and not rel.name.endswith(TOOL_MANIFEST_SUFFIX)):
         raise Damaged(f"the kit lists {name!r}, a path outside a run folder: not a kit of "
                       f"this tool")
     return rel
@@ -340,10 +347,15 @@ def read_kit_manifest(tar: tarfile.TarFile, kit: Path) -> dict:
     return manifest
 
 
+def marks_of(run_dir: Path, folder: Path) -> Path:
+    """Where the kit marks the files it unpacked into `folder` as its own."""
+    return run_dir / KIT_MARKS / folder.relative_to(run_dir) / "outputs.json"
+
+
 def check_destination(run_dir: Path, manifest: dict, overwrite: bool) -> None:
     """Refuse (before any work) when anything of the user's is where the kit would write: a file
-    that is not this tool's own unchanged output (or is, without --overwrite), a folder on the way
-    that is a file or a symlink, a manifest of another tool that owned.py does not read."""
+    that is not this tool's own unchanged output (or is, without --overwrite), or a folder on
+    the way that is a file or a symlink."""
     by_folder: dict[Path, list[Path]] = {}
     for entry in manifest["files"]:
         target = run_dir / entry["path"]
@@ -354,14 +366,9 @@ def check_destination(run_dir: Path, manifest: dict, overwrite: bool) -> None:
                 what = "a symlink" if path.is_symlink() else "a file"
                 raise Refused(f"{path}: is in the way ({what} where the kit puts a folder); it is "
                               f"left as it is: move it away")
-        owner = entry.get("owner")
-        if owner:
-            where = manifest_of(target.parent, folder=True) if owner["folder_manifest"] \
-                else manifest_of(target)
-            read_manifest(where, owner["tool"])  # another tool's file there is refused
     for folder, targets in by_folder.items():
         if folder.is_dir():
-            check_targets(TOOL, targets, folder / KIT_OUTPUTS, overwrite)
+            check_targets(TOOL, targets, marks_of(run_dir, folder), overwrite)
 
 
 def extract_verified(tar: tarfile.TarFile, manifest: dict, staged: Path, kit: Path) -> None:
@@ -383,6 +390,8 @@ def extract_verified(tar: tarfile.TarFile, manifest: dict, staged: Path, kit: Pa
             for block in iter(lambda: src.read(1 << 20), b""):
                 digest.update(block)
                 dst.write(block)
+        # the packed file's time, to the nanosecond: a tool's manifest in the kit stays true of it
+        os.utime(out, ns=(entry["mtime_ns"], entry["mtime_ns"]))
         if out.stat().st_size != entry["size"] or digest.hexdigest() != entry["sha256"]:
             raise Damaged(f"{kit}: {entry['path']} does not match its sha256 in the kit's "
                           f"manifest (damaged in copying?); copy the kit again. Nothing was "
@@ -394,24 +403,27 @@ def extract_verified(tar: tarfile.TarFile, manifest: dict, staged: Path, kit: Pa
 
 
 def install(staged: Path, run_dir: Path, manifest: dict) -> None:
-    """Move the verified files into place, then mark them: the kit's own in each folder's
-    KIT_OUTPUTS, and each file a tool had marked as its own in that tool's manifest."""
+    """Move the verified files into place and mark them as the kit's own."""
     by_folder: dict[Path, list[Path]] = {}
-    owned_by: dict[tuple, list[Path]] = {}
     for entry in manifest["files"]:
         target = run_dir / entry["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged / entry["path"], target)
         by_folder.setdefault(target.parent, []).append(target)
-        owner = entry.get("owner")
-        if owner:
-            where = manifest_of(target.parent, folder=True) if owner["folder_manifest"] \
-                else manifest_of(target)
-            owned_by.setdefault((owner["tool"], where, owner["stamped"]), []).append(target)
     for folder, targets in by_folder.items():
-        record(TOOL, targets, folder / KIT_OUTPUTS)
-    for (tool, where, stamped), targets in owned_by.items():
-        record(tool, targets, where, stamped=stamped)
+        for tool_manifest in (t for t in targets if t.name.endswith(TOOL_MANIFEST_SUFFIX)):
+            restamp(tool_manifest)
+        record(TOOL, targets, marks_of(run_dir, folder))
+
+
+def restamp(tool_manifest: Path) -> None:
+    """Where a file system keeps coarser times than the packing one's, a restored mtime differs
+    from the tool's mark: mark those files again, so that the tool may still replace them."""
+    marks = json.loads(tool_manifest.read_text(encoding="utf-8"))
+    stale = [tool_manifest.parent / name for name, mark in marks["files"].items()
+             if mark is not None and mark != stamp(tool_manifest.parent / name)]
+    if stale:
+        record(marks["tool"], stale, tool_manifest)
 
 
 def unpack(kit: str | Path, overwrite: bool = False) -> Path:

@@ -62,23 +62,34 @@ def manifest_in(path: Path) -> dict:
 
 
 def tree(run: Path) -> dict[str, bytes]:
+    """Every file of a run but locks and the kit's own marks; the tools' marks included."""
     return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*"))
-            if p.is_file() and not p.name.startswith(".")}
+            if p.is_file() and not p.name.endswith(".lock")
+            and p.relative_to(run).parts[0] != kit.KIT_MARKS}
+
+
+def base_fingerprint() -> str:
+    """What adapters are checked against (helpers.lora): a hash of quantized_model/'s files."""
+    from helpers import lora
+
+    return lora.base_fingerprint(config.get_config(PRESET, experiment=""))
 
 
 @pytest.fixture
 def made(tmp_path, monkeypatch):
-    """(the instructor's kit of a fake run, the learner's empty RUNS_ROOT, the run's files)."""
+    """(the instructor's kit of a fake run, the learner's empty RUNS_ROOT, the run's files, the
+    run's base fingerprint)."""
     monkeypatch.setattr(config, "RUNS_ROOT", tmp_path / "instructor")
     run = write_run(tmp_path / "instructor")
     path = kit.pack(PRESET, tmp_path / "kit.tar.gz")
+    fingerprint = base_fingerprint()
     expected = {k: v for k, v in tree(run).items() if not k.startswith(("high-lr/", "export/"))}
     monkeypatch.setattr(config, "RUNS_ROOT", tmp_path / "learner")
-    return path, tmp_path / "learner", expected
+    return path, tmp_path / "learner", expected, fingerprint
 
 
 def test_round_trip_is_byte_identical_and_marks_the_files(made):
-    path, learner, expected = made
+    path, learner, expected, fingerprint = made
     run = kit.unpack(path)
     assert run == learner / PRESET
     assert tree(run) == expected  # no experiment, no export, no lock file, nothing else
@@ -86,6 +97,9 @@ def test_round_trip_is_byte_identical_and_marks_the_files(made):
     assert manifest["preset"] == PRESET and manifest["notebooks"] == list(kit.NOTEBOOKS)
     assert manifest["left_out"] == ["export", "high-lr"]
     assert {e["path"] for e in manifest["files"]} == set(expected)
+    # the tools' marks travel byte for byte (quantized_model/'s bytes make the base fingerprint)
+    assert {"quantized_model/.outputs.json", "notebooks/.outputs.json"} <= set(expected)
+    assert base_fingerprint() == fingerprint  # no "trained on another base"
     # the tools that made them may replace them again (notebook 03's save, a series rerun)...
     model = run / "quantized_model"
     owned.check_targets("mlx model export", [model / "model.safetensors"],
@@ -117,7 +131,7 @@ def test_a_run_missing_an_artifact_is_refused(tmp_path, monkeypatch, capsys):
 
 
 def test_unpack_never_replaces_a_learners_file(made):
-    path, learner, _ = made
+    path, learner, *_ = made
     mine = learner / PRESET / "rewrites.jsonl"
     mine.parent.mkdir(parents=True)
     mine.write_text("my own rewrites\n")
@@ -132,7 +146,7 @@ def test_unpack_never_replaces_a_learners_file(made):
 
 
 def test_a_file_changed_since_the_unpack_is_kept(made):
-    path, learner, _ = made
+    path, learner, *_ = made
     kit.unpack(path)
     edited = learner / PRESET / "data/train.jsonl"
     edited.write_text('{"id": "mine"}\n')
@@ -153,7 +167,7 @@ def rewrite_member(path: Path, name: str, change) -> None:
 
 
 def test_a_damaged_file_is_caught_by_its_sha256(made):
-    path, learner, _ = made
+    path, learner, *_ = made
     rewrite_member(path, "run/adapters/sft/adapters.safetensors", lambda b: b"X" + b[1:])
     with pytest.raises(kit.Damaged) as damaged:
         kit.unpack(path)
@@ -166,7 +180,7 @@ def test_a_damaged_file_is_caught_by_its_sha256(made):
 
 
 def test_a_truncated_kit_is_refused(made):
-    path, _, _ = made
+    path, *_ = made
     path.write_bytes(path.read_bytes()[:-200])
     with pytest.raises(kit.Damaged, match="copy the kit again"):
         kit.unpack(path)
@@ -245,12 +259,26 @@ def test_each_artifact_is_made_by_the_notebook_named(artifact):
     assert all(maker < n for n in kit.NOTEBOOKS if artifact in kit.NEEDS[n])
 
 
-def test_a_file_of_the_learners_at_a_tools_manifest_is_kept(made):
-    path, learner, _ = made
+def test_a_learners_file_where_a_tools_manifest_goes_is_kept(made):
+    path, learner, *_ = made
     notes = learner / PRESET / "quantized_model/.outputs.json"
     notes.parent.mkdir(parents=True)
     notes.write_text("my notes\n")
-    with pytest.raises(owned.Refused, match="not a manifest of mlx model export") as refused:
+    with pytest.raises(owned.Refused, match="was not written by helpers.kit") as refused:
         kit.unpack(path)
     assert refused.value.exit_code == 4 and notes.read_text() == "my notes\n"
     assert [p.name for p in notes.parent.iterdir()] == [".outputs.json"]
+
+
+def test_a_tools_manifest_listing_an_unpacked_file_stays_behind(tmp_path, monkeypatch):
+    """Its marks would let the tool replace a learner's file of that name: it is left out, and
+    the files it lists become nobody's (the tool refuses to replace them)."""
+    monkeypatch.setattr(config, "RUNS_ROOT", tmp_path / "runs")
+    run = write_run(tmp_path / "runs")
+    (run / "notebooks/06_stacked_inference.ipynb").write_text("{}")
+    owned.record("helpers.series", [run / "notebooks/06_stacked_inference.ipynb"],
+                 owned.manifest_of(run / "notebooks", folder=True))
+    (run / "notebooks/06_stacked_inference.ipynb").write_text('{"edited": true}')  # changed since
+    paths = {e["path"] for e in manifest_in(kit.pack(PRESET, tmp_path / "kit.tar.gz"))["files"]}
+    assert "notebooks/06_stacked_inference.ipynb" in paths
+    assert "notebooks/.outputs.json" not in paths and "quantized_model/.outputs.json" in paths
