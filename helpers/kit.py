@@ -15,18 +15,19 @@ adapters, the checkpoints, the caches, the logs, the figures, the results and th
 notebooks under notebooks/, which are worth reading even when not rerun), but of its folders
 only those the default run writes (config.RESERVED_NAMES): not the named experiments'
 (runs/<preset>/<name>/: other runs), not export/ (deployables, rebuilt by
-`python -m helpers.export`); no hidden files (locks, temporary files, manifests), no symlinks. The
+`python -m helpers.export`); no symlinks, no hidden files but the tools' manifests (below). The
 models and data from the hub are not in it: they come from the hub or `make assets`. Before
 packing, the run must hold what NEEDS says the covered notebooks read (--upto: 07 by default);
 a missing artifact is one line naming it and the notebook that makes it, exit 3.
 
 The manifest (kit.json) lists each file with its size, mtime and sha256, the preset, the git
-commit the run was made with and the notebooks the kit covers. The manifests of helpers/owned.py
-that mark files as a tool's own (the executed notebooks are helpers.series's, the quantized model
-is the mlx export's) travel as they are, and each file's mtime is restored to the nanosecond, so
-their marks stay true: a rerun of notebook 03 or of the series may replace those files as it
-replaces its own earlier outputs. (Rewriting them instead would change quantized_model/'s bytes,
-hidden files included, and with them the base fingerprint the adapters are checked against.)
+commit of the checkout that packed it and the notebooks the kit covers. The manifests of
+helpers/owned.py that mark files as a tool's own (the executed notebooks are helpers.series's,
+the quantized model is the mlx export's) travel as they are, and each file's mtime is restored
+to the nanosecond, so their marks stay true: a rerun of notebook 03 or of the series may replace
+those files as it replaces its own earlier outputs. (Rewriting them instead would change
+quantized_model/'s bytes, hidden files included, and with them the base fingerprint that the
+adapters are checked against.)
 
 Unpacking writes into runs/<preset>/ only where nothing of the learner's is replaced: a file
 already there is refused (exit 4, one line naming it) unless this command unpacked it earlier,
