@@ -8,6 +8,8 @@
 #               (tests/test_notebooks_rerun.py)
 # make lab    — JupyterLab (localhost only); the notebooks open in the "Python (humanizer)" kernel
 # make assets DEST=folder — an offline pack of the models and data (README, "Offline classroom")
+# make kit DEST=kit.tar.gz — a catch-up kit: runs/<preset>/ in one file to hand out (UPTO=NN)
+# make unkit KIT=kit.tar.gz — unpack it into runs/<preset>/ and start any notebook there
 PRESET ?= workshop
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -27,7 +29,7 @@ export HUMANIZER_ASSETS ?= $(abspath ../shared/assets)
 endif
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run readme test lab serve bench clean blas assets
+.PHONY: setup run readme test lab serve bench clean blas assets kit unkit
 # The kernel's stamp names its environment, so installing OpenBLAS later re-registers the kernel.
 KERNEL_STAMP := $(VENV)/.kernel-$(if $(LD_PRELOAD),openblas,plain)
 setup: $(VENV)/.installed $(KERNEL_STAMP) blas
@@ -68,6 +70,14 @@ test: setup
 assets: setup   # on a connected machine: DEST=folder (PRESET=... to pack one preset only)
 	@test -n "$(DEST)" || { echo "usage: make assets DEST=/path/to/folder"; exit 2; }
 	$(PY) -m helpers.tools.assets --dest "$(DEST)" $(if $(filter command line,$(origin PRESET)),--preset $(PRESET))
+
+kit: setup   # the instructor: DEST=file.tar.gz or a folder (PRESET=..., UPTO=NN, OVERWRITE=1)
+	@test -n "$(DEST)" || { echo "usage: make kit DEST=/path/to/kit.tar.gz [PRESET=workshop] [UPTO=07]"; exit 2; }
+	$(PY) -m helpers.kit pack --preset $(PRESET) --dest "$(DEST)" $(if $(UPTO),--upto $(UPTO)) $(if $(OVERWRITE),--overwrite)
+
+unkit: setup   # the learner: KIT=file.tar.gz (OVERWRITE=1 replaces only an earlier unpack's files)
+	@test -n "$(KIT)" || { echo "usage: make unkit KIT=/path/to/kit.tar.gz"; exit 2; }
+	$(PY) -m helpers.kit unpack "$(KIT)" $(if $(OVERWRITE),--overwrite)
 
 lab: setup
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --notebook-dir .
