@@ -73,11 +73,11 @@ assets: setup   # on a connected machine: DEST=folder (PRESET=... to pack one pr
 
 kit: setup   # the instructor: DEST=file.tar.gz or a folder (PRESET=..., UPTO=NN, OVERWRITE=1)
 	@test -n "$(DEST)" || { echo "usage: make kit DEST=/path/to/kit.tar.gz [PRESET=workshop] [UPTO=07]"; exit 2; }
-	$(PY) -m helpers.kit pack --preset $(PRESET) --dest "$(DEST)" $(if $(UPTO),--upto $(UPTO)) $(if $(OVERWRITE),--overwrite)
+	$(PY) -m helpers.tools.kit pack --preset $(PRESET) --dest "$(DEST)" $(if $(UPTO),--upto $(UPTO)) $(if $(OVERWRITE),--overwrite)
 
 unkit: setup   # the learner: KIT=file.tar.gz (OVERWRITE=1 replaces only an earlier unpack's files)
 	@test -n "$(KIT)" || { echo "usage: make unkit KIT=/path/to/kit.tar.gz"; exit 2; }
-	$(PY) -m helpers.kit unpack "$(KIT)" $(if $(OVERWRITE),--overwrite)
+	$(PY) -m helpers.tools.kit unpack "$(KIT)" $(if $(OVERWRITE),--overwrite)
 
 lab: setup
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --notebook-dir .

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import config, kit, owned
+from helpers.core import config, owned
+from helpers.tools import kit
+from helpers.train import base
 
 REPO = Path(__file__).resolve().parent.parent
 PRESET = "smoke"
@@ -46,11 +48,11 @@ def write_run(root: Path) -> Path:
     model = run / "quantized_model"
     owned.record("mlx model export", [model / "config.json", model / "model.safetensors"],
                  owned.manifest_of(model, folder=True))
-    owned.record("helpers.series", [run / "notebooks/05_dpo.ipynb"],
+    owned.record("helpers.tools.series", [run / "notebooks/05_dpo.ipynb"],
                  owned.manifest_of(run / "notebooks", folder=True))
     (run / "high-lr").mkdir()  # a named experiment: another run, not in the kit
     (run / "high-lr/config.json").write_text('{"experiment": "high-lr"}\n')
-    (run / "export").mkdir()  # deployables of helpers.export
+    (run / "export").mkdir()  # deployables of helpers.tools.export
     (run / "export/humanizer.gguf").write_text("gguf")
     (run / ".rewrites.jsonl.lock").write_text("")
     return run
@@ -69,10 +71,8 @@ def tree(run: Path) -> dict[str, bytes]:
 
 
 def base_fingerprint() -> str:
-    """What adapters are checked against (helpers.lora): a hash of quantized_model/'s files."""
-    from helpers import lora
-
-    return lora.base_fingerprint(config.get_config(PRESET, experiment=""))
+    """What adapters are checked against (helpers.train.base): a hash of quantized_model/'s files."""
+    return base.base_fingerprint(config.get_config(PRESET, experiment=""))
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_round_trip_is_byte_identical_and_marks_the_files(made):
     model = run / "quantized_model"
     owned.check_targets("mlx model export", [model / "model.safetensors"],
                         owned.manifest_of(model, folder=True), overwrite=True)
-    owned.check_targets("helpers.series", [run / "notebooks/05_dpo.ipynb"],
+    owned.check_targets("helpers.tools.series", [run / "notebooks/05_dpo.ipynb"],
                         owned.manifest_of(run / "notebooks", folder=True), overwrite=True)
     # ...and so may the kit, when asked
     with pytest.raises(owned.Refused, match="pass --overwrite") as refused:
@@ -139,7 +139,7 @@ def test_unpack_never_replaces_a_learners_file(made):
         with pytest.raises(owned.Refused) as refused:
             kit.unpack(path, overwrite=overwrite)
         assert refused.value.exit_code == 4
-        assert str(refused.value) == (f"{mine}: exists and was not written by helpers.kit; it is "
+        assert str(refused.value) == (f"{mine}: exists and was not written by helpers.tools.kit; it is "
                                       f"left as it is: choose another path, or move it away")
     assert mine.read_text() == "my own rewrites\n"
     assert sorted(p.name for p in mine.parent.iterdir()) == ["rewrites.jsonl"]  # nothing else
@@ -150,7 +150,7 @@ def test_a_file_changed_since_the_unpack_is_kept(made):
     kit.unpack(path)
     edited = learner / PRESET / "data/train.jsonl"
     edited.write_text('{"id": "mine"}\n')
-    with pytest.raises(owned.Refused, match="changed since helpers.kit wrote it"):
+    with pytest.raises(owned.Refused, match="changed since helpers.tools.kit wrote it"):
         kit.unpack(path, overwrite=True)
     assert edited.read_text() == '{"id": "mine"}\n'
 
@@ -223,14 +223,15 @@ def notebook_code(number: str) -> str:
 
 
 def called_helpers(code: str) -> str:
-    """The source of each helpers function the code calls as module.function(...) (one level)."""
+    """The source of each helpers function the notebook imports and calls (one level)."""
+    imported = {}
+    for module, names in re.findall(r"from (helpers\.[\w.]+) import \(?([^)\n]*(?:\n\s+[^)\n]*)*)\)?", code):
+        for name in re.findall(r"\w+", names):
+            imported[name] = module
     sources = []
-    for module, name in sorted(set(re.findall(r"\b(\w+)\.(\w+)\(", code))):
-        alias = re.search(rf"from helpers import [^\n]*\b(\w+) as {module}\b", code)
-        module = alias.group(1) if alias else module
+    for name in sorted(set(re.findall(r"\b(\w+)\(", code)) & set(imported)):
         try:
-            function = getattr(importlib.import_module(f"helpers.{module}"), name)
-            sources.append(inspect.getsource(function))
+            sources.append(inspect.getsource(getattr(importlib.import_module(imported[name]), name)))
         except (ImportError, AttributeError, TypeError):
             continue
     return "\n".join(sources)
@@ -264,7 +265,7 @@ def test_a_learners_file_where_a_tools_manifest_goes_is_kept(made):
     notes = learner / PRESET / "quantized_model/.outputs.json"
     notes.parent.mkdir(parents=True)
     notes.write_text("my notes\n")
-    with pytest.raises(owned.Refused, match="was not written by helpers.kit") as refused:
+    with pytest.raises(owned.Refused, match="was not written by helpers.tools.kit") as refused:
         kit.unpack(path)
     assert refused.value.exit_code == 4 and notes.read_text() == "my notes\n"
     assert [p.name for p in notes.parent.iterdir()] == [".outputs.json"]
@@ -276,7 +277,7 @@ def test_a_tools_manifest_listing_an_unpacked_file_stays_behind(tmp_path, monkey
     monkeypatch.setattr(config, "RUNS_ROOT", tmp_path / "runs")
     run = write_run(tmp_path / "runs")
     (run / "notebooks/06_stacked_inference.ipynb").write_text("{}")
-    owned.record("helpers.series", [run / "notebooks/06_stacked_inference.ipynb"],
+    owned.record("helpers.tools.series", [run / "notebooks/06_stacked_inference.ipynb"],
                  owned.manifest_of(run / "notebooks", folder=True))
     (run / "notebooks/06_stacked_inference.ipynb").write_text('{"edited": true}')  # changed since
     paths = {e["path"] for e in manifest_in(kit.pack(PRESET, tmp_path / "kit.tar.gz"))["files"]}

@@ -1,8 +1,8 @@
 """Catch-up kits: a finished run packed into one file, so a learner can start any notebook N
 without running 00..N-1 first.
 
-    make kit DEST=/media/usb/workshop-kit.tar.gz     # = python -m helpers.kit pack --dest ...
-    make unkit KIT=/media/usb/workshop-kit.tar.gz    # = python -m helpers.kit unpack ...
+    make kit DEST=/media/usb/workshop-kit.tar.gz     # = python -m helpers.tools.kit pack --dest ...
+    make unkit KIT=/media/usb/workshop-kit.tar.gz    # = python -m helpers.tools.kit unpack ...
 
 Why one .tar.gz file and not a folder: a kit is handed out (a USB stick, a chat upload, a shared
 drive), and one file is copied whole or not at all, keeps no stale files of an older kit, and
@@ -15,14 +15,14 @@ adapters, the checkpoints, the caches, the logs, the figures, the results and th
 notebooks under notebooks/, which are worth reading even when not rerun), but of its folders
 only those the default run writes (config.RESERVED_NAMES): not the named experiments'
 (runs/<preset>/<name>/: other runs), not export/ (deployables, rebuilt by
-`python -m helpers.export`); no symlinks, no hidden files but the tools' manifests (below). The
+`python -m helpers.tools.export`); no symlinks, no hidden files but the tools' manifests (below). The
 models and data from the hub are not in it: they come from the hub or `make assets`. Before
 packing, the run must hold what NEEDS says the covered notebooks read (--upto: 07 by default);
 a missing artifact is one line naming it and the notebook that makes it, exit 3.
 
 The manifest (kit.json) lists each file with its size, mtime and sha256, the preset, the git
 commit of the checkout that packed it and the notebooks the kit covers. The manifests of
-helpers/owned.py that mark files as a tool's own (the executed notebooks are helpers.series's,
+helpers/core/owned.py that mark files as a tool's own (the executed notebooks are helpers.tools.series's,
 the quantized model is the mlx export's) travel as they are, and each file's mtime is restored
 to the nanosecond, so their marks stay true: a rerun of notebook 03 or of the series may replace
 those files as it replaces its own earlier outputs. (Rewriting them instead would change
@@ -55,12 +55,21 @@ import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from helpers import config
-from helpers.io import atomic_output
-from helpers.owned import (EXIT_MISSING, EXIT_USAGE, Refused, UserError, check_targets,
-                           manifest_of, read_manifest, record, staging_folder)
+from helpers.core import config
+from helpers.core.io import atomic_output
+from helpers.core.owned import (
+    EXIT_MISSING,
+    EXIT_USAGE,
+    Refused,
+    UserError,
+    check_targets,
+    manifest_of,
+    read_manifest,
+    record,
+    staging_folder,
+)
 
-TOOL = "helpers.kit"
+TOOL = "helpers.tools.kit"
 KIT_FORMAT = 1
 MANIFEST = "kit.json"  # the kit's first member
 FILES_PREFIX = "run/"  # the run's files sit under this prefix in the tar
@@ -452,7 +461,7 @@ def unpack(kit: str | Path, overwrite: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.kit",
+    parser = argparse.ArgumentParser(prog="python -m helpers.tools.kit",
                                      description=__doc__.splitlines()[0],
                                      epilog=__doc__[__doc__.index("Exit status:"):])
     sub = parser.add_subparsers(dest="command", required=True)
