@@ -229,3 +229,15 @@ def test_adapter_records_its_base_and_warns_on_another(cfg, tmp_path, monkeypatc
     other = get_config("smoke", model=str(save_tiny_dir(*make_tiny_model(seed=5), tmp_path / "other")))
     with pytest.warns(UserWarning, match="trained on .* loaded onto .*other"):
         assert not check_base(tmp_path / "sft", other)
+
+
+def test_base_fingerprint_reads_the_model_files_not_the_tools_bookkeeping(tmp_path):
+    """A tool's hidden manifest (it stores mtimes) beside the weights must not change which base
+    the adapters were trained on; a changed weight file must."""
+    folder = save_tiny_dir(*make_tiny_model(seed=3), tmp_path / "base")
+    cfg = get_config("smoke", model=str(folder))
+    before = base_fingerprint(cfg)
+    (folder / ".outputs.json").write_text('{"files": {}}')
+    assert base_fingerprint(cfg) == before
+    (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
+    assert base_fingerprint(cfg) != before

@@ -25,7 +25,9 @@ def base_fingerprint(cfg) -> str:
 
     spec = base_model_spec(cfg)
     path = Path(resolve(spec))
-    files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else \
+    # hidden files are the tools' bookkeeping (a manifest with mtimes), not the model
+    files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith(".")) \
+        if path.is_dir() else \
         [path] if path.exists() else []
     stamp = [spec if not files else "files", cfg.fake_quant] + [_file_digest(f) for f in files]
     return hashlib.sha1(json.dumps(stamp).encode()).hexdigest()[:16]
