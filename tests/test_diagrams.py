@@ -7,7 +7,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from helpers.course import diagrams
-from helpers.metrics import threshold_at_fpr
+from helpers.evaluate.statistics import threshold_at_fpr
 
 HUMAN = [i / 20 for i in range(20)]   # 0.00 .. 0.95: at 5% FPR the threshold is 0.90
 AI = [0.5, 0.9, 0.91, 0.99]           # 0.9 equals the threshold, so it is not flagged
