@@ -1,22 +1,6 @@
-"""AI-text detectors behind one interface: `detector.score(texts)` -> P(AI) per text (numpy).
-
-- RADAR: a RoBERTa classifier trained adversarially against a paraphraser (P(AI) = softmax[:, 0]).
-- Fast-DetectGPT (Bao et al. 2024): how much more likely the text is than what the scoring LM
-  itself would write, in units of that expectation's spread (analytic sampling discrepancy);
-  scored once by the rewriter's base model and once by Gemma 3 270M, a model of another family.
-- Binoculars (Hans et al. 2024): an LM's log-perplexity on the text divided by the cross-entropy
-  between two LMs that share a tokenizer.
-- MiniLM + logistic regression, trained here on the training split's human vs AI texts.
-- n-gram TF-IDF + LR (stylometric): character 1-4-grams and word 1-2-grams, trained here too.
-- style features + LR: sentence and word lengths, punctuation and function-word rates.
-
-Two kinds, never mixed: *evaluation detectors* (above) judge the rewrites and choose nothing; the
-*training judge* (`training_judge`) is the one any training, data or decoding choice may use. It
-is trained on training-split paragraphs that the evaluation detectors never saw.
-
-Zero-shot detectors give a raw score (higher = more AI-like); Platt scaling fitted on held-out
-validation pairs turns it into P(AI). Fitted parameters are cached under runs/<preset>/detectors/
-as JSON and safetensors (never pickle).
+"""RADAR (Hu et al. 2023): a RoBERTa classifier trained adversarially against a paraphraser;
+P(AI) = softmax(logits)[:, 0]. Its weights are read as safetensors from the hub revision that
+holds them (the main branch has only a pickle, which this project never loads).
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
-"""LoRA adapters on a frozen base: the SFT adapter, a DPO adapter stacked on it, and their exact merge.
-
-Every adapter is saved in mlx-lm's format (adapters.safetensors + adapter_config.json), so
-`mlx_lm.load(base, adapter_path=...)` and the mlx_lm command-line tools read it unchanged.
-
-A stacked layer computes  y = base(x) + s1·(x·A1)·B1   (SFT: mlx-lm's `lora_a`, `lora_b`)
-                                     + s2·(x·A2)·B2   (DPO: `dpo_a`, `dpo_b`),  each term switchable.
-Since  s1·(x·A1)·B1 + s2·(x·A2)·B2 = (x·[A1 A2])·[s1·B1 ; s2·B2],  the two adapters are exactly one
-LoRA of rank r1 + r2 and scale 1: `merged_adapter_weights` builds it.
+"""LoRA on a frozen base (notebook 04): mlx-lm's `LoRALinear` wrapped around every target linear
+layer, y = base(x) + s·(x·A)·B with s = alpha / rank and B = 0 at the start, so training begins
+exactly at the base model.
 
 Fake quantization: on a CPU, MLX's quantized matmul is several times slower than an fp32 matmul
 through OpenBLAS (notebook 04 measures it). With `cfg.fake_quant` the quantized base is dequantized

@@ -1,13 +1,10 @@
-"""Training loops for the SFT and DPO adapters (notebooks 04 and 05).
+"""The two losses (notebooks 04 and 05), on the answer tokens only:
 
-- SFT: next-token cross-entropy on the answer tokens only (mlx-lm's ChatDataset finds where the
-  answer starts; the batch layout is mlx-lm's: tokens + (answer offset, length) per row).
+- SFT: next-token cross-entropy (mlx-lm's ChatDataset finds where the answer starts; the batch
+  layout is mlx-lm's: tokens + (answer offset, length) per row).
 - DPO: sigmoid loss on  beta·[(log π(chosen) − log π_ref(chosen)) − (log π(rejected) − log π_ref(rejected))]
   where π is base + SFT + DPO and π_ref is base + SFT (the DPO term switched off), whose
   log-probs are computed once per pair before training.
-- One loop for both: seeded (the dropout RNG is re-seeded from (seed, step), so it needs no saving),
-  a checkpoint every N steps and on KeyboardInterrupt (adapter + optimizer state in safetensors,
-  step and settings in JSON), resumed automatically, every step logged to CSV.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
-"""LoRA adapters on a frozen base: the SFT adapter, a DPO adapter stacked on it, and their exact merge.
+"""A DPO adapter stacked on the frozen SFT adapter (notebooks 05 and 06). A stacked layer computes
 
-Every adapter is saved in mlx-lm's format (adapters.safetensors + adapter_config.json), so
-`mlx_lm.load(base, adapter_path=...)` and the mlx_lm command-line tools read it unchanged.
+    y = base(x) + s1·(x·A1)·B1   (SFT: mlx-lm's `lora_a`, `lora_b`)
+                + s2·(x·A2)·B2   (DPO: `dpo_a`, `dpo_b`),  each term switchable,
 
-A stacked layer computes  y = base(x) + s1·(x·A1)·B1   (SFT: mlx-lm's `lora_a`, `lora_b`)
-                                     + s2·(x·A2)·B2   (DPO: `dpo_a`, `dpo_b`),  each term switchable.
-Since  s1·(x·A1)·B1 + s2·(x·A2)·B2 = (x·[A1 A2])·[s1·B1 ; s2·B2],  the two adapters are exactly one
-LoRA of rank r1 + r2 and scale 1: `merged_adapter_weights` builds it.
-
-Fake quantization: on a CPU, MLX's quantized matmul is several times slower than an fp32 matmul
-through OpenBLAS (notebook 04 measures it). With `cfg.fake_quant` the quantized base is dequantized
-once after loading; dequantize(W_q) holds exactly the values the quantized layer multiplies with, so
-training and inference compute the same function (up to fp32 summation order), faster. What is
-stored on disk stays quantized (notebook 03's model or the GGUF); adapters are small fp32 files.
+so one model in memory is any of the four systems (base, sft, dpo-only, sft+dpo).
 """
 
 from __future__ import annotations
