@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -33,9 +34,13 @@ def digest(value) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
-def bytes_digest(data: bytes) -> str:
-    """A digest of raw bytes (a file, an array's buffer)."""
-    return hashlib.sha1(data).hexdigest()[:16]
+def bytes_digest(data: bytes | Iterable[bytes]) -> str:
+    """A digest of raw bytes, or of the concatenation of chunks (hashed as they come, so that a
+    model's weights or a large file need not be in memory twice)."""
+    sha = hashlib.sha1()
+    for chunk in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+        sha.update(chunk)
+    return sha.hexdigest()[:16]
 
 
 def file_digest(path: str | Path) -> str:
@@ -43,11 +48,8 @@ def file_digest(path: str | Path) -> str:
     path = Path(path)
     if not path.exists():
         return "none"
-    sha = hashlib.sha1()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            sha.update(chunk)
-    return sha.hexdigest()[:16]
+        return bytes_digest(iter(lambda: f.read(1 << 22), b""))
 
 
 def content_key(kind: str, version: int, **parts) -> str:
