@@ -65,3 +65,7 @@ def test_arrays_round_trip_exactly_and_check_the_key(tmp_path):
     path.write_bytes(path.read_bytes()[:20])
     assert load_arrays(path, "k") is None
     assert load_arrays(tmp_path / "missing.safetensors", "k") is None
+
+
+def test_parts_may_be_called_kind_or_version():
+    assert content_key("a", 1, kind="b", version=2) != content_key("a", 1, kind="b", version=3)

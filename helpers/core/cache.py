@@ -52,7 +52,7 @@ def file_digest(path: str | Path) -> str:
         return bytes_digest(iter(lambda: f.read(1 << 22), b""))
 
 
-def content_key(kind: str, version: int, **parts) -> str:
+def content_key(kind: str, version: int, /, **parts) -> str:
     """The key of a result of `kind` computed by code at `version` from `parts` (JSON-able)."""
     return f"{kind}-v{version}-{digest(parts)}"
 
