@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import make_tiny_model
 
-from helpers.core.io import read_json
+from helpers.core.cache import load_json, read_entries, save_json
 from helpers.core.models import load_model, save_mlx_model
 from helpers.core.precision import set_compute_dtype
 from helpers.quant.allocate import GPTQ_AWARE, allocate, equal_size_methods
@@ -85,10 +85,10 @@ def test_scan_cache_is_reused(tiny_model, tmp_path):
     units = quant_units(model, "block", GROUP)
     cache = tmp_path / "cache.json"
     first = measure_units(model, ref, units, 4, GROUP, cache, "key", progress=False)
-    stored = json.loads(cache.read_text())["key"]
+    stored = load_json(cache, "key")
     assert set(stored) == set(units) == {"model.embed_tokens", "model.layers.0", "model.layers.1"}
     stored["model.layers.1"]["mean"] = 123.0  # a cached entry is read back, not recomputed
-    cache.write_text(json.dumps({"key": stored}))
+    save_json(cache, "key", stored)
     again = measure_units(model, ref, units, 4, GROUP, cache, "key", progress=False)
     assert again["model.layers.1"]["mean"] == 123.0
     assert again["model.layers.0"] == first["model.layers.0"]
@@ -306,7 +306,7 @@ def test_gradient_scores_are_read_back_only_for_the_same_weights_tokens_and_bits
         gradient_scores(model, tokens, 3, 8, GROUP, batch_rows=2, cache_path=cache)
     finally:
         layer.weight = original
-    assert len(passes) == 3 and len(read_json(cache)) == 4
+    assert len(passes) == 3 and len(read_entries(cache)) == 4
 
 
 def test_per_kind_fit_scales_predictions_by_the_sampled_ratio():

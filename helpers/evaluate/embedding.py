@@ -7,9 +7,20 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers.core.io import atomic_write_bytes, atomic_write_json, read_json
+from helpers.core.cache import (
+    content_key,
+    load_arrays,
+    load_json,
+    save_arrays,
+    save_json,
+)
 from helpers.evaluate.hub import locate
-from helpers.evaluate.platt import _fingerprint, _sigmoid, calibration_pairs, fit_platt
+from helpers.evaluate.platt import (
+    DETECTORS_VERSION,
+    _sigmoid,
+    calibration_pairs,
+    fit_platt,
+)
 from helpers.evaluate.trained_detectors import choose_c, detector_rows, training_texts
 
 
@@ -61,23 +72,20 @@ class EmbeddingDetector:
         detector.meta = {"C": best_c, "n_train": len(texts), "n_calib": len(calib_texts)}
         return detector
 
-    def save(self, folder: Path, fingerprint: str) -> None:
-        from safetensors.numpy import save
-        atomic_write_bytes(folder / "minilm_lr.safetensors",
-                           save({"weight": self.weight, "bias": np.array([self.bias], np.float32)}))
-        atomic_write_json(folder / "minilm_lr.json", {**self.meta, "embedder": self.embedder.spec,
-                                                      "platt": list(self.platt),
-                                                      "fingerprint": fingerprint})
+    def save(self, folder: Path, key: str) -> None:
+        """minilm_lr.safetensors (weights) and minilm_lr.json (the rest), both under cache `key`."""
+        save_arrays(folder / "minilm_lr.safetensors", key,
+                    {"weight": self.weight, "bias": np.array([self.bias], np.float32)})
+        save_json(folder / "minilm_lr.json", key, {**self.meta, "embedder": self.embedder.spec,
+                                                   "platt": list(self.platt)}, keep=False)
 
     @classmethod
-    def load(cls, folder: Path, embedder: Embedder, fingerprint: str):
-        """The saved detector, or None when there is none or it was trained on other data."""
-        from safetensors.numpy import load_file
-        meta_path = folder / "minilm_lr.json"
-        if not meta_path.exists() or read_json(meta_path).get("fingerprint") != fingerprint:
+    def load(cls, folder: Path, embedder: Embedder, key: str):
+        """The saved detector, or None when there is none or it was saved under another key."""
+        meta = load_json(folder / "minilm_lr.json", key)
+        tensors = load_arrays(folder / "minilm_lr.safetensors", key) if meta is not None else None
+        if tensors is None:
             return None
-        meta = read_json(meta_path)
-        tensors = load_file(str(folder / "minilm_lr.safetensors"))
         return cls(embedder, tensors["weight"], tensors["bias"][0], meta["platt"], meta)
 
 
@@ -88,11 +96,12 @@ def trained_detector(cfg, embedder: Embedder, data: dict) -> EmbeddingDetector:
     train = detector_rows(cfg, data)
     texts, labels, groups = training_texts(train)
     calib_texts, calib_labels = calibration_pairs(data["val"], len(data["val"]))
-    fingerprint = _fingerprint(embedder.spec, cfg.seed, texts, calib_texts)
+    key = content_key("embedding-detector", DETECTORS_VERSION, embedder=embedder.spec,
+                      seed=cfg.seed, texts=list(texts), calib_texts=list(calib_texts))
     folder = cfg.path("detectors")
-    detector = EmbeddingDetector.load(folder, embedder, fingerprint)
+    detector = EmbeddingDetector.load(folder, embedder, key)
     if detector is None:
         detector = EmbeddingDetector.train(embedder, texts, labels.tolist(), calib_texts,
                                            calib_labels, seed=cfg.seed, groups=groups)
-        detector.save(folder, fingerprint)
+        detector.save(folder, key)
     return detector

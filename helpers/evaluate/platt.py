@@ -3,14 +3,11 @@ validation pairs.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-
 import numpy as np
 
-
-def _fingerprint(*parts) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+# bump when fitted Platt parameters or trained detectors would change for the same data: their
+# cached copies under runs/<preset>/detectors/ (helpers.core.cache) are then ignored
+DETECTORS_VERSION = 1
 
 
 def _sigmoid(x):

@@ -8,8 +8,19 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers.core.io import atomic_write_bytes, atomic_write_json, read_json
-from helpers.evaluate.platt import _fingerprint, _sigmoid, calibration_pairs, fit_platt
+from helpers.core.cache import (
+    content_key,
+    load_arrays,
+    load_json,
+    save_arrays,
+    save_json,
+)
+from helpers.evaluate.platt import (
+    DETECTORS_VERSION,
+    _sigmoid,
+    calibration_pairs,
+    fit_platt,
+)
 
 
 def training_texts(rows: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -84,28 +95,24 @@ class LinearTextDetector:
                          "n_features": int(x.shape[1])}
         return detector
 
-    def save(self, folder: Path, fingerprint: str, slug: str | None = None) -> None:
-        from safetensors.numpy import save
+    def save(self, folder: Path, key: str, slug: str | None = None) -> None:
+        """<slug>.safetensors (arrays) and <slug>.json (the rest), both under cache `key`."""
         slug = slug or self.slug
         arrays = {k: v for k, v in self.state.items() if isinstance(v, np.ndarray)}
         lists = {k: v for k, v in self.state.items() if not isinstance(v, np.ndarray)}
-        atomic_write_bytes(folder / f"{slug}.safetensors",
-                           save({**arrays, "weight": self.weight,
-                                 "bias": np.array([self.bias], np.float32)}))
-        atomic_write_json(folder / f"{slug}.json",
-                          {**self.meta, "state": lists, "platt": list(self.platt),
-                           "fingerprint": fingerprint})
+        save_arrays(folder / f"{slug}.safetensors", key,
+                    {**arrays, "weight": self.weight, "bias": np.array([self.bias], np.float32)})
+        save_json(folder / f"{slug}.json", key,
+                  {**self.meta, "state": lists, "platt": list(self.platt)}, keep=False)
 
     @classmethod
-    def load(cls, folder: Path, fingerprint: str, slug: str | None = None):
-        """The saved detector, or None when there is none or it was trained on other data."""
-        from safetensors.numpy import load_file
+    def load(cls, folder: Path, key: str, slug: str | None = None):
+        """The saved detector, or None when there is none or it was saved under another key."""
         slug = slug or cls.slug
-        meta_path = folder / f"{slug}.json"
-        if not meta_path.exists() or read_json(meta_path).get("fingerprint") != fingerprint:
+        meta = load_json(folder / f"{slug}.json", key)
+        arrays = load_arrays(folder / f"{slug}.safetensors", key) if meta is not None else None
+        if arrays is None:
             return None
-        meta = read_json(meta_path)
-        arrays = load_file(str(folder / f"{slug}.safetensors"))
         weight, bias = arrays.pop("weight"), arrays.pop("bias")[0]
         return cls({**meta.pop("state"), **arrays}, weight, bias, meta["platt"], meta)
 
@@ -199,15 +206,15 @@ def fitted(cls, cfg, rows: list[dict], calib_rows: list[dict], slug: str | None 
     """`cls` trained on `rows`, or reloaded from detectors/<slug>.* (this run's, else the default
     run's: an experiment that keeps the data reuses them) when trained on the same rows."""
     slug = slug or cls.slug
-    fingerprint = _fingerprint(slug, cls.__name__, cls.c_grid,
-                               [(r["human"], r["ai"]) for r in rows],
-                               [(r["human"], r["ai"]) for r in calib_rows])
+    key = content_key("trained-detector", DETECTORS_VERSION, slug=slug, cls=cls.__name__,
+                      c_grid=list(cls.c_grid), rows=[(r["human"], r["ai"]) for r in rows],
+                      calib_rows=[(r["human"], r["ai"]) for r in calib_rows])
     for folder in dict.fromkeys([cfg.path("detectors"), cfg.input_path("detectors")]):
-        detector = cls.load(folder, fingerprint, slug)
+        detector = cls.load(folder, key, slug)
         if detector is not None:
             return detector
     detector = cls.train(rows, calib_rows)
-    detector.save(cfg.path("detectors"), fingerprint, slug)
+    detector.save(cfg.path("detectors"), key, slug)
     return detector
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from helpers.core.io import atomic_write_json, read_json
+from helpers.core.cache import content_key, digest, load_json, save_json
 from helpers.core.models import ModelNotAvailable, load_model
 from helpers.evaluate.hub import locate
-from helpers.evaluate.platt import _fingerprint, _sigmoid, fit_platt
+from helpers.evaluate.platt import DETECTORS_VERSION, _sigmoid, fit_platt
 
 
 def _log_softmax(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -103,17 +103,21 @@ class ZeroShot:
 
     def calibrate(self, texts: list[str], labels: list[int], cache: Path | None = None,
                   key: str = "") -> "ZeroShot":
-        """Fit (or reload from `cache`, if it was fitted on the same texts) the Platt mapping."""
-        fingerprint = _fingerprint(self.name, key, texts, labels)
-        if cache and cache.exists() and read_json(cache).get("fingerprint") == fingerprint:
-            self.platt = tuple(read_json(cache)["platt"])
+        """Fit (or reload from `cache`, a helpers.core.cache JSON file, if it was fitted by this
+        detector and `key` on the same texts and labels) the Platt mapping."""
+        cache_key = content_key("platt", DETECTORS_VERSION, detector=self.name, key=key,
+                                texts=list(texts), labels=[int(x) for x in labels])
+        saved = load_json(cache, cache_key) if cache else None
+        if saved is not None:
+            self.platt = tuple(saved["platt"])
             return self
         raw = self.raw_scores(texts)
         keep = ~np.isnan(raw)
         self.platt = fit_platt(raw[keep], np.asarray(labels)[keep])
         if cache:
-            atomic_write_json(cache, {"detector": self.name, "key": key, "fingerprint": fingerprint,
-                                      "platt": list(self.platt), "n_texts": len(texts)})
+            save_json(cache, cache_key, {"detector": self.name, "key": key,
+                                         "platt": list(self.platt), "n_texts": len(texts)},
+                      keep=False)
         return self
 
 
@@ -171,26 +175,26 @@ def other_family_scorer(spec: str) -> tuple[str, object]:
 
 
 class CachedFastDetectGPT(FastDetectGPT):
-    """Fast-DetectGPT that keeps each text's raw score in a JSON file (under `key`: the scorer
-    and token limit) and loads its model only for texts not in it: a model that costs seconds
+    """Fast-DetectGPT that keeps each text's raw score in a JSON cache file (helpers.core.cache;
+    one entry per `key`: the scorer and token limit) and loads its model only for texts not in it: a model that costs seconds
     per text is paid once per text, not again when notebook 07 reruns."""
 
     def __init__(self, load, cache: Path, key: str, max_tokens: int, batch_size: int = 1):
         super().__init__(None, None, max_tokens, batch_size)
-        self.load, self.cache, self.key = load, cache, key
-        saved = read_json(cache) if cache.exists() else {}
-        self.saved = saved.get("scores", {}) if saved.get("key") == key else {}
+        self.load, self.cache = load, cache
+        self.key = content_key("fast-detectgpt-scores", DETECTORS_VERSION, scorer=key)
+        self.saved = load_json(cache, self.key) or {}  # {text digest: raw score or None}
 
     def raw_scores(self, texts: list[str]) -> np.ndarray:
-        ids = [_fingerprint(t) for t in texts]
+        ids = [digest(t) for t in texts]
         todo = list(dict.fromkeys(t for t, i in zip(texts, ids) if i not in self.saved))
         if todo:
             if self.model is None:
                 self.model, self.tokenizer = self.load()
             scores = super().raw_scores(todo)
-            self.saved.update({_fingerprint(t): None if np.isnan(v) else float(v)
+            self.saved.update({digest(t): None if np.isnan(v) else float(v)
                                for t, v in zip(todo, scores)})
-            atomic_write_json(self.cache, {"key": self.key, "scores": self.saved})
+            save_json(self.cache, self.key, self.saved, keep=False)
         return np.array([np.nan if self.saved[i] is None else self.saved[i] for i in ids])
 
 

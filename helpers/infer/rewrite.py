@@ -5,10 +5,9 @@ files is `python -m helpers.tools.rewrite_files`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-from helpers.core.io import atomic_write_json, atomic_write_jsonl
+from helpers.core.io import atomic_write_jsonl
 from helpers.infer.clean import clean_output, cut_loop
 from helpers.infer.decode import generate_tokens
 from helpers.infer.fact_repair import repair_facts, sentence_candidates
@@ -92,28 +91,33 @@ DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty"
                    "gen_max_tokens", "gen_batch_size",
                    "seed", "fact_check_samples", "fact_check_temperature", "fact_resample",
                    "fact_repair", "compute_dtype")
+# bump when the rewrites would change for the same key: old cache entries are then ignored
+EVAL_REWRITES_VERSION = 1
+ON_POLICY_VERSION = 1
 
 
 def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "sft", "sft+dpo"),
                      out_path: Path | None = None) -> list[dict]:
     """The contract notebook 07 reads: one row per eval draft with every system's rewrite
     (`outputs`) and whether it stopped at the token cap (`hit_cap`, by system), written
-    atomically to runs/<preset>/rewrites.jsonl. Its key (base, adapters in memory,
-    drafts, systems, decoding fields) goes beside it; a call with the same key reads the file
-    back instead of generating again, so rerunning the cell is instant and any change reruns."""
-    from helpers.core.io import iter_jsonl, read_json
+    atomically to runs/<preset>/rewrites.jsonl. Its cache key (helpers.core.cache: base, adapters
+    in memory, drafts, systems, decoding fields) goes beside it; a call with the same key reads the
+    file back instead of generating again, so rerunning the cell is instant and any change reruns."""
+    from helpers.core.cache import content_key, load_json, save_json
+    from helpers.core.io import iter_jsonl
     from helpers.train.adapters import adapter_digest
     from helpers.train.base import base_fingerprint
     from helpers.train.trainer import ids_digest
 
     out_path = Path(out_path or cfg.path("rewrites.jsonl"))
     key_path = out_path.with_name(out_path.name + ".key.json")
-    key = {"base": base_fingerprint(cfg), "adapters": adapter_digest(model),
-           "drafts": ids_digest([f"{r['id']}\t{r['ai']}" for r in rows]), "systems": list(systems),
-           "decoding": {f: getattr(cfg, f) for f in DECODING_FIELDS},
-           "fields": ["outputs", "hit_cap"]}  # a file from before hit_cap was recorded: rewrite
-    key = json.loads(json.dumps(key))  # tuples as lists, as read back
-    if out_path.exists() and key_path.exists() and read_json(key_path) == key:
+    key = content_key("eval-rewrites", EVAL_REWRITES_VERSION, base=base_fingerprint(cfg),
+                      adapters=adapter_digest(model),
+                      drafts=ids_digest([f"{r['id']}\t{r['ai']}" for r in rows]),
+                      systems=list(systems),
+                      decoding={f: getattr(cfg, f) for f in DECODING_FIELDS},
+                      fields=["outputs", "hit_cap"])
+    if out_path.exists() and load_json(key_path, key) is not None:
         print(f"{out_path} was written for these adapters, drafts and decoding: read back")
         return [row for _, row in iter_jsonl(out_path, strict=True)]
     outputs = {}
@@ -127,30 +131,33 @@ def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "
                for i, r in enumerate(rows)]
     key_path.unlink(missing_ok=True)  # a crash between the two writes leaves no stale key
     atomic_write_jsonl(out_path, records)
-    atomic_write_json(key_path, key)
+    save_json(key_path, key, {"rows": len(records)}, keep=False)
     return records
 
 
 def on_policy_samples(cfg, model, tokenizer, drafts: list[str]) -> list[str]:
     """The SFT model's own rewrites of `drafts`, sampled at cfg.on_policy_temperature: DPO's
     on-policy rejected texts. Cached in
-    runs/<preset>/dpo_on_policy.json for this SFT adapter and these sampling settings."""
+    runs/<preset>/dpo_on_policy.json (helpers.core.cache) for this SFT adapter and these sampling
+    settings."""
+    from helpers.core.cache import content_key, load_json, save_json
     from helpers.train.trainer import adapter_fingerprint, ids_digest
 
     # plain sampling, no repetition penalty: the rejected texts should show the SFT model's own
     # failure modes (loops included), so that DPO learns to move away from them
     cfg = dataclasses.replace(cfg, temperature=cfg.on_policy_temperature, repetition_penalty=1.0)
-    key = {"sft": adapter_fingerprint(cfg), "drafts": ids_digest(drafts),
-           "sampling": [cfg.temperature, cfg.top_p, cfg.max_len_ratio, cfg.gen_max_tokens, cfg.seed]}
+    key = content_key("on-policy-samples", ON_POLICY_VERSION, sft=adapter_fingerprint(cfg),
+                      drafts=ids_digest(drafts),
+                      sampling=[cfg.temperature, cfg.top_p, cfg.max_len_ratio, cfg.gen_max_tokens,
+                                cfg.seed])
     cache = cfg.path("dpo_on_policy.json")
-    if cache.exists():
-        cached = json.loads(cache.read_text(encoding="utf-8"))
-        if cached.get("key") == key:
-            return cached["samples"]
+    cached = load_json(cache, key)
+    if cached is not None:
+        return cached
     use_system(model, "sft")
     try:
         samples = rewrite(model, tokenizer, drafts, cfg, desc="on-policy samples")
     finally:
         use_system(model, "sft+dpo")
-    atomic_write_json(cache, {"key": key, "samples": samples})
+    save_json(cache, key, samples, keep=False)
     return samples

@@ -3,17 +3,16 @@ rule-based recipe and its gradient-sensitivity allocation.
 """
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from helpers.core.io import atomic_write_json, read_json
+from helpers.core.cache import bytes_digest, content_key, load_json, save_json
 from helpers.quant.calibration import tokens_hash
 from helpers.quant.units import SCALE_BITS, protected_units, shapes_by_path, stored_bits
+
+ANCHORS_VERSION = 1  # bump when the gradient scores would change: old cache entries are ignored
 
 
 def rule_based_bits(model: nn.Module, units: dict, recipe: str = "mixed_4_6",
@@ -33,11 +32,12 @@ def rule_based_bits(model: nn.Module, units: dict, recipe: str = "mixed_4_6",
 
 def weights_digest(model: nn.Module) -> str:
     """A hash of every parameter: the same digest means the same model, whatever it was loaded as."""
-    digest = hashlib.sha1()
-    for name, value in tree_flatten(model.parameters()):
-        wide = value.astype(mx.float32) if value.dtype == mx.bfloat16 else value  # numpy has no bf16
-        digest.update(name.encode() + np.array(wide).tobytes())
-    return digest.hexdigest()[:16]
+    def chunks():
+        for name, value in tree_flatten(model.parameters()):
+            wide = value.astype(mx.float32) if value.dtype == mx.bfloat16 else value  # no bf16 in numpy
+            yield name.encode() + np.array(wide).tobytes()
+
+    return bytes_digest(chunks())
 
 
 def gradient_scores(model: nn.Module, tokens: mx.array, low_bits: int, high_bits: int,
@@ -45,8 +45,8 @@ def gradient_scores(model: nn.Module, tokens: mx.array, low_bits: int, high_bits
     """{path: score} from mlx-lm's dynamic_quant: the gradient of KL(reference || all layers at
     `low_bits`) dotted with (W_low - W_high), per million weights: a first-order estimate of the
     KL that raising the layer from low to high bits removes. One forward and backward pass.
-    With `cache_path` (a JSON file), scores of the same weights, tokens and bits are read back
-    instead (notebook 02 computes the pair that notebook 03 needs at the target)."""
+    With `cache_path` (a JSON cache file, helpers.core.cache), scores of the same weights, tokens
+    and bits are read back instead (notebook 02 computes the pair that notebook 03 needs at the target)."""
     from mlx_lm.quant.dynamic_quant import estimate_sensitivities
 
     def measure():
@@ -55,12 +55,14 @@ def gradient_scores(model: nn.Module, tokens: mx.array, low_bits: int, high_bits
 
     if not cache_path:
         return measure()
-    key = f"{weights_digest(model)}-{tokens_hash(tokens)}-{low_bits}-{high_bits}-{group_size}"
-    cache = read_json(cache_path) if Path(cache_path).exists() else {}
-    if key not in cache:
-        cache[key] = measure()
-        atomic_write_json(cache_path, cache)
-    return cache[key]
+    key = content_key("gradient-scores", ANCHORS_VERSION, weights=weights_digest(model),
+                      tokens=tokens_hash(tokens), low_bits=low_bits, high_bits=high_bits,
+                      group_size=group_size)
+    scores = load_json(cache_path, key)
+    if scores is None:
+        scores = measure()
+        save_json(cache_path, key, scores)
+    return scores
 
 
 def bracketing_bits(target_bpw: float, candidate_bits, group_size: int) -> tuple[int, int]:

@@ -3,11 +3,12 @@ Hessians are measured on.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
+
+from helpers.core.cache import bytes_digest
 
 PROSE_FILE = Path(__file__).resolve().parents[2] / "data" / "calibration_prose.txt"
 
@@ -54,8 +55,9 @@ def preset_calibration(cfg, tokenizer) -> mx.array:
 
 
 def tokens_hash(tokens: mx.array) -> str:
+    """A digest of the tokens and their shape (12 hex digits: it is shown and recorded)."""
     array = np.array(tokens, dtype=np.int64)
-    return hashlib.sha1(str(array.shape).encode() + array.tobytes()).hexdigest()[:12]
+    return bytes_digest([str(array.shape).encode(), array.tobytes()])[:12]
 
 
 def gptq_calibration(cfg, tokenizer) -> mx.array:

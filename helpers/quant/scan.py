@@ -10,6 +10,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from helpers.core.cache import content_key, load_json, save_json
 from helpers.core.io import atomic_write_json, read_json
 from helpers.quant.calibration import preset_calibration, tokens_hash
 from helpers.quant.kl import Reference, fake_quantize, fake_quantized, kl_stats
@@ -21,23 +22,28 @@ SCAN_VERSION = 1  # bump when the scan's numbers would change, so old cache entr
 def measure_units(model, ref: Reference, units: dict, bits: int, group_size: int,
                   cache_path=None, cache_key: str = "", progress: bool = True,
                   reuse: bool = True) -> dict:
-    """{unit: KL stats} with only that unit quantized to `bits`. Entries already in the cache
-    file under `cache_key` are reused (unless reuse=False); new ones are written as they come, so
-    an interrupted scan resumes where it stopped."""
+    """{unit: KL stats} with only that unit quantized to `bits`. Units already in the cache
+    file's entry `cache_key` (helpers.core.cache) are reused (unless reuse=False); new ones are
+    added to it as they come, so an interrupted scan resumes where it stopped."""
     from tqdm.auto import tqdm
 
-    cache = read_json(cache_path) if cache_path and Path(cache_path).exists() else {}
-    if not reuse:
-        cache[cache_key] = {}
-    done = cache.setdefault(cache_key, {})
+    done = (load_json(cache_path, cache_key) or {}) if cache_path and reuse else {}
     todo = [name for name in units if name not in done]
     for name in tqdm(todo, desc=f"{bits}-bit scan", disable=not progress or not todo):
         unit = units[name]
         with fake_quantized(model, {p: bits for p in unit["paths"]}, group_size):
             done[name] = kl_stats(ref.kl_from(model, unit["block"]))
         if cache_path:
-            atomic_write_json(cache_path, cache)
+            save_json(cache_path, cache_key, done)
     return {name: done[name] for name in units}
+
+
+def scan_key(cfg, calib: str, bits: int, what: str) -> str:
+    """The cache key of one table of the scan: `what` is "kl" (measured), "fit" (the sample
+    measured to correct the predictions) or "weight-error"."""
+    return content_key("sensitivity", SCAN_VERSION, model=cfg.model, reference="dequantized",
+                       calibration=calib if what != "weight-error" else None,
+                       group_size=cfg.group_size, bits=bits, table=what)
 
 
 def quantization_error(model, units: dict, bits: int, group_size: int) -> dict:
@@ -70,8 +76,8 @@ def sensitivity_scan(cfg, model, tokenizer, progress: bool = True,
     ref = None
     kl = {name: {} for name in units}
     for bits in measured:
-        key = f"{cfg.model}|dequantized|calib={calib}|g{cfg.group_size}|b{bits}|v{SCAN_VERSION}"
-        cached = read_json(cache_path).get(key, {}) if reuse_cache and cache_path.exists() else {}
+        key = scan_key(cfg, calib, bits, "kl")
+        cached = (load_json(cache_path, key) or {}) if reuse_cache else {}
         if ref is None and any(name not in cached for name in units):
             ref = Reference(model, tokens)
         table = measure_units(model, ref, units, bits, cfg.group_size, cache_path, key, progress,
@@ -80,12 +86,11 @@ def sensitivity_scan(cfg, model, tokenizer, progress: bool = True,
             kl[name][str(bits)] = {**stats, "measured": True}
     errors = {}  # weight errors are cached too, so a rerun is instant
     for bits in candidates if set(candidates) - set(measured) else []:
-        key = f"{cfg.model}|dequantized|weight-error|g{cfg.group_size}|b{bits}|v{SCAN_VERSION}"
-        cache_file = read_json(cache_path) if cache_path.exists() else {}
-        if not reuse_cache or not set(units) <= set(cache_file.get(key, {})):
-            cache_file[key] = quantization_error(model, units, bits, cfg.group_size)
-            atomic_write_json(cache_path, cache_file)
-        errors[bits] = cache_file[key]
+        key = scan_key(cfg, calib, bits, "weight-error")
+        errors[bits] = load_json(cache_path, key) if reuse_cache else None
+        if not set(units) <= set(errors[bits] or {}):
+            errors[bits] = quantization_error(model, units, bits, cfg.group_size)
+            save_json(cache_path, key, errors[bits])
     for bits in candidates:
         if bits in measured:
             continue
@@ -98,9 +103,9 @@ def sensitivity_scan(cfg, model, tokenizer, progress: bool = True,
         if bits in measured or bits not in candidates:
             raise ValueError(f"scan_fit_bits {bits} must be a predicted candidate bit-width "
                              f"(candidates {candidates}, measured {measured})")
-        key = f"{cfg.model}|dequantized|calib={calib}|g{cfg.group_size}|b{bits}|fit|v{SCAN_VERSION}"
+        key = scan_key(cfg, calib, bits, "fit")
         sample = fit_sample(units, cfg.scan_fit_units)
-        cached = read_json(cache_path).get(key, {}) if reuse_cache and cache_path.exists() else {}
+        cached = (load_json(cache_path, key) or {}) if reuse_cache else {}
         if ref is None and any(n not in cached for names in sample.values() for n in names):
             ref = Reference(model, tokens)
         table = measure_units(model, ref, {n: units[n] for names in sample.values() for n in names},

@@ -59,19 +59,20 @@ def save_dpo_adapter(model: nn.Module, out_dir: str | Path, config: dict) -> Pat
 def adapter_digest(model: nn.Module) -> str:
     """A hash of the adapters as they are in memory (every LoRA matrix and scale; not which
     terms are switched on): outputs cached for one set of adapters are not reused for another."""
-    import hashlib
-
     import numpy as np
 
-    digest = hashlib.sha1()
-    for name, layer in lora_layers(model):
-        stacked = isinstance(layer, StackedLoRALinear)
-        arrays = (layer.lora_a, layer.lora_b) + ((layer.dpo_a, layer.dpo_b) if stacked else ())
-        scales = (layer.scale,) + ((layer.dpo_scale,) if stacked else ())
-        digest.update(f"{name}{scales}".encode())
-        for array in arrays:
-            digest.update(np.array(array.astype(mx.float32)).tobytes())
-    return digest.hexdigest()[:16]
+    from helpers.core.cache import bytes_digest
+
+    def chunks():
+        for name, layer in lora_layers(model):
+            stacked = isinstance(layer, StackedLoRALinear)
+            arrays = (layer.lora_a, layer.lora_b) + ((layer.dpo_a, layer.dpo_b) if stacked else ())
+            scales = (layer.scale,) + ((layer.dpo_scale,) if stacked else ())
+            yield f"{name}{scales}".encode()
+            for array in arrays:
+                yield np.array(array.astype(mx.float32)).tobytes()
+
+    return bytes_digest(chunks())
 
 
 def _same_layers(sft_config: dict, dpo_config: dict) -> None:

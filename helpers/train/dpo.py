@@ -4,12 +4,9 @@ computed once per pair before training.
 """
 from __future__ import annotations
 
-import json
-
 import mlx.core as mx
-import numpy as np
 
-from helpers.core.io import atomic_write_json
+from helpers.core.cache import content_key, load_arrays, save_arrays
 from helpers.train.adapters import save_dpo_adapter
 from helpers.train.base import base_fingerprint
 from helpers.train.batches import batch_order, dpo_answer_position, dpo_batch, dpo_dataset
@@ -18,23 +15,26 @@ from helpers.train.losses import make_dpo_batch_loss, reference_logprobs
 from helpers.train.stacked import set_adapters, stacked_layers
 from helpers.train.trainer import RunSettings, adapter_fingerprint, ids_digest, train
 
+DPO_REFERENCE_VERSION = 1  # bump when the reference log-probs would change: old entries are ignored
+
 
 def dpo_reference(model, tokenizer, cfg, pairs: list[dict], progress: bool = True) -> dict:
     """The pairs this run will visit (dpo_steps x dpo_batch_size, in order) and their reference
-    log-probs under base + SFT, computed once and cached in runs/<preset>/dpo_reference.json."""
+    log-probs under base + SFT, computed once and cached in runs/<preset>/dpo_reference.safetensors
+    (helpers.core.cache: keyed on the pairs' ids, the SFT adapter and the base)."""
     if not stacked_layers(model):
         raise ValueError("DPO needs a model with the SFT adapter and a DPO adapter on top "
                          "(lora.add_dpo_adapter)")
     dataset = dpo_dataset(pairs, tokenizer, cfg)[:cfg.dpo_steps * cfg.dpo_batch_size]
     ids, sft = [d["id"] for d in dataset], adapter_fingerprint(cfg) + base_fingerprint(cfg)
-    cache = cfg.path("dpo_reference.json")
-    cached = json.loads(cache.read_text()) if cache.exists() else {}
-    if cached.get("ids") == ids and cached.get("sft") == sft:
-        chosen, rejected = np.array(cached["chosen"]), np.array(cached["rejected"])
+    path, key = cfg.path("dpo_reference.safetensors"), content_key(
+        "dpo-reference", DPO_REFERENCE_VERSION, ids=ids_digest(ids), sft=sft)
+    cached = load_arrays(path, key)
+    if cached is not None:
+        chosen, rejected = cached["chosen"], cached["rejected"]
     else:
         chosen, rejected = reference_logprobs(model, dataset, 2 * cfg.dpo_batch_size, progress)
-        atomic_write_json(cache, {"ids": ids, "sft": sft, "chosen": chosen.tolist(),
-                                  "rejected": rejected.tolist()})
+        save_arrays(path, key, {"chosen": chosen, "rejected": rejected})
     return {"dataset": dataset, "chosen": chosen, "rejected": rejected, "sft": sft}
 
 

@@ -17,12 +17,12 @@ dpo_chosen="human"), rejected = the worst; an empty sample always ranks last.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import mlx.core as mx
 import numpy as np
 
 COMPONENTS = ("judge", "facts", "meaning", "surprise")
+SAMPLES_VERSION = 1  # bump when the sampled rewrites would change: old cache entries are ignored
 
 
 def weights_of(cfg) -> dict[str, float]:
@@ -129,21 +129,22 @@ def score_samples(model, tokenizer, drafts: list[str], texts: list[str], judge, 
 def sample_rewrites(cfg, model, tokenizer, rows: list[dict], k: int, cache: bool = True) -> list[list[str]]:
     """k samples per draft from base + SFT at cfg.on_policy_temperature, no repetition penalty
     (as on_policy_samples: the SFT model's own habits), all drafts × k decoded in one batch.
-    Cached in runs/<preset>/dpo_ranked_samples.json for this SFT adapter, these drafts and
-    these sampling settings."""
-    from helpers.core.io import atomic_write_json
+    Cached in runs/<preset>/dpo_ranked_samples.json (helpers.core.cache) for this SFT adapter,
+    these drafts and these sampling settings."""
+    from helpers.core.cache import content_key, load_json, save_json
     from helpers.infer.rewrite import rewrite
     from helpers.infer.systems import use_system
     from helpers.train.trainer import adapter_fingerprint, ids_digest
 
     cfg = dataclasses.replace(cfg, temperature=cfg.on_policy_temperature, repetition_penalty=1.0)
-    key = {"sft": adapter_fingerprint(cfg), "drafts": ids_digest([r["id"] for r in rows]), "k": k,
-           "sampling": [cfg.temperature, cfg.top_p, cfg.max_len_ratio, cfg.gen_max_tokens, cfg.seed]}
+    key = content_key("ranked-samples", SAMPLES_VERSION, sft=adapter_fingerprint(cfg),
+                      drafts=ids_digest([r["id"] for r in rows]), k=k,
+                      sampling=[cfg.temperature, cfg.top_p, cfg.max_len_ratio, cfg.gen_max_tokens,
+                                cfg.seed])
     path = cfg.path("dpo_ranked_samples.json") if cache else None
-    if path is not None and path.exists():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("key") == key:
-            return saved["samples"]
+    saved = load_json(path, key) if path is not None else None
+    if saved is not None:
+        return saved
     use_system(model, "sft")
     try:  # rows of one batch draw their own random numbers: the k copies differ
         flat = rewrite(model, tokenizer, [r["prompt"] for r in rows for _ in range(k)], cfg,
@@ -152,7 +153,7 @@ def sample_rewrites(cfg, model, tokenizer, rows: list[dict], k: int, cache: bool
         use_system(model, "sft+dpo")
     samples = [flat[i * k:(i + 1) * k] for i in range(len(rows))]
     if path is not None:
-        atomic_write_json(path, {"key": key, "samples": samples})
+        save_json(path, key, samples, keep=False)
     return samples
 
 

@@ -6,7 +6,6 @@ in safetensors, step and settings in JSON), resumed automatically, every step lo
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import shutil
@@ -19,7 +18,16 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
+from helpers.core.cache import (
+    bytes_digest,
+    content_key,
+    file_digest,
+    load_json,
+    save_json,
+)
 from helpers.core.io import atomic_write_text
+
+CHECKPOINT_VERSION = 1  # bump when a checkpoint of the same settings could no longer be resumed
 
 
 @dataclass
@@ -53,21 +61,24 @@ def save_checkpoint(folder: Path, snapshot: dict, settings: RunSettings, adapter
                         {k.replace(".dpo_", ".lora_"): v for k, v in snapshot["weights"].items()})
     mx.save_safetensors(str(tmp / "optimizer.safetensors"), snapshot["optimizer"])
     (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
-    (tmp / "state.json").write_text(json.dumps({
-        "step": snapshot["step"], "elapsed_s": snapshot["elapsed_s"],
-        "settings": asdict(settings)}, indent=2))
+    save_json(tmp / "state.json", checkpoint_key(settings), {
+        "step": snapshot["step"], "elapsed_s": snapshot["elapsed_s"], "settings": asdict(settings)})
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
 
+def checkpoint_key(settings: RunSettings) -> str:
+    """A checkpoint resumes only a run of the same settings (helpers.core.cache's content key)."""
+    return content_key("checkpoint", CHECKPOINT_VERSION, settings=asdict(settings))
+
+
 def load_checkpoint(folder: Path, model, optimizer, settings: RunSettings) -> dict | None:
-    """Restore adapter weights and optimizer state; None if there is no matching checkpoint."""
-    state_file = folder / "state.json"
-    if not state_file.exists():
-        return None
-    state = json.loads(state_file.read_text())
-    if state["settings"] != json.loads(json.dumps(asdict(settings))):
-        print(f"{folder}: checkpoint was made with other settings; starting from scratch")
+    """Restore adapter weights and optimizer state; None if there is no matching checkpoint (none,
+    made with other settings or by an older version, or a state file that cannot be read)."""
+    state = load_json(folder / "state.json", checkpoint_key(settings))
+    if state is None:
+        if (folder / "state.json").exists():
+            print(f"{folder}: checkpoint was made with other settings; starting from scratch")
         return None
     trainable = {k for k, _ in tree_flatten(model.trainable_parameters())}
     weights = mx.load(str(folder / "adapters.safetensors"))
@@ -167,14 +178,14 @@ def train(model, loss_fn, batch_at, settings: RunSettings, checkpoint_dir: Path,
 
 
 def adapter_fingerprint(cfg) -> str:
-    """Hash of the SFT adapter file: reference log-probs cached for one SFT adapter are not reused
-    for another."""
-    path = cfg.input_path("adapters/sft") / "adapters.safetensors"
-    return hashlib.sha1(path.read_bytes()).hexdigest()[:16] if path.exists() else "none"
+    """Digest of the SFT adapter file ("none" without one): a cache key part, so that results
+    cached for one SFT adapter are not reused for another."""
+    return file_digest(cfg.input_path("adapters/sft") / "adapters.safetensors")
 
 
 def ids_digest(ids: list[str]) -> str:
-    return hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
+    """Digest of a list of ids (or texts), in order: a cache key part."""
+    return bytes_digest("\n".join(ids).encode())
 
 
 class LivePlot:
