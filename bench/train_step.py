@@ -20,7 +20,12 @@ from mlx.nn.utils import value_and_grad
 
 from helpers.core.config import get_config
 from helpers.train.base import load_base
-from helpers.train.batches import batch_order, first_answer_position, pad_batch, sft_dataset
+from helpers.train.batches import (
+    batch_order,
+    first_answer_position,
+    pad_batch,
+    sft_dataset,
+)
 from helpers.train.data import load_prepared
 from helpers.train.lora import add_lora, lora_config
 from helpers.train.losses import sft_loss

@@ -3,9 +3,8 @@ import importlib.util
 
 import pandas as pd
 
-from helpers.quant.allocate import GPTQ_AWARE
-
 from helpers.core.config import REPO_ROOT
+from helpers.quant.allocate import GPTQ_AWARE
 
 spec = importlib.util.spec_from_file_location("bench_quant", REPO_ROOT / "bench" / "quant.py")
 bench = importlib.util.module_from_spec(spec)

@@ -8,7 +8,11 @@ from conftest import make_tiny_model, save_tiny_dir
 from helpers.core import config as config_module
 from helpers.core.config import get_config
 from helpers.infer import exactness
-from helpers.train.adapters import read_adapter_config, save_dpo_adapter, save_sft_adapter
+from helpers.train.adapters import (
+    read_adapter_config,
+    save_dpo_adapter,
+    save_sft_adapter,
+)
 from helpers.train.lora import add_lora, lora_config
 from helpers.train.merge import save_merged_adapter
 from helpers.train.stacked import add_dpo_adapter, stacked_layers

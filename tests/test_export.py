@@ -8,7 +8,12 @@ import pytest
 from conftest import WORKSHOP_MODEL, make_tiny_model
 
 from helpers.core.config import get_config
-from helpers.core.gguf import gguf_config, gguf_to_mlx_names, load_gguf, unpermute_rope_rows
+from helpers.core.gguf import (
+    gguf_config,
+    gguf_to_mlx_names,
+    load_gguf,
+    unpermute_rope_rows,
+)
 from helpers.core.models import resolve
 from helpers.core.prompt import rewrite_request
 from helpers.infer import humanizer

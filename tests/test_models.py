@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 from conftest import WORKSHOP_MODEL, make_tiny_model, save_tiny_dir
 
-from helpers.core.gguf import gguf_config, gguf_tokenizer, quant_params_of, unpermute_rope_rows
+from helpers.core.gguf import (
+    gguf_config,
+    gguf_tokenizer,
+    quant_params_of,
+    unpermute_rope_rows,
+)
 from helpers.core.models import (
     ASSET_PATHS,
     ModelNotAvailable,

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers.core.io import DataError, atomic_write_json, atomic_write_text, iter_jsonl, read_json
+from helpers.core.io import (
+    DataError,
+    atomic_write_json,
+    atomic_write_text,
+    iter_jsonl,
+    read_json,
+)
 from helpers.evaluate.meaning import meaning_similarity
 from helpers.evaluate.statistics import (
     auroc,

@@ -23,7 +23,12 @@ from helpers.infer.clean import clean_output
 from helpers.infer.decode import decode_steps, max_new_tokens, prompt_tokens
 from helpers.infer.rewrite import Rewrite, rewrite_detailed
 from helpers.infer.systems import SWITCHES, adapter_dir, use_system
-from helpers.train.adapters import ADAPTER_FILE, check_base, load_stacked, read_adapter_config
+from helpers.train.adapters import (
+    ADAPTER_FILE,
+    check_base,
+    load_stacked,
+    read_adapter_config,
+)
 from helpers.train.base import load_base
 from helpers.train.stacked import add_dpo_adapter
 

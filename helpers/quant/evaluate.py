@@ -10,7 +10,13 @@ import mlx.core as mx
 import numpy as np
 
 from helpers.quant.apply import expected_bytes
-from helpers.quant.kl import _torch, fake_quantized, kl_of_logq, log_softmax, next_token_dist
+from helpers.quant.kl import (
+    _torch,
+    fake_quantized,
+    kl_of_logq,
+    log_softmax,
+    next_token_dist,
+)
 from helpers.quant.scan import predicted_kl
 from helpers.quant.units import bits_per_weight
 

@@ -95,7 +95,7 @@ ARTIFACTS: dict[str, tuple[str, tuple[str, ...]]] = {
 # (tests/test_kit.py checks it against them): load_prepared -> data, load_sensitivity ->
 # sensitivity.json, lora.load_base / Humanizer.load -> quantized_model (without it they silently
 # build on the unquantized model, so it is needed), cfg.input_path(...) literally. Caches that a
-# notebook rebuilds when missing (gradient_scores.json, detectors/, dpo_reference.json) are not
+# notebook rebuilds when missing (gradient_scores.json, detectors/, dpo_reference.safetensors) are not
 # needs, but they are packed: they save the learner time.
 NEEDS: dict[str, tuple[str, ...]] = {
     "00": (),
