@@ -32,7 +32,7 @@ def test_dpo_only_column_is_rewritten_by_the_dpo_only_system():
 
 
 def test_the_check_catches_the_old_defect():
-    old = 'dpo_only = generate.rewrite(model, tokenizer, drafts, cfg, desc="dpo-only")'
+    old = 'dpo_only = rewrite(model, tokenizer, drafts, cfg, desc="dpo-only")'
     assert not all(switched_to_dpo_only(c) for c in dpo_only_rewrites(old))
     assert all(switched_to_dpo_only(c) for c in dpo_only_rewrites(
         'dpo_only = h.rewrite(drafts, adapter="dpo-only")'))

@@ -1,6 +1,6 @@
 """Notebook 00's zero-shot rewrite is notebook 07's "base zero-shot" system: the same base model
 loader, prompt, decoding and cleaning (07 reads the base outputs that notebook 06 writes with
-generate.rewrite_eval_set on the stacked model switched to "base")."""
+rewrite_eval_set on the stacked model switched to "base")."""
 from __future__ import annotations
 
 import ast
@@ -37,17 +37,17 @@ def test_tour_rewrites_with_the_base_system_and_the_series_decoding():
     # the model comes from load_system(cfg, "base"), the loader of the evaluated systems
     base_names = {target.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
                   and isinstance(node.value, ast.Call)
-                  and ast.unparse(node.value.func) == "generate.load_system"
+                  and ast.unparse(node.value.func) == "load_system"
                   and [ast.unparse(a) for a in node.value.args] == ["cfg", "'base'"]
                   for target in ast.walk(node.targets[0]) if isinstance(target, ast.Name)}
-    assert base_names, "00 must load its model with generate.load_system(cfg, 'base')"
-    rewrites = [c for c in calls(tree, "generate.rewrite")
+    assert base_names, "00 must load its model with load_system(cfg, 'base')"
+    rewrites = [c for c in calls(tree, "rewrite")
                 if c.args and isinstance(c.args[0], ast.Name) and c.args[0].id in base_names]
-    assert rewrites, "00 must rewrite with generate.rewrite on the base system's model"
+    assert rewrites, "00 must rewrite with rewrite on the base system's model"
     for call in rewrites:
         assert ast.unparse(call.args[3]) == "cfg", "the rewrite must use cfg's decoding as it is"
         assert not {k.arg for k in call.keywords} & {"clean", "seed"}, \
-            "the rewrite must keep generate.rewrite's cleaning and seed"
+            "the rewrite must keep rewrite's cleaning and seed"
     # and no prompt, sampler or cleaning of its own
     for own in ("apply_chat_template", "make_sampler", "clean_output", "chat_messages"):
         assert not [n for n in ast.walk(tree) if isinstance(n, ast.Call)
@@ -69,7 +69,7 @@ def test_the_check_fails_on_a_notebook_with_its_own_rewrite(monkeypatch, tmp_pat
 @pytest.mark.slow
 def test_base_zero_shot_of_the_evaluation_equals_the_tour_rewrite(tokenizer, tmp_path):
     """06 writes 07's base outputs from the stacked model with both adapters switched off; on the
-    same weights they are exactly what 00's generate.rewrite gives on the bare base."""
+    same weights they are exactly what 00's rewrite gives on the bare base."""
     cfg = get_config("smoke", gen_max_tokens=8, lora_layers=-1)
     bare, _ = make_tiny_model(seed=0)
     stacked, _ = make_tiny_model(seed=0)
