@@ -19,7 +19,7 @@ import time
 from helpers.core.config import get_config
 from helpers.core.io import atomic_write_json, atomic_write_text, read_json
 from helpers.core.models import load_model
-from helpers.evaluate.statistics import format_ci, paired_bootstrap_ci
+from helpers.core.statistics import format_ci, paired_bootstrap_ci
 from helpers.evaluate.tables import markdown_table
 from helpers.evaluate.verdicts import verdict
 from helpers.quant.allocate import GPTQ_AWARE, equal_size_methods

@@ -29,18 +29,18 @@ import sys
 import time
 
 from helpers.core.config import get_config, parse_overrides
-from helpers.evaluate.embedding import Embedder
-from helpers.evaluate.experiments import save_experiment
-from helpers.evaluate.meaning import meaning_similarity
-from helpers.evaluate.statistics import bootstrap_ci, format_ci
-from helpers.evaluate.tables import markdown_table
-from helpers.evaluate.text_measures import (
+from helpers.core.statistics import bootstrap_ci, format_ci
+from helpers.core.text_measures import (
     fact_preservation,
     has_loop,
     invented_facts,
     load_slop_phrases,
     slop_per_1k,
 )
+from helpers.evaluate.embedding import Embedder
+from helpers.evaluate.experiments import save_experiment
+from helpers.evaluate.meaning import meaning_similarity
+from helpers.evaluate.tables import markdown_table
 from helpers.evaluate.trained_detectors import training_judge
 from helpers.evaluate.verdicts import paired_difference, reading
 from helpers.infer.humanizer import Humanizer

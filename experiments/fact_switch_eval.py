@@ -22,19 +22,19 @@ import numpy as np
 
 from helpers.core.config import get_config, parse_overrides
 from helpers.core.io import read_json
-from helpers.evaluate.detectors import load_detectors
-from helpers.evaluate.embedding import Embedder
-from helpers.evaluate.experiments import experiment_results_path, save_experiment
-from helpers.evaluate.meaning import meaning_similarity
-from helpers.evaluate.scoring import load_rewrites
-from helpers.evaluate.statistics import bootstrap_ci, format_ci
-from helpers.evaluate.tables import markdown_table
-from helpers.evaluate.text_measures import (
+from helpers.core.statistics import bootstrap_ci, format_ci
+from helpers.core.text_measures import (
     fact_preservation,
     has_chat_artefact,
     load_slop_phrases,
     slop_per_1k,
 )
+from helpers.evaluate.detectors import load_detectors
+from helpers.evaluate.embedding import Embedder
+from helpers.evaluate.experiments import experiment_results_path, save_experiment
+from helpers.evaluate.meaning import meaning_similarity
+from helpers.evaluate.scoring import load_rewrites
+from helpers.evaluate.tables import markdown_table
 from helpers.evaluate.verdicts import (
     PARITY_MARGIN,
     counted_detectors,

@@ -22,18 +22,18 @@ import numpy as np
 
 from helpers.core.config import get_config, parse_overrides
 from helpers.core.io import atomic_write_jsonl, iter_jsonl
-from helpers.evaluate.embedding import Embedder
-from helpers.evaluate.experiments import save_experiment
-from helpers.evaluate.meaning import meaning_similarity
-from helpers.evaluate.statistics import bootstrap_ci, format_ci
-from helpers.evaluate.tables import markdown_table
-from helpers.evaluate.text_measures import (
+from helpers.core.statistics import bootstrap_ci, format_ci
+from helpers.core.text_measures import (
     fact_preservation,
     has_loop,
     invented_facts,
     length_ratio,
     word_count,
 )
+from helpers.evaluate.embedding import Embedder
+from helpers.evaluate.experiments import save_experiment
+from helpers.evaluate.meaning import meaning_similarity
+from helpers.evaluate.tables import markdown_table
 from helpers.infer.humanizer import Humanizer
 from helpers.tools import rewrite_files
 from helpers.train.data import load_split, one_per_paragraph

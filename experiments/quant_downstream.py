@@ -27,12 +27,12 @@ import time
 from helpers.core.config import get_config
 from helpers.core.io import read_json
 from helpers.core.models import load_model, save_mlx_model
+from helpers.core.statistics import format_ci
+from helpers.core.text_measures import fact_preservation
 from helpers.evaluate.embedding import Embedder
 from helpers.evaluate.experiments import save_experiment
 from helpers.evaluate.meaning import meaning_similarity
-from helpers.evaluate.statistics import format_ci
 from helpers.evaluate.tables import markdown_table
-from helpers.evaluate.text_measures import fact_preservation
 from helpers.evaluate.trained_detectors import training_judge
 from helpers.evaluate.verdicts import paired_difference
 from helpers.evaluate.verdicts import reading as results_reading

@@ -3,10 +3,10 @@ import json
 
 import pytest
 
+from helpers.core import text_measures
 from helpers.core.config import get_config
 from helpers.core.io import DataError, atomic_write_json, read_json
-from helpers.evaluate import text_measures
-from helpers.evaluate.text_measures import REPO_DATA
+from helpers.core.text_measures import REPO_DATA
 from helpers.train.data import (
     L2R_FILES,
     clean,

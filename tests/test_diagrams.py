@@ -6,8 +6,8 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from helpers.core.statistics import threshold_at_fpr
 from helpers.course import diagrams
-from helpers.evaluate.statistics import threshold_at_fpr
 
 HUMAN = [i / 20 for i in range(20)]   # 0.00 .. 0.95: at 5% FPR the threshold is 0.90
 AI = [0.5, 0.9, 0.91, 0.99]           # 0.9 equals the threshold, so it is not flagged

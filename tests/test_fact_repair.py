@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.evaluate.text_measures import fact_preservation
+from helpers.core.text_measures import fact_preservation
 from helpers.infer.fact_repair import (
     best_place,
     repair_facts,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import make_tiny_model
 
+from helpers.core import text_measures
 from helpers.core.config import get_config
-from helpers.evaluate import text_measures
 from helpers.infer.clean import clean_output, cut_loop
 from helpers.infer.decode import (
     MIN_SHARED_PREFIX,
@@ -235,7 +235,7 @@ def test_verify_and_resample_keeps_the_candidate_with_the_most_facts():
 
 
 def test_fact_switch_never_keeps_fewer_facts(tokenizer):
-    from helpers.evaluate.text_measures import fact_preservation
+    from helpers.core.text_measures import fact_preservation
 
     model, _ = make_tiny_model()
     drafts = ["Berlin hosted 120 delegates on 4 May 2021.", "Ada Lovelace wrote in 1843."]
@@ -255,7 +255,7 @@ def test_fact_switch_never_keeps_fewer_facts(tokenizer):
 
 
 def test_without_resampling_the_fact_switch_goes_straight_to_the_repair(monkeypatch):
-    from helpers.evaluate.text_measures import fact_preservation
+    from helpers.core.text_measures import fact_preservation
 
     drafts = ["Berlin hosted 120 delegates on 4 May 2021.", "Ada Lovelace wrote in 1843."]
     decoded = []

@@ -3,16 +3,17 @@ import math
 import numpy as np
 import pytest
 
-from helpers.evaluate import text_measures
-from helpers.evaluate.meaning import best_by_facts, meaning_similarity
-from helpers.evaluate.statistics import (
+from helpers.core import text_measures
+from helpers.core.statistics import (
     auroc,
     bootstrap_ci,
     gap_closed,
     paired_bootstrap_ci,
     threshold_at_fpr,
 )
-from helpers.evaluate.text_measures import load_slop_phrases
+from helpers.core.text_measures import load_slop_phrases
+from helpers.evaluate.meaning import meaning_similarity
+from helpers.infer.rewrite import best_by_facts
 
 CRAFTED = ("On March 3, 2021, Dr. Alice Smith paid $1,200 (15%) to Acme Corp in New York; see "
            "https://example.com/a1. The deal closed on 2021-04-01. However, Bob agreed.")

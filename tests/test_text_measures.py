@@ -1,4 +1,4 @@
-from helpers.evaluate import text_measures as tm
+from helpers.core import text_measures as tm
 
 LOOPED = ("This high-energy dance sport combines urban and hip hop culture with physical acrobatic "
           "feats, which is a high-energy dance sport that combines the rhythmic flair of urban and "

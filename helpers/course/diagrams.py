@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Patch, Rectangle
 
-from helpers.evaluate.statistics import threshold_at_fpr
+from helpers.core.statistics import threshold_at_fpr
 
 FROZEN = "#b7c7d9"      # grey-blue: weights that do not change
 FROZEN_EDGE = "#3f5f80"

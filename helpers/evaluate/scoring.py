@@ -19,16 +19,14 @@ from helpers.core.io import (
     iter_jsonl,
     read_json,
 )
-from helpers.evaluate.meaning import meaning_similarity
-from helpers.evaluate.statistics import (
+from helpers.core.statistics import (
     auroc,
     bootstrap_ci,
     gap_closed,
     paired_bootstrap_ci,
     threshold_at_fpr,
 )
-from helpers.evaluate.tables import SYSTEMS, render_markdown
-from helpers.evaluate.text_measures import (
+from helpers.core.text_measures import (
     fact_preservation,
     has_chat_artefact,
     has_loop,
@@ -38,6 +36,8 @@ from helpers.evaluate.text_measures import (
     length_ratio,
     slop_per_1k,
 )
+from helpers.evaluate.meaning import meaning_similarity
+from helpers.evaluate.tables import SYSTEMS, render_markdown
 from helpers.evaluate.verdicts import separates
 
 

@@ -2,8 +2,8 @@
 """
 from __future__ import annotations
 
-from helpers.evaluate.statistics import format_ci
-from helpers.evaluate.text_measures import (
+from helpers.core.statistics import format_ci
+from helpers.core.text_measures import (
     LOOP_N,
 )
 from helpers.evaluate.verdicts import (

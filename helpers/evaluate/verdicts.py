@@ -8,11 +8,11 @@ import operator
 
 import numpy as np
 
-from helpers.evaluate.statistics import (
+from helpers.core.statistics import (
     format_ci,
     paired_bootstrap_ci,
 )
-from helpers.evaluate.text_measures import (
+from helpers.core.text_measures import (
     LOOP_N,
 )
 

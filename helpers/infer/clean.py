@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from helpers.evaluate.text_measures import loop_start
+from helpers.core.text_measures import loop_start
 
 _META = r"(?:rewrit|revis|version|text|paragraph|passage|human|natural)"
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from helpers.evaluate.text_measures import (
+from helpers.core.text_measures import (
     fact_preservation,
     fact_survives,
     missing_facts,

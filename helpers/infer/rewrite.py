@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from helpers.core.io import atomic_write_jsonl
+from helpers.core.text_measures import fact_preservation
 from helpers.infer.clean import clean_output, cut_loop
 from helpers.infer.decode import generate_tokens
 from helpers.infer.fact_repair import repair_facts, sentence_candidates
@@ -63,8 +64,8 @@ def verify_and_resample(drafts: list[str], first: list[Rewrite], n: int, sample)
     """For each rewrite that lost some of its draft's facts, n more candidates from
     `sample(texts) -> rewrites` (all drafts at once, each repeated n times); keep the candidate
     that keeps the most facts (metrics.best_by_facts: ties go to the first, the plain rewrite)."""
-    from helpers.evaluate.meaning import best_by_facts
-    from helpers.evaluate.text_measures import fact_preservation
+    from helpers.core.text_measures import fact_preservation
+    from helpers.infer.rewrite import best_by_facts
 
     lossy = [i for i, (d, r) in enumerate(zip(drafts, first))
              if fact_preservation(d, r.text) < 1.0]  # NaN (no facts) compares False: kept
@@ -161,3 +162,19 @@ def on_policy_samples(cfg, model, tokenizer, drafts: list[str]) -> list[str]:
         use_system(model, "sft+dpo")
     save_json(cache, key, samples, keep=False)
     return samples
+
+
+def best_by_facts(source: str, candidates: list[str], meaning_fn=None) -> int:
+    """Index of the candidate rewrite of `source` to keep (verify and resample): the one keeping
+    the most facts; ties go to the closest in meaning (`meaning_fn(source, candidates)` gives one
+    similarity per candidate), then to the earliest. An empty text loses to any other."""
+    if not candidates:
+        raise ValueError("best_by_facts: no candidates to choose from")
+    kept = [fact_preservation(source, c) for c in candidates]
+    kept = [0.0 if k != k else k for k in kept]  # NaN: the source has no facts, all tie
+    meaning = list(meaning_fn(source, candidates)) if meaning_fn else [0.0] * len(candidates)
+    if len(meaning) != len(candidates):
+        raise ValueError(f"best_by_facts: meaning_fn gave {len(meaning)} scores for "
+                         f"{len(candidates)} candidates")
+    keys = [(bool(c.strip()), k, float(m)) for c, k, m in zip(candidates, kept, meaning)]
+    return max(range(len(candidates)), key=keys.__getitem__)  # max keeps the first of ties

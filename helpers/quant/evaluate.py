@@ -60,7 +60,7 @@ class HeldOut:
 
 def mean_ci(values) -> tuple[float, float, float]:
     """Mean and 95% bootstrap CI over independent units (texts): the series' one CI function."""
-    from helpers.evaluate.statistics import bootstrap_ci
+    from helpers.core.statistics import bootstrap_ci
 
     ci = bootstrap_ci(values)
     return ci["mean"], ci["lo"], ci["hi"]

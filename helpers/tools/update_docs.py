@@ -23,7 +23,7 @@ from helpers.core import config
 from helpers.core.config import PRESETS, REPO_ROOT, get_config
 from helpers.core.io import atomic_write_text, read_json
 from helpers.core.owned import UserError, check_plain_file
-from helpers.evaluate.statistics import format_ci
+from helpers.core.statistics import format_ci
 from helpers.evaluate.tables import column_name, markdown_table
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from helpers.core.io import DataError, ReadReport, iter_jsonl
 from helpers.core.models import assets_dir
 from helpers.core.prompt import chat_messages
-from helpers.evaluate.text_measures import REPO_DATA, fact_preservation, word_count
+from helpers.core.text_measures import REPO_DATA, fact_preservation, word_count
 
 REQUIRED_FIELDS = ("human", "ai")
 

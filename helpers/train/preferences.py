@@ -109,8 +109,8 @@ def mean_surprise(model, tokenizer, texts: list[str], batch_size: int = 8) -> np
 def score_samples(model, tokenizer, drafts: list[str], texts: list[str], judge, embedder) -> dict:
     """The four components for each (draft, sample) pair; `model` is a stacked model, scored as
     the base (both adapters off) and switched back to sft+dpo after."""
+    from helpers.core.text_measures import fact_preservation
     from helpers.evaluate.meaning import meaning_similarity
-    from helpers.evaluate.text_measures import fact_preservation
     from helpers.infer.systems import use_system
 
     facts = np.array([fact_preservation(d, t) for d, t in zip(drafts, texts)])
