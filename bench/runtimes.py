@@ -33,7 +33,7 @@ from helpers.core.config import get_config
 from helpers.core.env import matmul_gflops
 from helpers.core.io import atomic_write_json
 from helpers.infer.decode import prompt_tokens
-from helpers.infer.systems import adapter_dir
+from helpers.infer.systems import trained_systems
 from helpers.tools import export
 
 DRAFT = ("In today's fast-paced world, the city council has unveiled a comprehensive plan to "
@@ -126,8 +126,8 @@ def quantized_copy(model, config: dict, bits: int = 4, group_size: int = 64):
 
 
 def trained_adapter(cfg) -> str:
-    has = lambda name: (adapter_dir(cfg, name) / "adapters.safetensors").exists()  # noqa: E731
-    return "sft+dpo" if has("sft") and has("dpo") else "sft" if has("sft") else "base"
+    """The most trained system of the run: sft+dpo once DPO has run, else sft, else base."""
+    return trained_systems(cfg)[-1]
 
 
 def main() -> None:
