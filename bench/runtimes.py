@@ -29,6 +29,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.generate import generate_step
 from mlx_lm.models import llama
 
+from helpers.core import fast_cpu
 from helpers.core.config import get_config
 from helpers.core.env import matmul_gflops
 from helpers.core.io import atomic_write_json
@@ -139,6 +140,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="llama.cpp threads")
     args = parser.parse_args()
+    fast_cpu.install()  # faster attention and SwiGLU on a Linux CPU: see helpers/core/fast_cpu.py
 
     cfg = get_config(args.preset)
     adapter = trained_adapter(cfg)

@@ -27,6 +27,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
+from helpers.core import fast_cpu
 from helpers.core.gguf import _GGUF_BLOCK_NAMES, _GGUF_TOP_NAMES
 from helpers.core.io import atomic_output, atomic_write_text
 from helpers.core.models import MLX_TOOL, ModelNotAvailable, resolve, save_mlx_model
@@ -438,6 +439,7 @@ def export(args) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    fast_cpu.install()  # faster attention and SwiGLU on a Linux CPU: see helpers/core/fast_cpu.py
     try:
         path = export(args)
     except UserError as err:

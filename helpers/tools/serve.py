@@ -354,6 +354,7 @@ def make_server(humanizer, host: str = "127.0.0.1", port: int = 8080, adapter: s
 
 
 def main(argv: list[str] | None = None) -> int:
+    from helpers.core import fast_cpu
     from helpers.core.config import get_config
     from helpers.core.models import ModelNotAvailable
     from helpers.infer.humanizer import Humanizer
@@ -372,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--max-body", type=int, default=MAX_BODY_BYTES, help="bytes per request")
     args = parser.parse_args(argv)
+    fast_cpu.install()  # faster attention and SwiGLU on a Linux CPU: see helpers/core/fast_cpu.py
     try:
         humanizer = Humanizer.load(args.run or get_config(args.preset), adapter=args.adapter)
     except (ModelNotAvailable, FileNotFoundError, ValueError) as err:
