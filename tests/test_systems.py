@@ -87,9 +87,11 @@ def test_an_untrained_system_is_refused_before_the_base_is_loaded(runs, monkeypa
 def test_the_humanizer_loads_through_the_one_loader(smoke_run, monkeypatch):
     """Humanizer.load is trained_systems + load_system(switchable=True): the model it holds is
     the one load_system gives, switched to the requested system."""
+    from helpers.core import config as config_module
     from helpers.infer.humanizer import Humanizer
 
-    cfg, h, _, _ = smoke_run
+    cfg, h, _, run_dir = smoke_run
+    monkeypatch.setattr(config_module, "RUNS_ROOT", run_dir.parent)  # where the run was saved
     calls = []
     original = systems.load_system
     monkeypatch.setattr("helpers.infer.humanizer.load_system",
