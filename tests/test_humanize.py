@@ -285,8 +285,8 @@ SLOW_RUN = """
 import sys
 sys.path[:0] = [{repo!r}, {tests!r}]
 from test_humanize import FakeHumanizer
-from helpers import humanize
-sys.exit(humanize.main(sys.argv[1:], humanizer=FakeHumanizer(delay=0.5)))
+from helpers.tools import rewrite_files
+sys.exit(rewrite_files.main(sys.argv[1:], humanizer=FakeHumanizer(delay=0.5)))
 """
 
 
