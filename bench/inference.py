@@ -22,6 +22,7 @@ from mlx.utils import tree_unflatten
 from mlx_lm.generate import BatchGenerator, generate_step
 from mlx_lm.tuner.utils import load_adapters, remove_lora_layers
 
+from helpers.core import fast_cpu
 from helpers.core.config import get_config
 from helpers.core.env import matmul_gflops
 from helpers.core.io import atomic_write_json
@@ -126,6 +127,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    fast_cpu.install()  # faster attention and SwiGLU on a Linux CPU: see helpers/core/fast_cpu.py
 
     cfg = get_config(args.preset)
     gflops_before = matmul_gflops()

@@ -29,11 +29,12 @@ from mlx.utils import tree_flatten
 from mlx_lm.generate import generate_step
 from mlx_lm.models import llama
 
+from helpers.core import fast_cpu
 from helpers.core.config import get_config
 from helpers.core.env import matmul_gflops
 from helpers.core.io import atomic_write_json
 from helpers.infer.decode import prompt_tokens
-from helpers.infer.systems import adapter_dir
+from helpers.infer.systems import trained_systems
 from helpers.tools import export
 
 DRAFT = ("In today's fast-paced world, the city council has unveiled a comprehensive plan to "
@@ -126,8 +127,8 @@ def quantized_copy(model, config: dict, bits: int = 4, group_size: int = 64):
 
 
 def trained_adapter(cfg) -> str:
-    has = lambda name: (adapter_dir(cfg, name) / "adapters.safetensors").exists()  # noqa: E731
-    return "sft+dpo" if has("sft") and has("dpo") else "sft" if has("sft") else "base"
+    """The most trained system of the run: sft+dpo once DPO has run, else sft, else base."""
+    return trained_systems(cfg)[-1]
 
 
 def main() -> None:
@@ -139,6 +140,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="llama.cpp threads")
     args = parser.parse_args()
+    fast_cpu.install()  # faster attention and SwiGLU on a Linux CPU: see helpers/core/fast_cpu.py
 
     cfg = get_config(args.preset)
     adapter = trained_adapter(cfg)

@@ -18,6 +18,7 @@ import mlx.core as mx
 from inference import rotated_medians
 from mlx.nn.utils import value_and_grad
 
+from helpers.core import fast_cpu
 from helpers.core.config import get_config
 from helpers.train.base import load_base
 from helpers.train.batches import (
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    fast_cpu.install()  # faster attention and SwiGLU on a Linux CPU: see helpers/core/fast_cpu.py
 
     cfg = get_config(args.preset, notebook="04")
     model, tokenizer = load_base(cfg)

@@ -19,6 +19,7 @@ import datetime as dt
 import sys
 import time
 
+from helpers.core import fast_cpu
 from helpers.core.config import get_config, parse_overrides
 from helpers.core.statistics import bootstrap_ci, format_ci
 from helpers.core.text_measures import (
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--table-only", action="store_true",
                         help="rebuild the .md table from the saved .json, without rewriting")
     args = parser.parse_args()
+    fast_cpu.install()  # faster attention and SwiGLU on a Linux CPU: see helpers/core/fast_cpu.py
 
     cfg = get_config(args.preset, experiment=args.experiment)
     if args.table_only:

@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+from helpers.core import fast_cpu
 from helpers.core.config import get_config, parse_overrides
 from helpers.core.io import atomic_write_jsonl, iter_jsonl
 from helpers.core.statistics import bootstrap_ci, format_ci
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--name", default="long_documents")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
+    fast_cpu.install()  # faster attention and SwiGLU on a Linux CPU: see helpers/core/fast_cpu.py
     cfg = get_config(args.preset, **parse_overrides(args.setting))
     out = cfg.path("experiments")
     if args.table_only:

@@ -24,6 +24,7 @@ import shutil
 import sys
 import time
 
+from helpers.core import fast_cpu
 from helpers.core.config import get_config
 from helpers.core.io import read_json
 from helpers.core.models import load_model, save_mlx_model
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--table-only", action="store_true",
                         help="rebuild the .md table from the saved .json, without training")
     args = parser.parse_args()
+    fast_cpu.install()  # faster attention and SwiGLU on a Linux CPU: see helpers/core/fast_cpu.py
     if args.table_only:
         cfg = get_config(args.preset)
         result = read_json(cfg.path("experiments") / "quant_downstream.json")

@@ -53,6 +53,15 @@ def save_tiny_dir(model, config, folder):
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fast_kernels():
+    """The test session starts as the notebooks and command-line tools do: with the faster CPU
+    kernels where they apply (helpers/core/fast_cpu.py; loading a model does not install them)."""
+    from helpers.core import fast_cpu
+
+    fast_cpu.install()
+
+
 @pytest.fixture
 def tiny_model():
     return make_tiny_model()

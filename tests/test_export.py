@@ -16,7 +16,7 @@ from helpers.core.gguf import (
 )
 from helpers.core.models import resolve
 from helpers.core.prompt import rewrite_request
-from helpers.infer import humanizer
+from helpers.infer import systems
 from helpers.infer.decode import prompt_tokens
 from helpers.infer.systems import use_system
 from helpers.tools import export
@@ -67,8 +67,8 @@ def adapters(tmp_path_factory, tokenizer):
     folder = tmp_path_factory.mktemp("adapters")
     train_like_adapters(folder)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(humanizer, "adapter_dir", lambda cfg, name: folder / name)
-        patch.setattr(humanizer, "load_base", lambda cfg: (make_tiny_model(seed=0)[0], tokenizer))
+        patch.setattr(systems, "adapter_dir", lambda cfg, name: folder / name)
+        patch.setattr(systems, "load_base", lambda cfg: (make_tiny_model(seed=0)[0], tokenizer))
         yield folder
 
 
@@ -107,7 +107,7 @@ def test_permute_rope_rows_is_undone_by_the_loader():
     np.testing.assert_array_equal(np.array(unpermute_rope_rows(mx.array(permuted), 4)), w)
 
 
-@pytest.mark.parametrize("which", ["sft+dpo", "sft", "base"])
+@pytest.mark.parametrize("which", systems.SYSTEMS)
 def test_fused_humanizer_computes_what_the_adapters_compute(adapters, which):
     model, _, config = export.fused_humanizer(tiny_cfg(), which)
     assert not lora_layers(model)  # plain linears: any runtime can run it
@@ -119,7 +119,7 @@ def test_fused_humanizer_computes_what_the_adapters_compute(adapters, which):
 
 
 def test_missing_adapter_is_named(tmp_path, monkeypatch):
-    monkeypatch.setattr(humanizer, "adapter_dir", lambda cfg, name: tmp_path / name)
+    monkeypatch.setattr(systems, "adapter_dir", lambda cfg, name: tmp_path / name)
     with pytest.raises(FileNotFoundError, match=r"sft: no SFT adapter.*--adapter base"):
         export.fused_humanizer(tiny_cfg(), "sft")
 

@@ -211,3 +211,71 @@ def test_cross_entropy_takes_the_fast_exp_only_while_installed(monkeypatch):
     fast_cpu.install(force=True)
     assert fast_cpu.cross_entropy(logits, targets).tolist() == [[pytest.approx(math.log(8))] * 2]
     assert calls == [(1, 2, 8)]
+
+
+# ---------------------------------------------------------------- installed once, where a process starts
+
+FRESH_PROCESS = """
+import json, sys
+from mlx_lm.models import activations, base, llama
+from helpers.core import fast_cpu
+from helpers.core.models import load_model
+model, _ = load_model(sys.argv[1])
+stock = (llama.swiglu is activations.swiglu
+         and llama.scaled_dot_product_attention is base.scaled_dot_product_attention)
+print(json.dumps({"stock after loading": stock, "wanted": fast_cpu.wanted(),
+                  "install": fast_cpu.install(), "installed": fast_cpu.installed(),
+                  "install again": fast_cpu.install(), "still": fast_cpu.installed()}))
+"""
+
+
+def test_loading_a_model_leaves_mlx_lm_alone_until_install_is_called(tmp_path):
+    import json
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from conftest import REPO, save_tiny_dir
+
+    folder = save_tiny_dir(*make_tiny_model(), tmp_path / "tiny")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HUMANIZER_FAST_CPU": "1"}
+    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(folder)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    on_linux_cpu = platform.system() == "Linux" and mx.default_device() == mx.cpu
+    assert got == {"stock after loading": True, "wanted": on_linux_cpu, "install": on_linux_cpu,
+                   "installed": on_linux_cpu, "install again": on_linux_cpu, "still": on_linux_cpu}
+
+
+def test_the_test_session_runs_on_the_kernels_a_process_start_installs():
+    assert fast_cpu.installed() == fast_cpu.wanted()  # tests/conftest.py's fast_kernels
+
+
+def entry_points() -> list:
+    from conftest import REPO
+
+    tools = [REPO / "helpers" / "tools" / f"{name}.py" for name in ("rewrite_files", "serve", "export")]
+    return tools + sorted((REPO / "experiments").glob("*.py")) + sorted((REPO / "bench").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", entry_points(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_command_line_entry_point_installs_the_kernels_in_its_main(path):
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    [main] = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"]
+    assert [n for n in ast.walk(main) if isinstance(n, ast.Call)
+            and ast.unparse(n.func) == "fast_cpu.install" and not n.args and not n.keywords], \
+        f"{path.name}: main() does not call fast_cpu.install()"
+
+
+def test_every_notebook_installs_the_kernels_in_its_setup_cell():
+    import nbformat
+    from conftest import REPO
+
+    for path in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        setup = next(s for s in cells if "cfg = get_config(" in s)  # before any model loads
+        assert "fast_cpu.install()  # " in setup, f"{path.name}: the config cell does not install"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.infer.systems import SYSTEMS
 from helpers.tools import rewrite_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,7 +28,7 @@ class Rewrite:
 
 class FakeHumanizer:
     """Upper-cases each piece; one token per word; `cap` words or more 'hit the token cap'."""
-    adapters = ("base", "sft", "dpo-only", "sft+dpo")
+    adapters = SYSTEMS
 
     def __init__(self, max_input_tokens=50, cap=None, crash_on_call=None, delay=0.0):
         self.max_input_tokens, self.cap = max_input_tokens, cap

@@ -1,4 +1,4 @@
-"""Faster attention and SwiGLU for MLX on a Linux CPU (used by every notebook there).
+"""Faster attention and SwiGLU for MLX on a Linux CPU, switched on once per process by `install()`.
 
 MLX's Linux x86 CPU build evaluates exp one element at a time (~25 ns each), and exp sits inside
 every attention softmax and every SiLU of the MLP: in a prefill of 8 prompts of 250 tokens it is
@@ -32,6 +32,13 @@ share it. `install()` swaps softmax and SwiGLU into mlx-lm's llama model (SmolLM
 on a Linux CPU in float32 and does nothing elsewhere (Apple and CUDA GPUs have fast kernels);
 training's `cross_entropy` follows the same switch. HUMANIZER_FAST_CPU=0 turns it off. Outputs match the stock kernels
 to float32 rounding (~1e-6 relative). bench/fast_cpu.py measures the gain.
+
+Loading a model does not install them: changing another library's functions is the process's
+choice, made once where it starts, so that every model of the process computes the same way
+from its first call. These call it: each notebook's setup cell, the mains of helpers/tools
+(rewrite_files, serve, export), of experiments/ and of bench/, and tests/conftest.py for the test
+session. A script of your own calls `fast_cpu.install()` before its first model call (after
+choosing MLX's device: it checks the default device); without it mlx-lm's own kernels run.
 """
 from __future__ import annotations
 
@@ -132,9 +139,7 @@ def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
     log Σ exp(logits) − logits[target]. Its log-sum-exp over the vocabulary is the biggest exp of
     a training step (B × T × 49,152 values, forward and backward), so it uses the exp above
     while the kernels are installed (`install`), else mlx's own."""
-    from mlx_lm.models import llama
-
-    if logits.dtype != mx.float32 or llama.swiglu is not swiglu:
+    if logits.dtype != mx.float32 or not installed():
         import mlx.nn as nn
         return nn.losses.cross_entropy(logits, targets)
     picked = mx.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
@@ -230,14 +235,24 @@ def wanted() -> bool:
 
 def install(force: bool = False) -> bool:
     """Use swiglu and scaled_dot_product_attention above in mlx-lm's llama model (see the module
-    docstring for when); True if they are in use. Models built before and after both use them:
-    the llama module looks the two names up at every call."""
+    docstring for when); True if they are in use. Call it once, where the process starts;
+    calling it again changes nothing, and where they are not wanted (`wanted`) it leaves mlx-lm
+    as it is. Models built before and after both use them: the llama module looks the two names
+    up at every call."""
     from mlx_lm.models import llama
 
     if not (force or wanted()):
         return False
     llama.swiglu, llama.scaled_dot_product_attention = swiglu, scaled_dot_product_attention
     return True
+
+
+def installed() -> bool:
+    """Whether mlx-lm's llama model runs on the kernels above now."""
+    from mlx_lm.models import llama
+
+    return llama.swiglu is swiglu and llama.scaled_dot_product_attention is \
+        scaled_dot_product_attention
 
 
 def uninstall() -> None:

@@ -75,11 +75,11 @@ def load_model(spec: str, keep_quantized: bool = True, dtype: str = "float32",
 
     keep_quantized=False dequantizes every quantized layer (the high-precision reference for the
     sensitivity analysis). `dtype` is the compute dtype of the float parameters: float32 on CPU.
+    The model runs on whatever kernels the process chose: mlx-lm's own unless it called
+    helpers.core.fast_cpu.install() (the notebooks and command-line tools do, at their start).
     """
     import mlx_lm
 
-    from helpers.core.fast_cpu import install
-    install()  # fast exp-based kernels on a Linux CPU (see fast_cpu)
     path = resolve(spec)
     if path.endswith(".gguf"):
         model, tokenizer, config = load_gguf(path, keep_quantized=keep_quantized)

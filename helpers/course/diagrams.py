@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Patch, Rectangle
 
 from helpers.core.statistics import threshold_at_fpr
+from helpers.infer.systems import SWITCHES
 
 FROZEN = "#b7c7d9"      # grey-blue: weights that do not change
 FROZEN_EDGE = "#3f5f80"
@@ -209,12 +210,10 @@ def _bracket(ax, x, y_low, y_high, label):
 
 # --- 4. four switches and the merge ---------------------------------------------------------------
 
-SYSTEMS = {  # (sft on, dpo on): (name, what the layer computes)
-    (False, False): ("base", r"$W x$"),
-    (False, True): ("dpo-only", r"$W x + s_{dpo} B_{dpo} A_{dpo} x$"),
-    (True, False): ("sft", r"$W x + s_{sft} B_{sft} A_{sft} x$"),
-    (True, True): ("sft+dpo", r"$W x + s_{sft} B_{sft} A_{sft} x + s_{dpo} B_{dpo} A_{dpo} x$"),
-}
+_TERMS = {"sft": r" + s_{sft} B_{sft} A_{sft} x", "dpo": r" + s_{dpo} B_{dpo} A_{dpo} x"}
+SYSTEMS = {  # (sft on, dpo on): (name, what the layer computes), named by the one list of systems
+    (sft, dpo): (name, "$W x" + (_TERMS["sft"] if sft else "") + (_TERMS["dpo"] if dpo else "") + "$")
+    for name, (sft, dpo) in SWITCHES.items()}
 
 
 def switches_figure() -> Figure:

@@ -13,6 +13,7 @@ from helpers.evaluate.verdicts import (
     separates,
     target_rows,
 )
+from helpers.infer.systems import SYSTEMS as SYSTEM_NAMES
 
 
 def markdown_table(header: list[str], body: list[list[str]]) -> str:
@@ -147,5 +148,12 @@ def headline(results: dict) -> str:
     return "\n".join(lines)
 
 
-SYSTEMS = {"source": "source AI draft", "base": "base zero-shot", "sft": "SFT",
-           "dpo-only": "DPO only", "sft+dpo": "SFT+DPO stacked", "human": "human reference"}
+# display labels of helpers/infer/systems.py's systems (checked against that list below)
+SYSTEM_LABELS = {"base": "base zero-shot", "sft": "SFT", "dpo-only": "DPO only",
+                 "sft+dpo": "SFT+DPO stacked"}
+if set(SYSTEM_LABELS) != set(SYSTEM_NAMES):
+    raise ImportError(f"SYSTEM_LABELS names {sorted(SYSTEM_LABELS)}, but the systems are "
+                      f"{list(SYSTEM_NAMES)} (helpers/infer/systems.py)")
+# every text an evaluation row holds, in table order: the draft, each system, the human text
+SYSTEMS = {"source": "source AI draft", **{name: SYSTEM_LABELS[name] for name in SYSTEM_NAMES},
+           "human": "human reference"}

@@ -2,12 +2,13 @@
 
     from helpers.infer.humanizer import Humanizer
     h = Humanizer.load("runs/workshop")            # or Humanizer.load(get_config("workshop"))
-    h.use("sft").rewrite(["A draft to rewrite."])  # "base", "sft", "dpo-only" or "sft+dpo"
+    h.use("sft").rewrite(["A draft to rewrite."])  # any system the run has trained (h.adapters)
     for piece in h.stream("A draft to rewrite."):
         print(piece, end="")
 
-One model carries both adapters (helpers/train/stacked.py's layers), so switching adapter flips
-two switches and reloads nothing. Prompts, decoding and cleaning are those of notebooks 06-07:
+One model carries both adapters (helpers/train/stacked.py's stacked layers; the one loader and the
+list of systems are helpers/infer/systems.py's), so switching adapter flips two switches and
+reloads nothing. Prompts, decoding and cleaning are those of notebooks 06-07:
 the training system prompt unless a call brings its own, cfg's decoding, `clean_output`. The
 command line (helpers.tools.rewrite_files), the server (helpers.tools.serve) and the export use this object.
 """
@@ -22,15 +23,7 @@ from helpers.core.config import PRESETS, Config, get_config
 from helpers.infer.clean import clean_output
 from helpers.infer.decode import decode_steps, max_new_tokens, prompt_tokens
 from helpers.infer.rewrite import Rewrite, rewrite_detailed
-from helpers.infer.systems import SWITCHES, adapter_dir, use_system
-from helpers.train.adapters import (
-    ADAPTER_FILE,
-    check_base,
-    load_stacked,
-    read_adapter_config,
-)
-from helpers.train.base import load_base
-from helpers.train.stacked import add_dpo_adapter
+from helpers.infer.systems import check_system, load_system, trained_systems, use_system
 
 
 def config_of_run(run_dir: str | Path) -> Config:
@@ -61,33 +54,16 @@ class Humanizer:
 
     @classmethod
     def load(cls, cfg_or_run_dir, adapter: str | None = None) -> "Humanizer":
-        """The run's base with every adapter it has trained, switched to `adapter` (default: the
-        most trained one, sft+dpo when DPO has run); an adapter the run lacks is an error."""
+        """The run's base with every adapter it has trained (systems.load_system, switchable),
+        switched to `adapter` (default: the most trained one, sft+dpo when DPO has run); an
+        adapter the run lacks is an error, raised before anything is loaded."""
         cfg = cfg_or_run_dir if isinstance(cfg_or_run_dir, Config) else config_of_run(cfg_or_run_dir)
-        sft, dpo = adapter_dir(cfg, "sft"), adapter_dir(cfg, "dpo")
-        has_sft, has_dpo = (sft / ADAPTER_FILE).exists(), (dpo / ADAPTER_FILE).exists()
-        if has_dpo and not has_sft:
-            raise FileNotFoundError(f"{dpo} exists but {sft} does not: the DPO adapter sits on "
-                                    "the SFT adapter; run notebook 04 again")
-        model, tokenizer = load_base(cfg)
-        for path in (sft,) * has_sft + (dpo,) * has_dpo:
-            check_base(path, cfg)
-        if has_dpo:
-            load_stacked(model, sft, dpo)
-        elif has_sft:
-            from mlx_lm.tuner.utils import load_adapters
-            load_adapters(model, str(sft))
-            add_dpo_adapter(model, read_adapter_config(sft))  # a zero DPO term: only the switches
-            model.eval()
-        adapters = ("base", "sft", "dpo-only", "sft+dpo") if has_dpo else \
-            ("base", "sft") if has_sft else ("base",)
+        adapters = trained_systems(cfg)
+        model, tokenizer = load_system(cfg, adapter or adapters[-1], switchable=True)
         return cls(cfg, model, tokenizer, adapters).use(adapter or adapters[-1])
 
     def use(self, adapter: str) -> "Humanizer":
-        if adapter not in self.adapters:
-            known = "', '".join(SWITCHES)
-            raise ValueError(f"unknown or untrained adapter {adapter!r}: this run has "
-                             f"{list(self.adapters)} (adapters are '{known}')")
+        check_system(adapter, self.adapters)
         use_system(self.model, adapter)
         self.adapter = adapter
         return self

@@ -27,6 +27,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
+from helpers.core import fast_cpu
 from helpers.core.gguf import _GGUF_BLOCK_NAMES, _GGUF_TOP_NAMES
 from helpers.core.io import atomic_output, atomic_write_text
 from helpers.core.models import MLX_TOOL, ModelNotAvailable, resolve, save_mlx_model
@@ -38,8 +39,8 @@ from helpers.core.owned import (
     manifest_of,
     record,
 )
+from helpers.infer import systems
 
-ADAPTERS = ("sft+dpo", "sft", "base")
 OUTTYPES = ("f32", "f16", "q8_0")
 # the system prompt SmolLM2's chat template falls back to when a chat has none
 SMOLLM_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -51,18 +52,18 @@ _MLX_TOP_NAMES = {v: k for k, v in _GGUF_TOP_NAMES.items()}
 
 def fused_humanizer(cfg, adapter: str = "sft+dpo"):
     """(model, tokenizer, config): the run's base with the chosen adapters folded into fp32 weights."""
-    from helpers.infer import humanizer
+    from helpers.infer.humanizer import Humanizer
     from helpers.train.merge import fuse
 
-    if adapter not in ADAPTERS:
-        raise ValueError(f"unknown adapter {adapter!r}; choose one of {ADAPTERS}")
-    for name in {"sft+dpo": ("sft", "dpo"), "sft": ("sft",), "base": ()}[adapter]:
-        if not (humanizer.adapter_dir(cfg, name) / "adapters.safetensors").exists():
-            raise FileNotFoundError(f"{humanizer.adapter_dir(cfg, name)}: no {name.upper()} adapter "
+    if adapter not in systems.SYSTEMS:
+        raise ValueError(f"unknown adapter {adapter!r}; choose one of {systems.SYSTEMS}")
+    for name in systems.needed_adapters(adapter):
+        if not (systems.adapter_dir(cfg, name) / "adapters.safetensors").exists():
+            raise FileNotFoundError(f"{systems.adapter_dir(cfg, name)}: no {name.upper()} adapter "
                                     f"for preset {cfg.preset!r}; train it (notebook 04/05) or "
                                     "export --adapter base")
     # fuse() needs fp32 weights; dequantize(W_q) is exactly what the quantized base computes with
-    loaded = humanizer.Humanizer.load(dataclasses.replace(cfg, fake_quant=True), adapter)
+    loaded = Humanizer.load(dataclasses.replace(cfg, fake_quant=True), adapter)
     fuse(loaded.model)
     return loaded.model, loaded.tokenizer, model_config(loaded.model, loaded.tokenizer)
 
@@ -401,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", required=True, choices=("gguf", "mlx"))
     parser.add_argument("--preset", default=None)
     parser.add_argument("--experiment", default=None)
-    parser.add_argument("--adapter", default="sft+dpo", choices=ADAPTERS)
+    parser.add_argument("--adapter", default="sft+dpo", choices=systems.SYSTEMS)
     parser.add_argument("--outtype", default="f16", choices=OUTTYPES, help="GGUF weight type")
     parser.add_argument("--tokenizer-from", default="auto", choices=("auto", "gguf", "hf"))
     parser.add_argument("--out", help="the .gguf file (gguf) or the folder (mlx)")
@@ -438,6 +439,7 @@ def export(args) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    fast_cpu.install()  # faster attention and SwiGLU on a Linux CPU: see helpers/core/fast_cpu.py
     try:
         path = export(args)
     except UserError as err:

@@ -12,8 +12,8 @@ or one .txt/.md document; or a folder of them (the id is the file's path inside 
 Output (--output, default "-" is stdout): JSONL rows {"id", "source", "output", "preset",
 "adapter", "hit_cap", "settings"} followed by the input row's other fields (one whose name is
 already taken is kept as "input_<name>", e.g. "input_source"); a .txt/.md output is the rewritten
-document itself. "settings" records the fact switch that made the row. --adapter is one of base,
-sft, dpo-only, sft+dpo (notebooks 04-06).
+document itself. "settings" records the fact switch that made the row. --adapter is a system of
+helpers/infer/systems.py: base, sft, dpo-only, sft+dpo (notebooks 04-06).
 
 Long documents are cut at blank lines and rewritten paragraph by paragraph (a paragraph too long
 for the model between sentences), then put back together in order; headings, code blocks, lists
@@ -71,9 +71,9 @@ from helpers.core.owned import (
     record,
 )
 from helpers.infer.chunking import Piece, join_pieces, split_document
+from helpers.infer.systems import SYSTEMS
 
 TEXT_FIELDS = ("text", "ai")
-ADAPTERS = ("base", "sft", "dpo-only", "sft+dpo")
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 OUR_FIELDS = ("id", "source", "output", "preset", "adapter", "hit_cap", "settings")
 TOOL = "helpers.tools.rewrite_files"
@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "starting with '{' is JSONL, anything else JSONL)")
     parser.add_argument("--preset", default=None,
                         help="config preset (default: $HUMANIZER_PRESET or workshop)")
-    parser.add_argument("--adapter", default="sft+dpo", choices=ADAPTERS)
+    parser.add_argument("--adapter", default="sft+dpo", choices=SYSTEMS)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="pieces per rewrite call (default: the preset's gen_batch_size)")
     parser.add_argument("--fact-check", type=int, default=0, metavar="N",
@@ -491,6 +491,9 @@ def main(argv: list[str] | None = None, humanizer=None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    from helpers.core import fast_cpu
+
+    fast_cpu.install()  # faster attention and SwiGLU on a Linux CPU: see helpers/core/fast_cpu.py
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
@@ -582,7 +585,7 @@ def rewrite(args, cfg, drafts: list[Draft], skipped: list[str], out_kind: str, h
         except ModelMissing as err:
             print(f"error: {err}", file=sys.stderr)
             return EXIT_NO_MODEL
-    if args.adapter not in getattr(humanizer, "adapters", ADAPTERS):
+    if args.adapter not in getattr(humanizer, "adapters", SYSTEMS):
         print(f"error: adapter {args.adapter!r} is not available for preset {cfg.preset} "
               f"(available: {', '.join(humanizer.adapters)}); train it first (notebooks 04-05)",
               file=sys.stderr)

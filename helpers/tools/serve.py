@@ -10,7 +10,8 @@ Routes (JSON in, JSON out):
     GET  /v1/models            the adapters this run has, as OpenAI models
     GET  /health
 
-Each request picks "adapter": "base" | "sft" | "sft+dpo" | "dpo-only", switched without reloading.
+Each request picks "adapter": one of the systems the run has trained (helpers/infer/systems.py:
+base, sft, dpo-only, sft+dpo), switched without reloading.
 The training system prompt is applied unless the request brings its own (a "system_prompt" field,
 or a system message). Requests wait in one queue: a single worker owns the model (MLX is not
 meant to be driven from several threads) and decodes waiting /v1/humanize texts that share their
@@ -353,6 +354,7 @@ def make_server(humanizer, host: str = "127.0.0.1", port: int = 8080, adapter: s
 
 
 def main(argv: list[str] | None = None) -> int:
+    from helpers.core import fast_cpu
     from helpers.core.config import get_config
     from helpers.core.models import ModelNotAvailable
     from helpers.infer.humanizer import Humanizer
@@ -363,13 +365,15 @@ def main(argv: list[str] | None = None) -> int:
                                                        "or workshop)")
     parser.add_argument("--run", default=None, help="a run folder (runs/<preset>[/<experiment>]) "
                                                     "instead of --preset")
-    parser.add_argument("--adapter", default=None, help="the default adapter (default: the most "
-                                                       "trained one the run has)")
+    parser.add_argument("--adapter", default=None, help="the default adapter, a system of "
+                        "helpers/infer/systems.py the run has trained (default: the most trained "
+                        "one)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost "
                                                             "only; anything else is exposed)")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--max-body", type=int, default=MAX_BODY_BYTES, help="bytes per request")
     args = parser.parse_args(argv)
+    fast_cpu.install()  # faster attention and SwiGLU on a Linux CPU: see helpers/core/fast_cpu.py
     try:
         humanizer = Humanizer.load(args.run or get_config(args.preset), adapter=args.adapter)
     except (ModelNotAvailable, FileNotFoundError, ValueError) as err:
