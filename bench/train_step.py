@@ -20,6 +20,7 @@ from mlx.nn.utils import value_and_grad
 
 from helpers.core import fast_cpu
 from helpers.core.config import get_config
+from helpers.data.prepare import load_prepared
 from helpers.train.base import load_base
 from helpers.train.batches import (
     batch_order,
@@ -27,7 +28,6 @@ from helpers.train.batches import (
     pad_batch,
     sft_dataset,
 )
-from helpers.train.data import load_prepared
 from helpers.train.lora import add_lora, lora_config
 from helpers.train.losses import sft_loss
 

@@ -38,6 +38,7 @@ from helpers.core.text_measures import (
     load_slop_phrases,
     slop_per_1k,
 )
+from helpers.data.prepare import load_prepared, one_per_paragraph
 from helpers.evaluate.embedding import Embedder
 from helpers.evaluate.experiments import save_experiment
 from helpers.evaluate.meaning import meaning_similarity
@@ -45,7 +46,6 @@ from helpers.evaluate.tables import markdown_table
 from helpers.evaluate.trained_detectors import training_judge
 from helpers.evaluate.verdicts import paired_difference, reading
 from helpers.infer.humanizer import Humanizer
-from helpers.train.data import load_prepared, one_per_paragraph
 
 DEFAULT_RUN = "default"  # the run without an experiment name, runs/<preset>/
 MEASURES = ("P(AI)", "meaning", "facts kept", "slop/1K", "loops", "cap hits", "invented facts")

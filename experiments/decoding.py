@@ -27,13 +27,13 @@ from helpers.core.text_measures import (
     load_slop_phrases,
     slop_per_1k,
 )
+from helpers.data.prepare import load_prepared, one_per_paragraph
 from helpers.evaluate.embedding import Embedder
 from helpers.evaluate.experiments import save_experiment
 from helpers.evaluate.meaning import meaning_similarity
 from helpers.evaluate.tables import markdown_table
 from helpers.evaluate.trained_detectors import training_judge
 from helpers.infer.humanizer import Humanizer
-from helpers.train.data import load_prepared, one_per_paragraph
 
 
 def parse_setting(text: str) -> dict:

@@ -30,6 +30,7 @@ from helpers.core.text_measures import (
     load_slop_phrases,
     slop_per_1k,
 )
+from helpers.data.prepare import load_prepared
 from helpers.evaluate.detectors import load_detectors
 from helpers.evaluate.embedding import Embedder
 from helpers.evaluate.experiments import experiment_results_path, save_experiment
@@ -46,7 +47,6 @@ from helpers.evaluate.verdicts import (
 from helpers.infer.humanizer import Humanizer
 from helpers.infer.rewrite import DECODING_FIELDS
 from helpers.train.adapters import adapter_digest
-from helpers.train.data import load_prepared
 
 NAME = "fact_switch_eval"
 SWITCH_FIELDS = ("fact_check_samples", "fact_check_temperature", "fact_resample", "fact_repair")

@@ -31,13 +31,14 @@ from helpers.core.text_measures import (
     length_ratio,
     word_count,
 )
+from helpers.data.prepare import one_per_paragraph
+from helpers.data.sources import load_split
 from helpers.evaluate.embedding import Embedder
 from helpers.evaluate.experiments import save_experiment
 from helpers.evaluate.meaning import meaning_similarity
 from helpers.evaluate.tables import markdown_table
 from helpers.infer.humanizer import Humanizer
 from helpers.tools import rewrite_files
-from helpers.train.data import load_split, one_per_paragraph
 
 MIN_WORDS, MAX_WORDS = 200, 500
 

@@ -30,6 +30,7 @@ from helpers.core.io import read_json
 from helpers.core.models import load_model, save_mlx_model
 from helpers.core.statistics import format_ci
 from helpers.core.text_measures import fact_preservation
+from helpers.data.prepare import load_prepared, one_per_paragraph
 from helpers.evaluate.embedding import Embedder
 from helpers.evaluate.experiments import save_experiment
 from helpers.evaluate.meaning import meaning_similarity
@@ -44,7 +45,6 @@ from helpers.quant.scan import load_sensitivity
 from helpers.quant.units import bits_per_weight, uniform_bits
 from helpers.train.base import load_base
 from helpers.train.batches import sft_dataset
-from helpers.train.data import load_prepared, one_per_paragraph
 from helpers.train.lora import add_lora, lora_config
 from helpers.train.losses import evaluate_sft
 from helpers.train.sft import train_sft

@@ -7,17 +7,13 @@ from helpers.core import text_measures
 from helpers.core.config import get_config
 from helpers.core.io import DataError, atomic_write_json, read_json
 from helpers.core.text_measures import REPO_DATA
-from helpers.train.data import (
+from helpers.data.prepare import clean, dpo_pairs, faithful, prepare, split_by_paragraph
+from helpers.data.sources import (
     L2R_FILES,
-    clean,
-    dpo_pairs,
-    faithful,
     l2r_file,
     load_split,
     paragraph_key,
-    prepare,
     read_pairs,
-    split_by_paragraph,
 )
 
 HUMAN = "The river rose two metres overnight and the bridge at Elm Street closed at 6 a.m."
@@ -181,7 +177,7 @@ def test_l2r_data_ships_with_the_repository(split, pairs, paragraphs, monkeypatc
 
 
 def test_l2r_falls_back_to_an_offline_pack_then_says_what_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr("helpers.train.data.REPO_DATA", tmp_path / "repo-data")
+    monkeypatch.setattr("helpers.data.sources.REPO_DATA", tmp_path / "repo-data")
     monkeypatch.setenv("HUMANIZER_ASSETS", str(tmp_path / "pack"))
     with pytest.raises(DataError, match=r"repo-data/l2r/l2r_dev.jsonl.gz is missing: it comes "
                                         r"with the repository"):

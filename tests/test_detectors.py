@@ -259,13 +259,13 @@ def test_check_disjoint_names_a_shared_paragraph():
 @pytest.fixture(scope="module")
 def smoke_splits():
     from helpers.core.config import get_config
-    from helpers.train.data import prepare
+    from helpers.data.prepare import prepare
     cfg = get_config("smoke")
     return cfg, prepare(cfg)
 
 
 def test_detector_rows_judge_rows_and_eval_drafts_are_disjoint(smoke_splits):
-    from helpers.train.data import paragraph_key
+    from helpers.data.sources import paragraph_key
     cfg, splits = smoke_splits
     train, judge = detector_rows(cfg, splits), judge_rows(cfg, splits)
     assert len(train) == len(judge) == cfg.detector_train_pairs

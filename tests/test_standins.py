@@ -169,7 +169,7 @@ def editlens_rows(split: str) -> list[dict]:
 
 @pytest.fixture
 def editlens(hub, tmp_path):
-    from helpers.train.data import EDITLENS_ID
+    from helpers.data.sources import EDITLENS_ID
 
     splits = {s: editlens_rows(s) for s in ("train", "val", "test")}
     add_repo(hub, EDITLENS_ID, parquet_dataset_files(tmp_path / "editlens", splits), "dataset")
@@ -178,7 +178,7 @@ def editlens(hub, tmp_path):
 
 @pytest.mark.parametrize("split, hub_split", [("train", "train"), ("dev", "test")])
 def test_editlens_loads_offline_from_the_hub_cache_as_pairs(editlens, split, hub_split):
-    from helpers.train.data import load_editlens, paragraph_key
+    from helpers.data.sources import load_editlens, paragraph_key
 
     rows = load_editlens(split)
     expected = [r for r in editlens[hub_split] if r["text_type"] != "human_written"]
@@ -190,7 +190,7 @@ def test_editlens_loads_offline_from_the_hub_cache_as_pairs(editlens, split, hub
 
 
 def test_editlens_reads_the_human_ai_column_variant(hub, tmp_path):
-    from helpers.train.data import EDITLENS_ID, load_editlens
+    from helpers.data.sources import EDITLENS_ID, load_editlens
 
     rows = [{"id": "a", "human": "A person wrote this.", "ai": "An AI wrote this.",
              "domain": "essays", "model": "m"}]
@@ -202,7 +202,7 @@ def test_editlens_reads_the_human_ai_column_variant(hub, tmp_path):
 
 def test_editlens_offline_without_a_copy_fails_in_one_line(hub):
     from helpers.core.io import DataError
-    from helpers.train.data import load_editlens
+    from helpers.data.sources import load_editlens
 
     with pytest.raises(DataError) as err:
         load_editlens("train")
@@ -232,7 +232,7 @@ def paper(editlens, hub, tmp_path, runs):
     """get_config("paper") at toy sizes, with MiniCPM5-1B and EditLens in the hub cache and
     notebook 01's data prepared from EditLens."""
     from helpers.core.config import get_config
-    from helpers.train.data import prepare, save_prepared
+    from helpers.data.prepare import prepare, save_prepared
 
     cfg = get_config("paper", **PAPER_OVERRIDES)
     assert (cfg.model, cfg.data_source) == ("openbmb/MiniCPM5-1B", "editlens")
@@ -248,13 +248,13 @@ def test_paper_preset_quantizes_and_trains_minicpm5_offline(paper):
     import mlx.core as mx
 
     from helpers.core.models import base_model_spec, load_model, save_mlx_model
+    from helpers.data.prepare import load_prepared
     from helpers.quant.allocate import allocate
     from helpers.quant.apply import clone_model, quantize_model
     from helpers.quant.scan import sensitivity_scan
     from helpers.quant.units import bits_per_weight
     from helpers.train.adapters import ADAPTER_FILE
     from helpers.train.base import load_base
-    from helpers.train.data import load_prepared
     from helpers.train.lora import add_lora, lora_config, lora_layers
     from helpers.train.sft import train_sft
 

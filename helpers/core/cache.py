@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save
 
 from helpers.core.io import atomic_write_bytes, atomic_write_json
 
@@ -85,8 +87,6 @@ def save_json(path: str | Path, key: str, value, keep: bool = True) -> Path:
 
 def load_arrays(path: str | Path, key: str) -> dict[str, np.ndarray] | None:
     """The arrays of a safetensors cache file written under `key`, or None (a miss)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="numpy") as f:
             if (f.metadata() or {}).get("cache_key") != key:
@@ -98,7 +98,5 @@ def load_arrays(path: str | Path, key: str) -> dict[str, np.ndarray] | None:
 
 def save_arrays(path: str | Path, key: str, arrays: dict[str, np.ndarray]) -> Path:
     """Write `arrays` (numpy) to a safetensors file with `key` in its metadata, atomically."""
-    from safetensors.numpy import save
-
     return atomic_write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in arrays.items()},
                                          metadata={"cache_key": key, "format": FORMAT}))

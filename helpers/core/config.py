@@ -23,6 +23,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.core.io import atomic_write_json
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNS_ROOT = REPO_ROOT / "runs"
 DEFAULT_PRESET = "workshop"
@@ -372,8 +374,6 @@ def unread_overrides(notebook: str, overrides: dict) -> list[str]:
 
 def record_config(cfg: Config, notebook: str, overrides: dict) -> Path:
     """runs_dir/config.json: each notebook's full config and overrides, beside the artifacts."""
-    from helpers.core.io import atomic_write_json
-
     path = cfg.path("config.json")
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))

@@ -12,6 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import mlx.core as mx
+
+from helpers.core import fast_cpu
+
 SLOW_GFLOPS = 40.0  # below this the bundled reference BLAS is almost surely in use
 
 
@@ -52,8 +56,6 @@ def blas_in_use() -> str:
 
 def matmul_gflops(n: int = 1024, repeats: int = 5, dtype: str = "float32") -> float:
     """Measured n x n matmul speed on MLX's default device."""
-    import mlx.core as mx
-
     a = mx.random.normal((n, n)).astype(getattr(mx, dtype))
     b = mx.random.normal((n, n)).astype(getattr(mx, dtype))
     mx.eval(a @ b)  # warm-up
@@ -65,10 +67,9 @@ def matmul_gflops(n: int = 1024, repeats: int = 5, dtype: str = "float32") -> fl
 
 
 def report() -> dict:
-    import mlx.core as mx
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     import mlx_lm
 
-    from helpers.core import fast_cpu
 
     info = {
         "python": platform.python_version(),

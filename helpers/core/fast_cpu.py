@@ -48,6 +48,7 @@ import platform
 from functools import partial
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 
 LOG2E = 1 / math.log(2)
@@ -140,7 +141,6 @@ def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
     a training step (B × T × 49,152 values, forward and backward), so it uses the exp above
     while the kernels are installed (`install`), else mlx's own."""
     if logits.dtype != mx.float32 or not installed():
-        import mlx.nn as nn
         return nn.losses.cross_entropy(logits, targets)
     picked = mx.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return _logsumexp(logits) - picked
@@ -183,6 +183,7 @@ def swiglu(gate: mx.array, up: mx.array) -> mx.array:
     """mlx-lm's swiglu, silu(gate) · up (small arrays and dtypes other than float32 go to
     mlx-lm's own)."""
     if gate.dtype != mx.float32 or up.dtype != mx.float32 or gate.size < FAST_FROM:
+        # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
         from mlx_lm.models.activations import swiglu as stock_swiglu
         return stock_swiglu(gate, up)
     return _swiglu(gate, up)
@@ -210,6 +211,7 @@ def scaled_dot_product_attention(queries, keys, values, cache, scale: float, mas
     """mlx-lm's attention (B, H, L, D) with `softmax` above; quantized caches and attention
     sinks go to mlx-lm's own."""
     if hasattr(cache, "bits") or sinks is not None or queries.dtype != mx.float32:
+        # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
         from mlx_lm.models.base import scaled_dot_product_attention as stock_attention
         return stock_attention(queries, keys, values, cache, scale=scale, mask=mask, sinks=sinks)
     b, n_heads, q_len, dim = queries.shape
@@ -239,6 +241,7 @@ def install(force: bool = False) -> bool:
     calling it again changes nothing, and where they are not wanted (`wanted`) it leaves mlx-lm
     as it is. Models built before and after both use them: the llama module looks the two names
     up at every call."""
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     from mlx_lm.models import llama
 
     if not (force or wanted()):
@@ -249,6 +252,7 @@ def install(force: bool = False) -> bool:
 
 def installed() -> bool:
     """Whether mlx-lm's llama model runs on the kernels above now."""
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     from mlx_lm.models import llama
 
     return llama.swiglu is swiglu and llama.scaled_dot_product_attention is \
@@ -257,6 +261,7 @@ def installed() -> bool:
 
 def uninstall() -> None:
     """Back to mlx-lm's own kernels."""
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     from mlx_lm.models import activations, base, llama
 
     llama.swiglu = activations.swiglu

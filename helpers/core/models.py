@@ -14,6 +14,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from helpers.core.gguf import load_gguf
+from helpers.core.owned import check_folder, install_folder, staging_folder
 from helpers.core.precision import dequantize_exactly, set_compute_dtype
 
 # hub id -> path inside $HUMANIZER_ASSETS (README, "Models and data")
@@ -78,12 +79,14 @@ def load_model(spec: str, keep_quantized: bool = True, dtype: str = "float32",
     The model runs on whatever kernels the process chose: mlx-lm's own unless it called
     helpers.core.fast_cpu.install() (the notebooks and command-line tools do, at their start).
     """
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     import mlx_lm
 
     path = resolve(spec)
     if path.endswith(".gguf"):
         model, tokenizer, config = load_gguf(path, keep_quantized=keep_quantized)
         if adapter_path:
+            # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
             from mlx_lm.utils import load_adapters
             model = load_adapters(model, adapter_path)
     else:
@@ -113,9 +116,9 @@ def save_mlx_model(model: nn.Module, tokenizer, config: dict, out_dir: str | Pat
     Written to a temporary folder first, then moved in: an interrupted save leaves nothing
     half-done. `out_dir` may be new, empty, or an earlier save (with `overwrite`, whose listed
     files are replaced); anything else is refused (helpers/core/owned.py)."""
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     from mlx_lm.utils import save_config, save_model
 
-    from helpers.core.owned import check_folder, install_folder, staging_folder
 
     out_dir = Path(out_dir)
     check_folder(MLX_TOOL, out_dir, overwrite)
@@ -132,6 +135,7 @@ def parameter_bytes(model: nn.Module) -> int:
 
 def describe(model: nn.Module, config: dict) -> dict:
     """A short summary for notebooks: size, layers, quantization."""
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     from mlx_lm.utils import compute_bits_per_weight, get_total_parameters
 
     q = config.get("quantization") or {}

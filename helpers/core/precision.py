@@ -12,6 +12,7 @@ def dequantize_exactly(model: nn.Module) -> nn.Module:
     """mlx-lm's dequantize_model, after widening float16 scales and biases to float32: dequantizing
     with float16 scales returns float16 weights, rounded away from what the quantized layer
     computes once its scales are float32 (up to 5e-3 in the logits of a small model)."""
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     from mlx_lm.utils import dequantize_model
 
     wide = [(name, value.astype(mx.float32)) for name, value in tree_flatten(model.parameters())

@@ -28,6 +28,7 @@ class Embedder:
     """Unit-length MiniLM sentence embeddings; each distinct text is encoded once."""
 
     def __init__(self, spec: str = "sentence-transformers/all-MiniLM-L6-v2", batch_size: int = 32):
+        # deferred: sentence-transformers (it imports torch) is slow to import, and only this path needs it
         from sentence_transformers import SentenceTransformer
         self.spec, self.batch_size = spec, batch_size
         self.model = SentenceTransformer(locate(spec), device="cpu")
@@ -62,6 +63,7 @@ class EmbeddingDetector:
               groups=None):
         """`groups`: one paragraph key per text (default: texts come as [all human, then all AI]
         of the same rows, so a row's two texts share a group)."""
+        # deferred: scikit-learn is slow to import, and only this path needs it
         from sklearn.linear_model import LogisticRegression
         x, labels = embedder(texts), np.asarray(labels)
         groups = np.arange(len(texts)) % (len(texts) // 2) if groups is None else groups

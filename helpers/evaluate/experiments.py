@@ -36,6 +36,7 @@ def compare_experiments(cfg, names: list[str], system: str = "sft+dpo",
     """Long table (experiment, measure, mean, lo, hi) of `system` in each experiment's
     results.json: P(AI) per detector, gap closed per counted detector, meaning, facts kept,
     slop, and how many targets each met."""
+    # deferred: pandas is slow to import, and only this path needs it
     import pandas as pd
     out = []
     for name in names:
@@ -65,6 +66,7 @@ def compare_experiments(cfg, names: list[str], system: str = "sft+dpo",
 
 def plot_experiments(frame, columns: int = 4):
     """One panel per measure: each experiment's mean with its 95% CI."""
+    # deferred: matplotlib is slow to import, and only this path needs it
     import matplotlib.pyplot as plt
     measures = [m for m in frame["measure"].unique() if m != "targets met"]
     n_rows = -(-len(measures) // columns)

@@ -8,11 +8,12 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from huggingface_hub import constants, snapshot_download
+
 from helpers.core.models import ModelNotAvailable, resolve
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    from huggingface_hub import constants
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
@@ -29,7 +30,6 @@ def locate(spec: str, revision: str | None = None) -> str:
     if Path(path).exists():
         return path
     try:
-        from huggingface_hub import snapshot_download
         return snapshot_download(spec, revision=revision, local_files_only=True)
     except Exception:  # noqa: BLE001 - not in the cache
         pass

@@ -17,6 +17,7 @@ def _sigmoid(x):
 def fit_platt(scores, labels) -> tuple[float, float]:
     """(a, b) with P(AI) = sigmoid(a * score + b), fitted by regularised logistic regression on
     standardised scores (so a tiny calibration set cannot push probabilities to exactly 0 or 1)."""
+    # deferred: scikit-learn is slow to import, and only this path needs it
     from sklearn.linear_model import LogisticRegression
     s = np.asarray(scores, dtype=float)
     mean, std = s.mean(), s.std() or 1.0

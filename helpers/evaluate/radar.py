@@ -19,6 +19,7 @@ class Radar:
     name = "RADAR"
 
     def __init__(self, spec: str = RADAR_ID, max_tokens: int = 512, batch_size: int = 8):
+        # deferred: transformers is slow to import, and only this path needs it
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         revision = HUB_REVISIONS.get(spec)
         source = locate(spec, revision)
@@ -28,6 +29,7 @@ class Radar:
         self.max_tokens, self.batch_size = max_tokens, batch_size
 
     def score(self, texts: list[str]) -> np.ndarray:
+        # deferred: torch is slow to import, and only this path needs it
         import torch
         out = np.zeros(len(texts))
         order = np.argsort([len(t) for t in texts])  # similar lengths together: less padding

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from helpers.core.config import get_config
 from helpers.core.io import (
     DataError,
     atomic_write_json,
@@ -107,6 +108,7 @@ def score_all(texts: dict, detectors: dict) -> dict:
 
 def scores_frame(scores: dict):
     """Long table (detector, system, P(AI)) for seaborn."""
+    # deferred: pandas is slow to import, and only this path needs it
     import pandas as pd
     return pd.DataFrame([{"detector": name, "system": SYSTEMS[key], "P(AI)": p}
                          for name, by_system in scores.items()
@@ -115,6 +117,7 @@ def scores_frame(scores: dict):
 
 def plot_scores(scores: dict):
     """P(AI) per text: one panel per detector, one violin + dots per system."""
+    # deferred: matplotlib is slow to import, and only this path needs it
     import matplotlib.pyplot as plt
     import seaborn as sns
     frame = scores_frame(scores)
@@ -259,7 +262,6 @@ def write_results(cfg, results: dict, scores: dict | None = None) -> tuple[Path,
 
 
 def main() -> None:
-    from helpers.core.config import get_config
     parser = argparse.ArgumentParser(description="Re-render results.md from results.json.")
     parser.add_argument("--preset", default=None)
     cfg = get_config(parser.parse_args().preset)

@@ -110,6 +110,7 @@ def text_measures_table(results: dict) -> str:
 def detectors_frame(results: dict):
     """Per detector: kind, AUROC with CI, whether gap closed counts it, AUROC of human text vs
     each system, threshold at the target FPR, share of each system flagged."""
+    # deferred: pandas is slow to import, and only this path needs it
     import pandas as pd
     counted = counted_detectors(results)
     return pd.DataFrame({name: {"kind": info["kind"],

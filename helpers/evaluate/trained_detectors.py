@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sparse
 
 from helpers.core.cache import (
     content_key,
@@ -15,6 +16,8 @@ from helpers.core.cache import (
     save_arrays,
     save_json,
 )
+from helpers.data.prepare import clean, one_per_paragraph
+from helpers.data.sources import load_split, paragraph_key
 from helpers.evaluate.platt import (
     DETECTORS_VERSION,
     _sigmoid,
@@ -26,7 +29,6 @@ from helpers.evaluate.platt import (
 def training_texts(rows: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(texts, labels, groups) from paired rows: all human texts (0), then all AI texts (1);
     groups are the human paragraph's key, so a paragraph's texts stay in one CV fold."""
-    from helpers.train.data import paragraph_key
     texts, labels = calibration_pairs(rows, len(rows))
     keys = [paragraph_key(r["human"]) for r in rows]
     return texts, np.asarray(labels), np.asarray(keys + keys)
@@ -35,7 +37,10 @@ def training_texts(rows: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray]
 def choose_c(x, labels, groups, grid=(0.1, 1.0, 10.0, 100.0), folds: int = 5) -> float:
     """The logistic regression's inverse regularisation C with the best cross-validated log
     loss, folds split by paragraph (so no fold sees a paragraph's twin text)."""
+    # deferred: scikit-learn is slow to import, and only this path needs it
     from sklearn.linear_model import LogisticRegression
+
+    # deferred: scikit-learn is slow to import, and only this path needs it
     from sklearn.model_selection import GroupKFold, cross_val_score
 
     def cv_log_loss(c):
@@ -48,7 +53,6 @@ def choose_c(x, labels, groups, grid=(0.1, 1.0, 10.0, 100.0), folds: int = 5) ->
 
 def paragraph_keys(rows: list[dict]) -> set[str]:
     """Keys of every text in `rows` (human and AI side, or prompt/chosen/rejected)."""
-    from helpers.train.data import paragraph_key
     return {paragraph_key(r[k]) for r in rows for k in ("human", "ai", "prompt", "chosen",
                                                          "rejected") if isinstance(r.get(k), str)}
 
@@ -81,6 +85,7 @@ class LinearTextDetector:
     def train(cls, rows: list[dict], calib_rows: list[dict]):
         """Fit the features' state and the classifier on `rows` (C by cross-validation on the
         same rows), then the Platt map on `calib_rows`."""
+        # deferred: scikit-learn is slow to import, and only this path needs it
         from sklearn.linear_model import LogisticRegression
         texts, labels, groups = training_texts(rows)
         state = cls.fit_state(texts)
@@ -128,6 +133,7 @@ class NgramDetector(LinearTextDetector):
 
     @classmethod
     def vectorizer(cls, kind: str, vocabulary=None):
+        # deferred: scikit-learn is slow to import, and only this path needs it
         from sklearn.feature_extraction.text import TfidfVectorizer
         return TfidfVectorizer(sublinear_tf=True, min_df=2, dtype=np.float32,
                                vocabulary=vocabulary, **cls.settings[kind])
@@ -144,7 +150,6 @@ class NgramDetector(LinearTextDetector):
         return state
 
     def features(self, texts: list[str]):
-        import scipy.sparse as sparse
         if not hasattr(self, "_vectorizers"):
             self._vectorizers = []
             for kind in self.settings:
@@ -229,7 +234,6 @@ def judge_rows(cfg, splits: dict) -> list[dict]:
     detectors' rows, the validation split nor the evaluation drafts contain, one row per
     paragraph, `cfg.detector_train_pairs` of them (read from the training file, which has
     more paragraphs than the prepared splits keep)."""
-    from helpers.train.data import clean, load_split, one_per_paragraph
     rows, _ = clean(load_split(cfg, "train")[0], cfg)
     taken = paragraph_keys(detector_rows(cfg, splits) + splits["val"] + splits["eval"])
     free = [r for r in rows if not paragraph_keys([r]) & taken]

@@ -9,6 +9,7 @@ import mlx.core as mx
 import numpy as np
 
 from helpers.core.cache import content_key, digest, load_json, save_json
+from helpers.core.gemma_gguf import load_gemma_gguf, packaged_gguf
 from helpers.core.models import ModelNotAvailable, load_model
 from helpers.evaluate.hub import locate
 from helpers.evaluate.platt import DETECTORS_VERSION, _sigmoid, fit_platt
@@ -165,7 +166,6 @@ def other_family_scorer(spec: str) -> tuple[str, object]:
         source = locate(spec)
         return source, lambda: load_model(source, keep_quantized=False)
     except ModelNotAvailable as hub_error:
-        from helpers.core.gemma_gguf import load_gemma_gguf, packaged_gguf
         try:
             path = packaged_gguf()
         except ModelNotAvailable as err:

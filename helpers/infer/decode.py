@@ -10,6 +10,7 @@ import os
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import make_prompt_cache
+from tqdm.auto import tqdm
 
 from helpers.core.prompt import chat_messages
 from helpers.train.merge import fused_view
@@ -42,6 +43,7 @@ def make_nucleus_sampler(temperature: float, top_p: float, top_k: int = 64):
 def repetition_processors(cfg) -> list:
     """mlx-lm's repetition penalty over the answer's last tokens: small models fall into loops
     ("his voice, his voice, ...") that sampling alone does not break."""
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     from mlx_lm.sample_utils import make_logits_processors
 
     if cfg.repetition_penalty == 1.0:
@@ -180,8 +182,6 @@ def generate_tokens(model, tokenizer, drafts: list[str], cfg, progress: bool = T
                     finish_reasons: list | None = None) -> list[list[int]]:
     """The answer tokens for every draft (EOS excluded), batched and sampled, in input order.
     Pass a list as `finish_reasons` to get each draft's ("stop" or "length": the token cap)."""
-    from tqdm.auto import tqdm
-
     if not drafts:
         return []
     prompts = [prompt_tokens(tokenizer, d, cfg.system_prompt) for d in drafts]

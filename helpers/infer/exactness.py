@@ -74,6 +74,7 @@ def max_diff(a: mx.array, b: mx.array) -> float:
 
 def exactness_report(cfg, x: mx.array, adapters: Path, checkpoint: Path, merged: Path):
     """(table of max |Δ logit| per comparison, passed?) on the tokens x (1, T)."""
+    # deferred: pandas is slow to import, and only this path needs it
     import pandas as pd
 
     logits = all_logits(cfg, x, Path(adapters), Path(checkpoint), Path(merged))

@@ -22,7 +22,7 @@ from typing import Iterator
 from helpers.core.config import PRESETS, Config, get_config
 from helpers.infer.clean import clean_output
 from helpers.infer.decode import decode_steps, max_new_tokens, prompt_tokens
-from helpers.infer.rewrite import Rewrite, rewrite_detailed
+from helpers.infer.rewrite import Rewrite, rewrite_detailed, rewrite_eval_set
 from helpers.infer.systems import check_system, load_system, trained_systems, use_system
 
 
@@ -130,8 +130,6 @@ class Humanizer:
     def rewrite_eval_set(self, rows: list[dict], systems=("base", "sft", "sft+dpo")) -> list[dict]:
         """Notebook 07's input, runs/<preset>/rewrites.jsonl: every eval row rewritten by each
         system (generate.rewrite_eval_set), then back to the adapter in use before."""
-        from helpers.infer.rewrite import rewrite_eval_set
-
         current = self.adapter
         try:
             return rewrite_eval_set(self.cfg, self.model, self.tokenizer, rows, systems)

@@ -7,12 +7,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from helpers.core.io import atomic_write_jsonl
+from helpers.core.cache import content_key, load_json, save_json
+from helpers.core.io import atomic_write_jsonl, iter_jsonl
 from helpers.core.text_measures import fact_preservation
 from helpers.infer.clean import clean_output, cut_loop
 from helpers.infer.decode import generate_tokens
 from helpers.infer.fact_repair import repair_facts, sentence_candidates
 from helpers.infer.systems import use_system
+from helpers.train.adapters import adapter_digest
+from helpers.train.base import base_fingerprint
+from helpers.train.trainer import adapter_fingerprint, ids_digest
 
 
 @dataclasses.dataclass
@@ -64,9 +68,6 @@ def verify_and_resample(drafts: list[str], first: list[Rewrite], n: int, sample)
     """For each rewrite that lost some of its draft's facts, n more candidates from
     `sample(texts) -> rewrites` (all drafts at once, each repeated n times); keep the candidate
     that keeps the most facts (metrics.best_by_facts: ties go to the first, the plain rewrite)."""
-    from helpers.core.text_measures import fact_preservation
-    from helpers.infer.rewrite import best_by_facts
-
     lossy = [i for i, (d, r) in enumerate(zip(drafts, first))
              if fact_preservation(d, r.text) < 1.0]  # NaN (no facts) compares False: kept
     if not lossy:
@@ -104,12 +105,6 @@ def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "
     atomically to runs/<preset>/rewrites.jsonl. Its cache key (helpers.core.cache: base, adapters
     in memory, drafts, systems, decoding fields) goes beside it; a call with the same key reads the
     file back instead of generating again, so rerunning the cell is instant and any change reruns."""
-    from helpers.core.cache import content_key, load_json, save_json
-    from helpers.core.io import iter_jsonl
-    from helpers.train.adapters import adapter_digest
-    from helpers.train.base import base_fingerprint
-    from helpers.train.trainer import ids_digest
-
     out_path = Path(out_path or cfg.path("rewrites.jsonl"))
     key_path = out_path.with_name(out_path.name + ".key.json")
     key = content_key("eval-rewrites", EVAL_REWRITES_VERSION, base=base_fingerprint(cfg),
@@ -141,9 +136,6 @@ def on_policy_samples(cfg, model, tokenizer, drafts: list[str]) -> list[str]:
     on-policy rejected texts. Cached in
     runs/<preset>/dpo_on_policy.json (helpers.core.cache) for this SFT adapter and these sampling
     settings."""
-    from helpers.core.cache import content_key, load_json, save_json
-    from helpers.train.trainer import adapter_fingerprint, ids_digest
-
     # plain sampling, no repetition penalty: the rejected texts should show the SFT model's own
     # failure modes (loops included), so that DPO learns to move away from them
     cfg = dataclasses.replace(cfg, temperature=cfg.on_policy_temperature, repetition_penalty=1.0)

@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpers.train.adapters import (
+    ADAPTER_FILE,
+    check_base,
+    load_stacked,
+    read_adapter_config,
+)
 from helpers.train.base import load_base
+from helpers.train.stacked import add_dpo_adapter, set_adapters, stacked_layers
 
 # system -> (SFT term on, DPO term on)
 SWITCHES = {"base": (False, False), "sft": (True, False), "dpo-only": (False, True),
@@ -38,8 +45,6 @@ def needed_adapters(which: str) -> tuple[str, ...]:
 def trained_systems(cfg) -> tuple[str, ...]:
     """The systems the run's adapters make available, in SWITCHES order: all of them once DPO has
     run, base and sft after SFT alone, base before any training."""
-    from helpers.train.adapters import ADAPTER_FILE
-
     sft, dpo = adapter_dir(cfg, "sft"), adapter_dir(cfg, "dpo")
     has = {"sft": (sft / ADAPTER_FILE).exists(), "dpo": (dpo / ADAPTER_FILE).exists()}
     if has["dpo"] and not has["sft"]:
@@ -70,9 +75,9 @@ def load_system(cfg, which: str = "sft+dpo", switchable: bool = False):
     trained_systems(cfg) without reloading; `which` must be one of them."""
     if switchable:
         return _load_switchable(cfg, which)
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     from mlx_lm.tuner.utils import load_adapters
 
-    from helpers.train.adapters import load_stacked
 
     if which not in SYSTEMS + (MERGED,):
         raise ValueError(f"unknown system {which!r}; choose one of {SYSTEMS + (MERGED,)}")
@@ -91,10 +96,9 @@ def load_system(cfg, which: str = "sft+dpo", switchable: bool = False):
 
 
 def _load_switchable(cfg, which: str):
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     from mlx_lm.tuner.utils import load_adapters
 
-    from helpers.train.adapters import check_base, load_stacked, read_adapter_config
-    from helpers.train.stacked import add_dpo_adapter
 
     trained = trained_systems(cfg)
     check_system(which, trained)
@@ -115,8 +119,6 @@ def _load_switchable(cfg, which: str):
 
 def use_system(model, which: str) -> None:
     """Switch a stacked model (base + SFT + DPO) to one of the four systems."""
-    from helpers.train.stacked import set_adapters, stacked_layers
-
     if which == "base" and not stacked_layers(model):
         return
     sft, dpo = SWITCHES[which]

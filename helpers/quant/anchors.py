@@ -20,6 +20,7 @@ def rule_based_bits(model: nn.Module, units: dict, recipe: str = "mixed_4_6",
     """A no-measurement baseline: mlx-lm's mixed recipe (like llama.cpp's Q4_K_M: more bits for
     v_proj and down_proj in the first and last eighth of the blocks and every third block in
     between), with `protect`ed units raised to `high_bits`."""
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     from mlx_lm.convert import mixed_quant_predicate_builder
 
     rule = mixed_quant_predicate_builder(recipe, model, group_size)
@@ -47,6 +48,7 @@ def gradient_scores(model: nn.Module, tokens: mx.array, low_bits: int, high_bits
     KL that raising the layer from low to high bits removes. One forward and backward pass.
     With `cache_path` (a JSON cache file, helpers.core.cache), scores of the same weights, tokens
     and bits are read back instead (notebook 02 computes the pair that notebook 03 needs at the target)."""
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     from mlx_lm.quant.dynamic_quant import estimate_sensitivities
 
     def measure():

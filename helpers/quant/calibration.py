@@ -9,6 +9,7 @@ import mlx.core as mx
 import numpy as np
 
 from helpers.core.cache import bytes_digest
+from helpers.data.prepare import load_prepared
 
 PROSE_FILE = Path(__file__).resolve().parents[2] / "data" / "calibration_prose.txt"
 
@@ -48,8 +49,6 @@ def calibration_tokens(texts: list[str], tokenizer, rows: int, row_tokens: int) 
 def preset_calibration(cfg, tokenizer) -> mx.array:
     """The preset's calibration tokens: calib_texts rows of calib_max_tokens tokens from the mix
     built on the training split that notebook 01 wrote."""
-    from helpers.train.data import load_prepared
-
     texts = calibration_texts(load_prepared(cfg)["train"])
     return calibration_tokens(texts, tokenizer, cfg.calib_texts, cfg.calib_max_tokens)
 
@@ -63,7 +62,5 @@ def tokens_hash(tokens: mx.array) -> str:
 def gptq_calibration(cfg, tokenizer) -> mx.array:
     """GPTQ's calibration rows: the same documented mix as the scan, more rows (a Hessian of
     d_in x d_in needs well over d_in tokens to be well conditioned)."""
-    from helpers.train.data import load_prepared
-
     texts = calibration_texts(load_prepared(cfg)["train"])
     return calibration_tokens(texts, tokenizer, cfg.gptq_calib_texts, cfg.gptq_calib_tokens)

@@ -8,7 +8,10 @@ import time
 
 import mlx.core as mx
 import numpy as np
+from tqdm.auto import tqdm
 
+from helpers.core.statistics import bootstrap_ci
+from helpers.data.prepare import load_prepared
 from helpers.quant.apply import expected_bytes
 from helpers.quant.kl import (
     _torch,
@@ -23,8 +26,6 @@ from helpers.quant.units import bits_per_weight
 
 def heldout_texts(cfg) -> list[str]:
     """Human paragraphs of the validation split (never used for calibration or training)."""
-    from helpers.train.data import load_prepared
-
     val = load_prepared(cfg)["val"]
     texts = list(dict.fromkeys(r["human"] for r in val))  # one per paragraph
     return texts[:cfg.quant_eval_texts]
@@ -60,8 +61,6 @@ class HeldOut:
 
 def mean_ci(values) -> tuple[float, float, float]:
     """Mean and 95% bootstrap CI over independent units (texts): the series' one CI function."""
-    from helpers.core.statistics import bootstrap_ci
-
     ci = bootstrap_ci(values)
     return ci["mean"], ci["lo"], ci["hi"]
 
@@ -83,8 +82,8 @@ def compare(model, held: HeldOut, sens: dict, configs: dict, progress: bool = Tr
     (default round-to-nearest)}: bpw and weight MB (the same accounting for every method),
     predicted KL, and the held-out KL (vs the reference; also per text, for paired comparisons)
     and perplexity, measured with fake-quantized weights."""
+    # deferred: pandas is slow to import, and only this path needs it
     import pandas as pd
-    from tqdm.auto import tqdm
 
     units = sens["units"]
     rows = []
@@ -111,6 +110,7 @@ def speed_prompt(cfg, tokenizer, words: int = 20) -> str:
 
 def decode_speed(model, tokenizer, prompt: str, max_tokens: int) -> dict:
     """Greedy generation speed (tokens/s) for prompt processing and decoding."""
+    # deferred: mlx_lm (it imports transformers) is slow to import, and only this path needs it
     from mlx_lm import stream_generate
 
     last = None

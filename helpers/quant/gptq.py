@@ -28,6 +28,8 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_unflatten
+from scipy.linalg import solve_triangular
 
 SCALE_DTYPE = mx.float16  # as helpers/quant/units.py stores scales and biases
 
@@ -43,7 +45,6 @@ def inverse_hessian_factor(hessian: np.ndarray, damp: float = 0.01) -> np.ndarra
     h[np.diag_indices_from(h)] += damp * np.mean(np.diag(h))
     # with J the reversal, J H J = L Lᵀ gives H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J), and J L⁻¹ J is upper
     # triangular: one Cholesky and one triangular solve instead of inverting H
-    from scipy.linalg import solve_triangular
 
     lower = np.linalg.cholesky(h[::-1, ::-1])
     inverse = solve_triangular(lower, np.eye(len(h)), lower=True)
@@ -176,7 +177,6 @@ class _OutputCatcher(nn.Module):
 
 
 def _nested(flat: dict) -> dict:
-    from mlx.utils import tree_unflatten
     return tree_unflatten(list(flat.items()))
 
 

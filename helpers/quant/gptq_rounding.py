@@ -9,8 +9,10 @@ import time
 import mlx.core as mx
 import mlx.nn as nn
 
+from helpers.quant import gptq
 from helpers.quant.anchors import weights_digest
 from helpers.quant.calibration import tokens_hash
+from helpers.quant.gptq import TIED_OUTPUT
 from helpers.quant.kl import fake_quantize
 
 
@@ -29,8 +31,6 @@ class GPTQRounding:
     _last: dict = {}  # {key: shared state}, one entry: the memory of one model's roundings
 
     def __init__(self, model: nn.Module, tokens: mx.array, group_size: int, damp: float = 0.01):
-        from helpers.quant import gptq
-
         modules = dict(model.named_modules())
         paths = [p for p, m in modules.items() if isinstance(m, nn.Linear)]
         paths += [gptq.TIED_OUTPUT] * gptq.ties_embeddings(model)
@@ -52,8 +52,6 @@ class GPTQRounding:
 
     def stored(self, bits_by_path: dict, group_size: int | None = None) -> dict:
         """{path: {"weight", "scales", "biases", "dequantized"}} for the layers GPTQ covers."""
-        from helpers.quant import gptq
-
         group = group_size or self.group_size
         out = {}
         for path, bits in bits_by_path.items():
@@ -84,8 +82,6 @@ def gptq_error_ratios(rounding: GPTQRounding, units: dict, candidate_bits) -> di
     over the unit's layers (H = XᵀX of the calibration inputs); 1 for the embedding, whose lookup
     error that ratio would leave out. GPTQ helps some layers far more than others, which the
     RTN-measured KLs miss."""
-    from helpers.quant.gptq import TIED_OUTPUT
-
     hessians = {}  # as MLX arrays, once: layers reading the same input share one
 
     def output_error(path, approx) -> float:

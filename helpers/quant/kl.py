@@ -53,6 +53,7 @@ def forward_from(model: nn.Module, h: mx.array, start: int) -> mx.array:
 
 
 def _torch(a: mx.array):
+    # deferred: torch is slow to import, and only this path needs it
     import torch
     return torch.from_numpy(np.array(a, dtype=np.float32))
 
@@ -60,6 +61,7 @@ def _torch(a: mx.array):
 def log_softmax(logits: mx.array):
     """Log-probabilities as a torch tensor (n_positions, vocab). The vocabulary-wide softmax runs
     in torch because MLX's CPU exp is several times slower than torch's vectorized one."""
+    # deferred: torch is slow to import, and only this path needs it
     import torch
     logits = _torch(logits)
     return torch.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=-1)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
+from tqdm.auto import tqdm
 
 from helpers.core.cache import content_key, load_json, save_json
 from helpers.core.io import atomic_write_json, read_json
@@ -25,8 +26,6 @@ def measure_units(model, ref: Reference, units: dict, bits: int, group_size: int
     """{unit: KL stats} with only that unit quantized to `bits`. Units already in the cache
     file's entry `cache_key` (helpers.core.cache) are reused (unless reuse=False); new ones are
     added to it as they come, so an interrupted scan resumes where it stopped."""
-    from tqdm.auto import tqdm
-
     done = (load_json(cache_path, cache_key) or {}) if cache_path and reuse else {}
     todo = [name for name in units if name not in done]
     for name in tqdm(todo, desc=f"{bits}-bit scan", disable=not progress or not todo):
@@ -202,6 +201,7 @@ def predicted_kl(sens: dict, bits_by_path: dict) -> float:
 
 def sensitivity_table(sens: dict, bits: int):
     """A DataFrame, one row per unit: block, layer kind, weights, mean/median/p95 KL at `bits`."""
+    # deferred: pandas is slow to import, and only this path needs it
     import pandas as pd
 
     rows = []

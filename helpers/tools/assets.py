@@ -19,9 +19,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from huggingface_hub import snapshot_download
+
 from helpers.core.config import PRESETS, get_config
 from helpers.core.io import atomic_output, atomic_write_json, read_json
 from helpers.core.models import ASSET_PATHS, HUB_REVISIONS, assets_dir, resolve
+from helpers.data.sources import L2R_FILES, l2r_file
 
 MANIFEST = "manifest.json"
 TOOL = "helpers.tools.assets"
@@ -67,7 +70,6 @@ def local_copy(spec: str, download: bool) -> tuple[Path, str]:
     path = resolve(spec)
     if Path(path).exists():
         return Path(path), "a local copy"
-    from huggingface_hub import snapshot_download
     try:
         return Path(snapshot_download(spec, revision=HUB_REVISIONS.get(spec),
                                       local_files_only=True)), "the Hugging Face cache"
@@ -97,7 +99,6 @@ def files_of(source: Path, target: str) -> dict[str, Path]:
 
 
 def data_files() -> dict[str, Path]:
-    from helpers.train.data import L2R_FILES, l2r_file
     return {f"data/{name}": l2r_file(split) for split, name in L2R_FILES.items()}
 
 

@@ -22,12 +22,23 @@ import sys
 import tempfile
 from pathlib import Path
 
+import gguf
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from gguf import (
+    GGMLQuantizationType,
+    GGUFReader,
+    GGUFValueType,
+    SpecialVocab,
+    TokenType,
+    quants,
+)
 from mlx.utils import tree_flatten
+from tokenizers import Tokenizer
 
 from helpers.core import fast_cpu
+from helpers.core.config import get_config
 from helpers.core.gguf import _GGUF_BLOCK_NAMES, _GGUF_TOP_NAMES
 from helpers.core.io import atomic_output, atomic_write_text
 from helpers.core.models import MLX_TOOL, ModelNotAvailable, resolve, save_mlx_model
@@ -40,6 +51,8 @@ from helpers.core.owned import (
     record,
 )
 from helpers.infer import systems
+from helpers.infer.humanizer import Humanizer
+from helpers.train.merge import fuse
 
 OUTTYPES = ("f32", "f16", "q8_0")
 # the system prompt SmolLM2's chat template falls back to when a chat has none
@@ -52,9 +65,6 @@ _MLX_TOP_NAMES = {v: k for k, v in _GGUF_TOP_NAMES.items()}
 
 def fused_humanizer(cfg, adapter: str = "sft+dpo"):
     """(model, tokenizer, config): the run's base with the chosen adapters folded into fp32 weights."""
-    from helpers.infer.humanizer import Humanizer
-    from helpers.train.merge import fuse
-
     if adapter not in systems.SYSTEMS:
         raise ValueError(f"unknown adapter {adapter!r}; choose one of {systems.SYSTEMS}")
     for name in systems.needed_adapters(adapter):
@@ -131,8 +141,6 @@ def gguf_tensors(model: nn.Module, config: dict) -> dict[str, np.ndarray]:
 def encode_tensor(array: np.ndarray, outtype: str):
     """(data, GGML type) as llama.cpp's converter stores it: 1-D tensors (norms) stay F32;
     matrices become F16 or Q8_0 (F16 where a row does not split into Q8_0's 32-value blocks)."""
-    from gguf import GGMLQuantizationType, quants
-
     if outtype not in OUTTYPES:
         raise ValueError(f"unknown outtype {outtype!r}; choose one of {OUTTYPES}")
     if array.ndim == 1 or outtype == "f32":
@@ -146,8 +154,6 @@ def encode_tensor(array: np.ndarray, outtype: str):
 
 def tokenizer_fields_from_gguf(path: str | Path) -> list[tuple]:
     """Every tokenizer.* key of a GGUF file as (key, value, type, array item type)."""
-    from gguf import GGUFReader, GGUFValueType
-
     fields = []
     for key, field in GGUFReader(str(path)).fields.items():
         if key.startswith("tokenizer."):
@@ -175,8 +181,6 @@ def _llama_cpp_pre(pre_tokenizer: dict | None, where: Path) -> str:
 def tokenizer_fields_from_hf(folder: str | Path, vocab_size: int) -> list[tuple]:
     """tokenizer.* keys built from a Hugging Face tokenizer folder (tokenizer.json and
     tokenizer_config.json), as convert_hf_to_gguf.py builds them for a BPE (gpt2-style) vocabulary."""
-    from gguf import GGUFValueType, SpecialVocab, TokenType
-
     folder = Path(folder)
     path = folder / "tokenizer.json"
     if not path.exists():
@@ -219,8 +223,6 @@ def tokenizer_fields_from_hf(folder: str | Path, vocab_size: int) -> list[tuple]
 def _adds_special_tokens(path: Path, ids: dict) -> dict:
     """Whether encoding puts BOS in front / EOS at the end, found by encoding a word both ways
     (tokenizer_config.json often leaves it unsaid; llama.cpp needs it said)."""
-    from tokenizers import Tokenizer
-
     tokenizer = Tokenizer.from_file(str(path))
     plain = tokenizer.encode("a", add_special_tokens=False).ids
     full = tokenizer.encode("a", add_special_tokens=True).ids
@@ -247,8 +249,6 @@ def write_gguf(path: str | Path, model: nn.Module, config: dict, tokenizer_field
     """A GGUF file llama.cpp loads: metadata, tokenizer keys, tensors (written to a temporary file
     in the same folder, then renamed). `sampling` = {"temp", "top_p", "penalty_repeat",
     "penalty_last_n"}: defaults llama.cpp reads from general.sampling.*."""
-    import gguf
-
     tensors = gguf_tensors(model, config)
     path = Path(path)
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -323,8 +323,6 @@ def tokenizer_fields_for(cfg, tokenizer, vocab_size: int, source: str = "auto") 
 
 def humanizer_gguf_fields(cfg, tokenizer, vocab_size: int, source: str = "auto") -> list[tuple]:
     """The tokenizer keys with the chat template falling back to the training system prompt."""
-    from gguf import GGUFValueType
-
     fields = tokenizer_fields_for(cfg, tokenizer, vocab_size, source)
     template = next((v for k, v, *_ in fields if k == "tokenizer.chat_template"),
                     tokenizer.chat_template)
@@ -422,8 +420,6 @@ EXIT_CODES = """Exit status:
 
 
 def export(args) -> Path:
-    from helpers.core.config import get_config
-
     try:
         cfg = get_config(args.preset, experiment=args.experiment)
     except ValueError as err:

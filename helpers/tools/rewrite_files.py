@@ -53,6 +53,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
+from helpers.core import fast_cpu
+from helpers.core.config import get_config
 from helpers.core.io import (
     DataError,
     ReadReport,
@@ -62,6 +66,7 @@ from helpers.core.io import (
     open_binary,
     read_text_file,
 )
+from helpers.core.models import ModelNotAvailable
 from helpers.core.owned import (
     Refused,
     check_targets,
@@ -71,6 +76,7 @@ from helpers.core.owned import (
     record,
 )
 from helpers.infer.chunking import Piece, join_pieces, split_document
+from helpers.infer.humanizer import Humanizer
 from helpers.infer.systems import SYSTEMS
 
 TEXT_FIELDS = ("text", "ai")
@@ -388,8 +394,6 @@ def rewrite_jobs(jobs: list[Job], humanizer, adapter: str, batch_size: int, emit
     """Rewrite the pieces of all documents in batches of `batch_size` (a batch may span
     documents); each document is passed to `emit` as soon as all its pieces are back, in input
     order."""
-    from tqdm import tqdm
-
     waiting = deque(jobs)  # not yet emitted
     queue = deque((job, k) for job in jobs for k, p in enumerate(job.pieces) if p.rewrite)
     started = time.monotonic()
@@ -491,7 +495,6 @@ def main(argv: list[str] | None = None, humanizer=None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    from helpers.core import fast_cpu
 
     fast_cpu.install()  # faster attention and SwiGLU on a Linux CPU: see helpers/core/fast_cpu.py
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -520,9 +523,6 @@ def main(argv: list[str] | None = None, humanizer=None) -> int:
 
 def load_humanizer(cfg, adapter: str):
     """The model of notebooks 04-06 with its adapters; a missing one is ModelMissing."""
-    from helpers.core.models import ModelNotAvailable
-    from helpers.infer.humanizer import Humanizer
-
     try:
         return Humanizer.load(cfg, adapter=adapter)
     except (ModelNotAvailable, FileNotFoundError, ValueError) as err:  # ValueError: untrained adapter
@@ -530,8 +530,6 @@ def load_humanizer(cfg, adapter: str):
 
 
 def run(args, humanizer) -> int:
-    from helpers.core.config import get_config
-
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.fact_check < 0:

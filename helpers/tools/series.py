@@ -35,6 +35,9 @@ import sys
 import time
 from pathlib import Path
 
+import papermill
+from papermill.exceptions import PapermillExecutionError
+
 from helpers.core.config import PRESETS, REPO_ROOT, get_config, parse_overrides
 from helpers.core.io import atomic_output, atomic_write_json
 from helpers.core.owned import (
@@ -59,6 +62,7 @@ KERNEL = "humanizer"
 
 def kernel_name() -> str:
     """KERNEL, or a one-line error saying how to register it."""
+    # deferred: jupyter_client is slow to import, and only this path needs it
     from jupyter_client.kernelspec import KernelSpecManager
 
     if KERNEL not in KernelSpecManager().find_kernel_specs():
@@ -153,9 +157,6 @@ def notebook_failure(book: Path, copy: Path, err) -> NotebookFailed:
 def execute(book: Path, copy: Path, parameters: dict, kernel: str) -> None:
     """Run one notebook into `copy`, written atomically (also when it fails: the copy shows
     where); a failure is NotebookFailed."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     failure = None
     with atomic_output(copy, suffix=".tmp.ipynb") as tmp:
         try:

@@ -34,6 +34,11 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from helpers.core import fast_cpu
+from helpers.core.config import get_config
+from helpers.core.models import ModelNotAvailable
+from helpers.infer.humanizer import Humanizer
+
 MAX_BODY_BYTES = 1_000_000
 MAX_TEXTS = 64
 DECODING_FIELDS = {"temperature": float, "top_p": float, "max_tokens": int, "seed": int}
@@ -354,11 +359,6 @@ def make_server(humanizer, host: str = "127.0.0.1", port: int = 8080, adapter: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from helpers.core import fast_cpu
-    from helpers.core.config import get_config
-    from helpers.core.models import ModelNotAvailable
-    from helpers.infer.humanizer import Humanizer
-
     parser = argparse.ArgumentParser(prog="python -m helpers.tools.serve",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default=None, help="config preset (default: $HUMANIZER_PRESET "

@@ -24,7 +24,9 @@ from helpers.core.config import PRESETS, REPO_ROOT, get_config
 from helpers.core.io import atomic_write_text, read_json
 from helpers.core.owned import UserError, check_plain_file
 from helpers.core.statistics import format_ci
-from helpers.evaluate.tables import column_name, markdown_table
+from helpers.evaluate.scoring import ITEM_SCORES, load_rewrites
+from helpers.evaluate.tables import SYSTEMS, column_name, markdown_table
+from helpers.quant.anchors import ANCHORS
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -109,8 +111,6 @@ def quant_table(runs_dir, preset: str) -> str | None:
     """Notebook 03's comparison (runs/<preset>/quant_results.json) as a markdown table: each
     method at each equal-size point, KL with its CI, and the KL ratios to uniform and to the best
     anchor at that point. None when notebook 03 has not run."""
-    from helpers.quant.anchors import ANCHORS
-
     path = runs_dir / "quant_results.json"
     if not path.exists():
         return None
@@ -158,9 +158,6 @@ def score(p) -> str:
 def example_section(runs_dir, preset: str) -> str | None:
     """One evaluation draft, its SFT and SFT+DPO rewrites and the human text, with every
     detector's P(AI) for each (notebook 06's rewrites.jsonl, notebook 07's item scores)."""
-    from helpers.evaluate.scoring import ITEM_SCORES, load_rewrites
-    from helpers.evaluate.tables import SYSTEMS
-
     rewrites, scores_path = runs_dir / "rewrites.jsonl", runs_dir / ITEM_SCORES
     if not rewrites.exists() or not scores_path.exists():
         return None

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx_lm.tuner.utils import load_adapters
 
+from helpers.core.cache import bytes_digest
+from helpers.core.models import base_model_spec
 from helpers.train.base import base_fingerprint
 from helpers.train.lora import lora_layers
 from helpers.train.stacked import StackedLoRALinear, add_dpo_adapter, stacked_layers
@@ -59,10 +63,6 @@ def save_dpo_adapter(model: nn.Module, out_dir: str | Path, config: dict) -> Pat
 def adapter_digest(model: nn.Module) -> str:
     """A hash of the adapters as they are in memory (every LoRA matrix and scale; not which
     terms are switched on): outputs cached for one set of adapters are not reused for another."""
-    import numpy as np
-
-    from helpers.core.cache import bytes_digest
-
     def chunks():
         for name, layer in lora_layers(model):
             stacked = isinstance(layer, StackedLoRALinear)
@@ -107,10 +107,6 @@ def load_stacked(model: nn.Module, sft_path: str | Path, dpo_path: str | Path) -
 
 def check_base(adapter_path: str | Path, cfg) -> bool:
     """Warn (and return False) when the adapter was trained on another base than cfg's."""
-    import warnings
-
-    from helpers.core.models import base_model_spec
-
     trained_on = read_adapter_config(adapter_path)
     expected = trained_on.get("base_fingerprint")
     if expected is None or expected == base_fingerprint(cfg):

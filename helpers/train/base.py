@@ -2,15 +2,16 @@
 adapter trained on another base is caught before its outputs silently differ."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+
+from helpers.core.models import base_model_spec, load_model, resolve
 
 
 def load_base(cfg):
     """(model, tokenizer) of the base the adapters sit on: notebook 03's mixed-precision model if it
     exists, else the preset's model; dequantized to fp32 when cfg.fake_quant."""
-    from helpers.core.models import base_model_spec, load_model
-
     return load_model(base_model_spec(cfg), keep_quantized=not cfg.fake_quant,
                       dtype=cfg.compute_dtype)
 
@@ -19,10 +20,6 @@ def base_fingerprint(cfg) -> str:
     """Which base the adapters are trained on: a hash of its files' contents (so a copied run
     keeps its fingerprint) and of how it is computed (fake_quant). A checkpoint, cache or adapter
     made on another base (say, before notebook 03 wrote its model) is then recognised."""
-    import hashlib
-
-    from helpers.core.models import base_model_spec, resolve
-
     spec = base_model_spec(cfg)
     path = Path(resolve(spec))
     # hidden files are the tools' bookkeeping (a manifest with mtimes), not the model
@@ -38,8 +35,6 @@ _DIGESTS: dict = {}
 
 def _file_digest(path: Path) -> str:
     """sha1 of a file, remembered per (path, size, mtime): a 1 GB base is hashed once."""
-    import hashlib
-
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:

@@ -8,7 +8,7 @@ import numpy as np
 from mlx_lm.tuner.datasets import ChatDataset
 
 from helpers.core.prompt import chat_messages
-from helpers.train.data import sft_examples
+from helpers.data.prepare import sft_examples
 
 PAD_TO = 32  # pad batches to a multiple of this: fewer distinct shapes to compile
 

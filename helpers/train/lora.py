@@ -17,13 +17,12 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
+from helpers.core.models import base_model_spec
 from helpers.train.base import base_fingerprint
 
 
 def lora_config(cfg, which: str = "sft") -> dict:
     """mlx-lm's adapter_config.json for the SFT or DPO adapter (mlx-lm wants scale = alpha / rank)."""
-    from helpers.core.models import base_model_spec
-
     rank, alpha = (cfg.lora_rank, cfg.lora_alpha) if which == "sft" else (cfg.dpo_rank, cfg.dpo_alpha)
     return {
         "fine_tune_type": "lora",

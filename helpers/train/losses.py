@@ -12,6 +12,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 from mlx_lm.models import llama
+from tqdm.auto import tqdm
 
 from helpers.core.fast_cpu import cross_entropy
 from helpers.train.batches import (
@@ -93,8 +94,6 @@ def make_dpo_batch_loss(beta: float, start: int = 0):
 def reference_logprobs(model, dataset: list[dict], batch_size: int,
                        progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """log π_ref(chosen), log π_ref(rejected) for every pair, with the DPO term switched off."""
-    from tqdm.auto import tqdm
-
     set_adapters(model, sft=True, dpo=False)
     model.eval()
     chosen, rejected, first = [], [], dpo_answer_position(dataset)

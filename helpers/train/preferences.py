@@ -21,6 +21,18 @@ import dataclasses
 import mlx.core as mx
 import numpy as np
 
+from helpers.core.cache import content_key, load_json, save_json
+from helpers.core.text_measures import fact_preservation
+from helpers.evaluate.embedding import Embedder
+from helpers.evaluate.meaning import meaning_similarity
+from helpers.evaluate.trained_detectors import training_judge
+from helpers.infer.rewrite import on_policy_samples, rewrite
+from helpers.infer.systems import use_system
+from helpers.train.batches import pad_batch
+from helpers.train.dpo import with_on_policy
+from helpers.train.losses import answer_logprobs
+from helpers.train.trainer import adapter_fingerprint, ids_digest
+
 COMPONENTS = ("judge", "facts", "meaning", "surprise")
 SAMPLES_VERSION = 1  # bump when the sampled rewrites would change: old cache entries are ignored
 
@@ -91,9 +103,6 @@ def build_pairs(rows: list[dict], samples: list[list[str]], scores: list[dict], 
 def mean_surprise(model, tokenizer, texts: list[str], batch_size: int = 8) -> np.ndarray:
     """−(1/n)·Σ log p(token | text so far) of each text alone (no prompt), under `model` as it is
     switched now; NaN for a text of fewer than two tokens."""
-    from helpers.train.batches import pad_batch
-    from helpers.train.losses import answer_logprobs
-
     out = np.full(len(texts), np.nan)
     items = [(tokenizer.encode(t, add_special_tokens=False), 1) for t in texts]
     scorable = [i for i, (tokens, _) in enumerate(items) if len(tokens) >= 2]
@@ -109,10 +118,6 @@ def mean_surprise(model, tokenizer, texts: list[str], batch_size: int = 8) -> np
 def score_samples(model, tokenizer, drafts: list[str], texts: list[str], judge, embedder) -> dict:
     """The four components for each (draft, sample) pair; `model` is a stacked model, scored as
     the base (both adapters off) and switched back to sft+dpo after."""
-    from helpers.core.text_measures import fact_preservation
-    from helpers.evaluate.meaning import meaning_similarity
-    from helpers.infer.systems import use_system
-
     facts = np.array([fact_preservation(d, t) for d, t in zip(drafts, texts)])
     use_system(model, "base")
     try:
@@ -131,11 +136,6 @@ def sample_rewrites(cfg, model, tokenizer, rows: list[dict], k: int, cache: bool
     (as on_policy_samples: the SFT model's own habits), all drafts × k decoded in one batch.
     Cached in runs/<preset>/dpo_ranked_samples.json (helpers.core.cache) for this SFT adapter,
     these drafts and these sampling settings."""
-    from helpers.core.cache import content_key, load_json, save_json
-    from helpers.infer.rewrite import rewrite
-    from helpers.infer.systems import use_system
-    from helpers.train.trainer import adapter_fingerprint, ids_digest
-
     cfg = dataclasses.replace(cfg, temperature=cfg.on_policy_temperature, repetition_penalty=1.0)
     key = content_key("ranked-samples", SAMPLES_VERSION, sft=adapter_fingerprint(cfg),
                       drafts=ids_digest([r["id"] for r in rows]), k=k,
@@ -188,11 +188,6 @@ def training_pairs(cfg, model, tokenizer, splits: dict) -> list[dict]:
     """The pairs notebook 05 trains on, per cfg.dpo_pair_source: "human" = the offline pairs (plus
     on-policy rejected samples with cfg.on_policy_rejected), "ranked" = with_ranked (already
     on-policy, so it replaces them)."""
-    from helpers.evaluate.embedding import Embedder
-    from helpers.evaluate.trained_detectors import training_judge
-    from helpers.infer.rewrite import on_policy_samples
-    from helpers.train.dpo import with_on_policy
-
     pairs = splits["dpo"]
     if cfg.dpo_chosen not in ("best", "human"):
         raise ValueError(f"Config.dpo_chosen={cfg.dpo_chosen!r}; use 'best' or 'human'")

@@ -193,6 +193,7 @@ class LivePlot:
     `metrics` are log columns, one panel each; validation rows are drawn as dots."""
 
     def __init__(self, metrics=("loss",), every: int = 1, title: str = ""):
+        # deferred: matplotlib is slow to import, and only this path needs it
         from matplotlib.figure import Figure
 
         self.metrics, self.every, self.title = metrics, every, title
@@ -215,6 +216,7 @@ class LivePlot:
             ax.legend(loc="best")
         self.figure.suptitle(self.title)
         try:
+            # deferred: IPython (present only in a notebook) may be missing, and only this path needs it
             from IPython.display import Image, display
         except ImportError:
             return
