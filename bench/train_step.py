@@ -22,12 +22,7 @@ from helpers.core import fast_cpu
 from helpers.core.config import get_config
 from helpers.data.prepare import load_prepared
 from helpers.train.base import load_base
-from helpers.train.batches import (
-    batch_order,
-    first_answer_position,
-    pad_batch,
-    sft_dataset,
-)
+from helpers.train.batches import batch_order, first_answer_position, pad_batch, sft_dataset
 from helpers.train.lora import add_lora, lora_config
 from helpers.train.losses import sft_loss
 

@@ -22,11 +22,7 @@ import time
 from helpers.core import fast_cpu
 from helpers.core.config import get_config, parse_overrides
 from helpers.core.statistics import bootstrap_ci, format_ci
-from helpers.core.text_measures import (
-    fact_preservation,
-    load_slop_phrases,
-    slop_per_1k,
-)
+from helpers.core.text_measures import fact_preservation, load_slop_phrases, slop_per_1k
 from helpers.data.prepare import load_prepared, one_per_paragraph
 from helpers.evaluate.embedding import Embedder
 from helpers.evaluate.experiments import save_experiment

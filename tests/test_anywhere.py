@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import WORKSHOP_MODEL, fresh_clone, learner_env, run_in
-from hub_cache import add_repo, folder_files, gguf_as_hub_folder
 
 from helpers.core.models import ASSET_PATHS
+
+from conftest import WORKSHOP_MODEL, fresh_clone, learner_env, run_in
+from hub_cache import add_repo, folder_files, gguf_as_hub_folder
 
 EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 

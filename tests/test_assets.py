@@ -5,10 +5,12 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import WORKSHOP_MODEL, fresh_clone, learner_env, run_in
 
+from helpers.core.io import sha256_of
 from helpers.core.models import ASSET_PATHS
 from helpers.tools import assets
+
+from conftest import WORKSHOP_MODEL, fresh_clone, learner_env, run_in
 
 GGUF = ASSET_PATHS[WORKSHOP_MODEL]
 
@@ -33,7 +35,7 @@ def test_the_pack_holds_models_data_and_a_manifest_with_sizes_hashes_and_license
             "data/l2r/l2r_dev.jsonl.gz"} <= set(files)
     for name, entry in files.items():
         assert (pack / name).stat().st_size == entry["bytes"]
-        assert assets.sha256(pack / name) == entry["sha256"]
+        assert sha256_of(pack / name) == entry["sha256"]
     assert files[GGUF]["license"] == "Apache-2.0"
     assert (pack / GGUF).stat().st_mode & 0o044  # readable by the other laptops' users, not 0600
     assert files["data/l2r/l2r_dev.jsonl.gz"]["license"].startswith("CC BY 3.0")

@@ -8,13 +8,7 @@ from helpers.core.config import get_config
 from helpers.core.io import DataError, atomic_write_json, read_json
 from helpers.core.text_measures import REPO_DATA
 from helpers.data.prepare import clean, dpo_pairs, faithful, prepare, split_by_paragraph
-from helpers.data.sources import (
-    L2R_FILES,
-    l2r_file,
-    load_split,
-    paragraph_key,
-    read_pairs,
-)
+from helpers.data.sources import L2R_FILES, l2r_file, load_split, paragraph_key, read_pairs
 
 HUMAN = "The river rose two metres overnight and the bridge at Elm Street closed at 6 a.m."
 

@@ -168,11 +168,7 @@ def test_radar_scores_with_a_tiny_local_classifier(tmp_path):
     """The RADAR code path on a random 1-layer RoBERTa saved locally (RADAR's weights need a
     download): P(AI) is softmax[:, 0], batching and truncation change nothing else."""
     import torch
-    from transformers import (
-        AutoTokenizer,
-        RobertaConfig,
-        RobertaForSequenceClassification,
-    )
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
 
     from helpers.core.models import resolve
     tokenizer = AutoTokenizer.from_pretrained(resolve("sentence-transformers/all-MiniLM-L6-v2"))

@@ -3,19 +3,16 @@ building SFT+DPO computes the same logits, and fails when the training checkpoin
 from __future__ import annotations
 
 import mlx.core as mx
-from conftest import make_tiny_model, save_tiny_dir
 
 from helpers.core import config as config_module
 from helpers.core.config import get_config
 from helpers.infer import exactness
-from helpers.train.adapters import (
-    read_adapter_config,
-    save_dpo_adapter,
-    save_sft_adapter,
-)
+from helpers.train.adapters import read_adapter_config, save_dpo_adapter, save_sft_adapter
 from helpers.train.lora import add_lora, lora_config
 from helpers.train.merge import save_merged_adapter
 from helpers.train.stacked import add_dpo_adapter, stacked_layers
+
+from conftest import make_tiny_model, save_tiny_dir
 
 TOKENS = mx.array([[5, 17, 300, 9000, 42, 7, 7, 123, 4000, 11]])
 

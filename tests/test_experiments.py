@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-from conftest import LengthDetector, toy_embedder, toy_rewrites, write_jsonl
 
 from helpers.core.config import get_config, list_experiments
 from helpers.evaluate.experiments import compare_experiments
@@ -16,6 +15,8 @@ from helpers.evaluate.scoring import (
     system_texts,
     write_results,
 )
+
+from conftest import LengthDetector, toy_embedder, toy_rewrites, write_jsonl
 
 ROWS = toy_rewrites()
 

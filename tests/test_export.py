@@ -5,15 +5,9 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import WORKSHOP_MODEL, make_tiny_model
 
 from helpers.core.config import get_config
-from helpers.core.gguf import (
-    gguf_config,
-    gguf_to_mlx_names,
-    load_gguf,
-    unpermute_rope_rows,
-)
+from helpers.core.gguf import gguf_config, gguf_to_mlx_names, load_gguf, unpermute_rope_rows
 from helpers.core.models import resolve
 from helpers.core.prompt import rewrite_request
 from helpers.infer import systems
@@ -23,6 +17,8 @@ from helpers.tools import export
 from helpers.train.adapters import load_stacked, save_dpo_adapter, save_sft_adapter
 from helpers.train.lora import add_lora, lora_config, lora_layers
 from helpers.train.stacked import add_dpo_adapter, stacked_layers
+
+from conftest import WORKSHOP_MODEL, make_tiny_model
 
 IDS = mx.array([[1, 9690, 198, 2683, 314, 253, 1842, 28, 5000, 12000, 2]])
 DRAFT = "The results were remarkable, showcasing a 42% improvement in overall efficiency."

@@ -7,10 +7,11 @@ import warnings
 
 import mlx.core as mx
 import pytest
-from conftest import make_tiny_model
 from mlx_lm.models import activations, base, llama
 
 from helpers.core import fast_cpu
+
+from conftest import make_tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -273,6 +274,7 @@ def test_every_command_line_entry_point_installs_the_kernels_in_its_main(path):
 
 def test_every_notebook_installs_the_kernels_in_its_setup_cell():
     import nbformat
+
     from conftest import REPO
 
     for path in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):

@@ -7,11 +7,7 @@ from mlx.utils import tree_flatten
 from helpers.core import gemma_gguf
 from helpers.core.config import get_config
 from helpers.core.models import ModelNotAvailable
-from helpers.evaluate.zero_shot import (
-    CachedFastDetectGPT,
-    FastDetectGPT,
-    other_family_detector,
-)
+from helpers.evaluate.zero_shot import CachedFastDetectGPT, FastDetectGPT, other_family_detector
 
 TINY = {"model_type": "gemma3_text", "hidden_size": 32, "num_hidden_layers": 2,
         "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1,

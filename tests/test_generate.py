@@ -6,7 +6,6 @@ import dataclasses
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import make_tiny_model
 
 from helpers.core import text_measures
 from helpers.core.config import get_config
@@ -27,6 +26,8 @@ from helpers.infer.rewrite import Rewrite, rewrite, rewrite_detailed
 from helpers.infer.systems import SWITCHES, use_system
 from helpers.train.lora import add_lora, lora_config
 from helpers.train.stacked import add_dpo_adapter, stacked_layers
+
+from conftest import make_tiny_model
 
 
 @pytest.mark.parametrize("raw, clean", [

@@ -2,10 +2,11 @@
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import make_tiny_model
 
 from helpers.quant import gptq
 from helpers.quant.units import stored_bits
+
+from conftest import make_tiny_model
 
 
 def correlated_inputs(n=256, d=64, rank=4, noise=0.05, seed=0):

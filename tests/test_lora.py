@@ -4,7 +4,6 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
-from conftest import make_tiny_model, save_tiny_dir
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.utils import load_adapters
@@ -23,6 +22,8 @@ from helpers.train.base import base_fingerprint
 from helpers.train.lora import add_lora, lora_config, lora_layers
 from helpers.train.merge import fuse, save_merged_adapter
 from helpers.train.stacked import add_dpo_adapter, set_adapters
+
+from conftest import make_tiny_model, save_tiny_dir
 
 TOKENS = mx.array([[5, 17, 300, 9000, 42, 7, 7, 123, 4000, 11]])
 

@@ -5,14 +5,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from conftest import WORKSHOP_MODEL, make_tiny_model, save_tiny_dir
 
-from helpers.core.gguf import (
-    gguf_config,
-    gguf_tokenizer,
-    quant_params_of,
-    unpermute_rope_rows,
-)
+from helpers.core.gguf import gguf_config, gguf_tokenizer, quant_params_of, unpermute_rope_rows
 from helpers.core.models import (
     ASSET_PATHS,
     ModelNotAvailable,
@@ -21,6 +15,8 @@ from helpers.core.models import (
     resolve,
     save_mlx_model,
 )
+
+from conftest import WORKSHOP_MODEL, make_tiny_model, save_tiny_dir
 
 
 def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:

@@ -4,10 +4,11 @@ import math
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import make_tiny_model
 
 from helpers.core.config import get_config
 from helpers.train import preferences
+
+from conftest import make_tiny_model
 
 WEIGHTS = {"judge": 1.0, "facts": 2.0}
 

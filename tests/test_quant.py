@@ -5,7 +5,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from conftest import make_tiny_model
 
 from helpers.core.cache import load_json, read_entries, save_json
 from helpers.core.models import load_model, save_mlx_model
@@ -37,6 +36,8 @@ from helpers.quant.units import (
     stored_bits,
     uniform_bits,
 )
+
+from conftest import make_tiny_model
 
 GROUP = 64
 

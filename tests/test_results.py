@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pytest
-from conftest import LengthDetector, toy_embedder, toy_rewrites, write_jsonl
 
 from helpers.core.config import get_config
 from helpers.core.io import DataError
@@ -25,6 +24,8 @@ from helpers.evaluate.verdicts import (
     separates,
     target_rows,
 )
+
+from conftest import LengthDetector, toy_embedder, toy_rewrites, write_jsonl
 
 ROWS = toy_rewrites(base_prefix="Sure! ")
 

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hub_cache import add_repo, folder_files
-from standins import (
-    byte_tokenizer,
-    llama_folder,
-    parquet_dataset_files,
-    roberta_classifier_folder,
-)
 
 from helpers.evaluate.radar import RADAR_ID, RADAR_REVISION
+
+from hub_cache import add_repo, folder_files
+from standins import byte_tokenizer, llama_folder, parquet_dataset_files, roberta_classifier_folder
 
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
               "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,

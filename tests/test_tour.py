@@ -10,12 +10,13 @@ from pathlib import Path
 import mlx.core as mx
 import nbformat
 import pytest
-from conftest import make_tiny_model
 
 from helpers.core.config import get_config
 from helpers.infer.rewrite import Rewrite, rewrite, rewrite_eval_set
 from helpers.train.lora import add_lora, lora_config
 from helpers.train.stacked import add_dpo_adapter, stacked_layers
+
+from conftest import make_tiny_model
 
 TOUR = Path(__file__).resolve().parent.parent / "notebooks" / "00_tour.ipynb"
 

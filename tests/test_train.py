@@ -7,7 +7,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from conftest import make_tiny_model
 
 from helpers.core.config import get_config
 from helpers.train.batches import (
@@ -30,6 +29,8 @@ from helpers.train.losses import (
 )
 from helpers.train.stacked import add_dpo_adapter, set_adapters, stacked_layers
 from helpers.train.trainer import RunSettings, load_checkpoint, make_optimizer, train
+
+from conftest import make_tiny_model
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ gzip is recognised by its first two bytes, whatever the file is called.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -182,3 +183,12 @@ def read_text_file(source: str | Path | BinaryIO, name: str | None = None) -> st
         line_no = data.count(b"\n", 0, err.start) + 1
         raise DataError(f"{name}:{line_no}: not valid UTF-8 ({err.reason} at byte {err.start})") \
             from None
+
+
+def sha256_of(path: str | Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (model files do not fit twice in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

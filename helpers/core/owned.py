@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,16 @@ class UserError(Exception):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
+
+
+def exit_code_of(action) -> int:
+    """Run a command's work: 0, or the one line of a UserError on stderr and its exit code."""
+    try:
+        action()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
 
 
 class Refused(UserError):

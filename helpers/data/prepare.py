@@ -11,11 +11,7 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-from helpers.core.io import (
-    atomic_write_json,
-    atomic_write_jsonl,
-    iter_jsonl,
-)
+from helpers.core.io import atomic_write_json, atomic_write_jsonl, iter_jsonl
 from helpers.core.prompt import chat_messages
 from helpers.core.text_measures import fact_preservation, word_count
 from helpers.data.sources import load_split

@@ -8,11 +8,7 @@ from pathlib import Path
 
 from huggingface_hub import snapshot_download
 
-from helpers.core.io import (
-    DataError,
-    ReadReport,
-    iter_jsonl,
-)
+from helpers.core.io import DataError, ReadReport, iter_jsonl
 from helpers.core.models import assets_dir
 from helpers.core.text_measures import REPO_DATA
 

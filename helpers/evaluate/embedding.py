@@ -7,20 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers.core.cache import (
-    content_key,
-    load_arrays,
-    load_json,
-    save_arrays,
-    save_json,
-)
+from helpers.core.cache import content_key, load_arrays, load_json, save_arrays, save_json
 from helpers.evaluate.hub import locate
-from helpers.evaluate.platt import (
-    DETECTORS_VERSION,
-    _sigmoid,
-    calibration_pairs,
-    fit_platt,
-)
+from helpers.evaluate.platt import DETECTORS_VERSION, _sigmoid, calibration_pairs, fit_platt
 from helpers.evaluate.trained_detectors import choose_c, detector_rows, training_texts
 
 

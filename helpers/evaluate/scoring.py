@@ -13,13 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from helpers.core.config import get_config
-from helpers.core.io import (
-    DataError,
-    atomic_write_json,
-    atomic_write_text,
-    iter_jsonl,
-    read_json,
-)
+from helpers.core.io import DataError, atomic_write_json, atomic_write_text, iter_jsonl, read_json
 from helpers.core.statistics import (
     auroc,
     bootstrap_ci,

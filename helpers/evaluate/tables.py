@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from helpers.core.statistics import format_ci
-from helpers.core.text_measures import (
-    LOOP_N,
-)
+from helpers.core.text_measures import LOOP_N
 from helpers.evaluate.verdicts import (
     NOT_COUNTED,
     VERDICT_RULE,

@@ -9,21 +9,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sparse
 
-from helpers.core.cache import (
-    content_key,
-    load_arrays,
-    load_json,
-    save_arrays,
-    save_json,
-)
+from helpers.core.cache import content_key, load_arrays, load_json, save_arrays, save_json
 from helpers.data.prepare import clean, one_per_paragraph
 from helpers.data.sources import load_split, paragraph_key
-from helpers.evaluate.platt import (
-    DETECTORS_VERSION,
-    _sigmoid,
-    calibration_pairs,
-    fit_platt,
-)
+from helpers.evaluate.platt import DETECTORS_VERSION, _sigmoid, calibration_pairs, fit_platt
 
 
 def training_texts(rows: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -8,13 +8,8 @@ import operator
 
 import numpy as np
 
-from helpers.core.statistics import (
-    format_ci,
-    paired_bootstrap_ci,
-)
-from helpers.core.text_measures import (
-    LOOP_N,
-)
+from helpers.core.statistics import format_ci, paired_bootstrap_ci
+from helpers.core.text_measures import LOOP_N
 
 SIDES = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 

@@ -19,11 +19,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from helpers.core.text_measures import (
-    fact_preservation,
-    fact_survives,
-    missing_facts,
-)
+from helpers.core.text_measures import fact_preservation, fact_survives, missing_facts
 from helpers.infer.chunking import SENTENCE_END
 
 WORD = re.compile(r"\w+")

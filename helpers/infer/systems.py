@@ -15,12 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers.train.adapters import (
-    ADAPTER_FILE,
-    check_base,
-    load_stacked,
-    read_adapter_config,
-)
+from helpers.train.adapters import ADAPTER_FILE, check_base, load_stacked, read_adapter_config
 from helpers.train.base import load_base
 from helpers.train.stacked import add_dpo_adapter, set_adapters, stacked_layers
 

@@ -6,19 +6,9 @@ from __future__ import annotations
 
 import time
 
-from helpers.quant.anchors import (
-    allocate_by_score,
-    bracketing_bits,
-    rule_based_bits,
-    uniform_at,
-)
+from helpers.quant.anchors import allocate_by_score, bracketing_bits, rule_based_bits, uniform_at
 from helpers.quant.gptq_rounding import gptq_aware
-from helpers.quant.units import (
-    bits_per_weight,
-    protected_units,
-    stored_bits,
-    uniform_bits,
-)
+from helpers.quant.units import bits_per_weight, protected_units, stored_bits, uniform_bits
 
 
 def allocate(sens: dict, target_bpw: float, candidate_bits, protect=()) -> dict:

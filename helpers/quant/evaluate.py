@@ -13,13 +13,7 @@ from tqdm.auto import tqdm
 from helpers.core.statistics import bootstrap_ci
 from helpers.data.prepare import load_prepared
 from helpers.quant.apply import expected_bytes
-from helpers.quant.kl import (
-    _torch,
-    fake_quantized,
-    kl_of_logq,
-    log_softmax,
-    next_token_dist,
-)
+from helpers.quant.kl import _torch, fake_quantized, kl_of_logq, log_softmax, next_token_dist
 from helpers.quant.scan import predicted_kl
 from helpers.quant.units import bits_per_weight
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import shutil
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 from huggingface_hub import snapshot_download
 
 from helpers.core.config import PRESETS, get_config
-from helpers.core.io import atomic_output, atomic_write_json, read_json
+from helpers.core.io import atomic_output, atomic_write_json, read_json, sha256_of
 from helpers.core.models import ASSET_PATHS, HUB_REVISIONS, assets_dir, resolve
 from helpers.data.sources import L2R_FILES, l2r_file
 
@@ -55,13 +54,6 @@ def needed_models(preset: str) -> tuple[list[str], list[str]]:
     optional = [*cfg.binoculars_models, cfg.radar_model]
     return list(dict.fromkeys(required)), [m for m in dict.fromkeys(optional) if m not in required]
 
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def local_copy(spec: str, download: bool) -> tuple[Path, str]:
@@ -123,14 +115,14 @@ def copy_into(dest: Path, name: str, source: Path, entry: dict | None) -> dict:
     there with the manifest's sha256 is kept. A file the manifest does not list is never replaced."""
     target = dest / name
     if entry and target.exists() and target.stat().st_size == entry["bytes"] \
-            and sha256(target) == entry["sha256"]:
+            and sha256_of(target) == entry["sha256"]:
         return entry
     if target.exists() and not entry:
         raise PackError(f"{target} exists and is not in {dest / MANIFEST}: move it away first",
                         EXIT_REFUSED)
     with atomic_output(target) as tmp:
         shutil.copyfile(source, tmp)
-    return {"bytes": target.stat().st_size, "sha256": sha256(target)}
+    return {"bytes": target.stat().st_size, "sha256": sha256_of(target)}
 
 
 def pack(dest: Path, presets: list[str], download: bool = True, optional: bool = True) -> dict:

@@ -26,14 +26,7 @@ import gguf
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from gguf import (
-    GGMLQuantizationType,
-    GGUFReader,
-    GGUFValueType,
-    SpecialVocab,
-    TokenType,
-    quants,
-)
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, SpecialVocab, TokenType, quants
 from mlx.utils import tree_flatten
 from tokenizers import Tokenizer
 

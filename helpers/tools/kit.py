@@ -56,13 +56,14 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from helpers.core import config
-from helpers.core.io import atomic_output
+from helpers.core.io import atomic_output, sha256_of
 from helpers.core.owned import (
     EXIT_MISSING,
     EXIT_USAGE,
     Refused,
     UserError,
     check_targets,
+    exit_code_of,
     manifest_of,
     read_manifest,
     record,
@@ -151,13 +152,6 @@ def check_run(run_dir: Path, upto: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- packing
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def stamp(path: Path) -> dict:
@@ -477,15 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--overwrite", action="store_true",
                    help="replace files an earlier unpack wrote (never anything else)")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "pack":
-            pack(args.preset, args.dest, args.upto, args.overwrite)
-        else:
-            unpack(args.kit, args.overwrite)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    return 0
+    if args.command == "pack":
+        return exit_code_of(lambda: pack(args.preset, args.dest, args.upto, args.overwrite))
+    return exit_code_of(lambda: unpack(args.kit, args.overwrite))
 
 
 if __name__ == "__main__":

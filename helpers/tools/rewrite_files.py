@@ -67,14 +67,7 @@ from helpers.core.io import (
     read_text_file,
 )
 from helpers.core.models import ModelNotAvailable
-from helpers.core.owned import (
-    Refused,
-    check_targets,
-    exclusive,
-    manifest_of,
-    read_manifest,
-    record,
-)
+from helpers.core.owned import Refused, check_targets, exclusive, manifest_of, read_manifest, record
 from helpers.infer.chunking import Piece, join_pieces, split_document
 from helpers.infer.humanizer import Humanizer
 from helpers.infer.systems import SYSTEMS

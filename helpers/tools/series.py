@@ -38,16 +38,9 @@ from pathlib import Path
 import papermill
 from papermill.exceptions import PapermillExecutionError
 
+from helpers.core import owned
 from helpers.core.config import PRESETS, REPO_ROOT, get_config, parse_overrides
 from helpers.core.io import atomic_output, atomic_write_json
-from helpers.core.owned import (
-    EXIT_MISSING,
-    UserError,
-    check_targets,
-    manifest_of,
-    read_manifest,
-    record,
-)
 from helpers.tools import assets
 
 TOOL = "helpers.tools.series"
@@ -66,7 +59,7 @@ def kernel_name() -> str:
     from jupyter_client.kernelspec import KernelSpecManager
 
     if KERNEL not in KernelSpecManager().find_kernel_specs():
-        raise UserError(f"the Jupyter kernel {KERNEL!r} is not registered: run `make setup` "
+        raise owned.UserError(f"the Jupyter kernel {KERNEL!r} is not registered: run `make setup` "
                         "(or: python -m ipykernel install --sys-prefix --name humanizer)")
     return KERNEL
 
@@ -134,14 +127,14 @@ def written_before_manifests(path: Path) -> bool:
 def adopt_earlier(paths: list[Path], manifest: Path) -> None:
     """List in the manifest the files of runs made before it existed, so that --overwrite may
     replace them; anything else stays refused."""
-    listed = read_manifest(manifest, TOOL)
+    listed = owned.read_manifest(manifest, TOOL)
     earlier = [p for p in paths if p.is_file() and not p.is_symlink() and p.name not in listed
                and written_before_manifests(p)]
     if earlier:
-        record(TOOL, earlier, manifest)
+        owned.record(TOOL, earlier, manifest)
 
 
-class NotebookFailed(UserError):
+class NotebookFailed(owned.UserError):
     """A notebook of the series raised: its own error, not papermill's wrapping of it."""
     exit_code = 1
 
@@ -151,7 +144,7 @@ def notebook_failure(book: Path, copy: Path, err) -> NotebookFailed:
     executed copy with the whole traceback is."""
     message = (f"{book.name} failed in cell [{err.exec_count}]: {err.ename}: {err.evalue}\n"
                f"the executed notebook, with the traceback, is {copy}")
-    return NotebookFailed(message, EXIT_MISSING if err.ename in MISSING_ERRORS else None)
+    return NotebookFailed(message, owned.EXIT_MISSING if err.ename in MISSING_ERRORS else None)
 
 
 def execute(book: Path, copy: Path, parameters: dict, kernel: str) -> None:
@@ -177,18 +170,18 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
     try:
         assets.check()
     except assets.PackError as err:
-        raise UserError(str(err), err.exit_code) from None
+        raise owned.UserError(str(err), err.exit_code) from None
     cfg = get_config(preset, experiment=experiment, **overrides)
     out_dir = cfg.path("notebooks")
     out_dir.mkdir(exist_ok=True)
-    books, copies_manifest = series(start, only), manifest_of(out_dir, folder=True)
+    books, copies_manifest = series(start, only), owned.manifest_of(out_dir, folder=True)
     timing_path = cfg.path(timing_file(start, only))
     copies = [out_dir / b.name for b in books]
     adopt_earlier(copies, copies_manifest)
-    whole = timing_path.suffix == ".json"  # a partial run's record is appended, never replaced
-    adopt_earlier([timing_path], manifest_of(timing_path))
-    check_targets(TOOL, copies, copies_manifest, overwrite)
-    check_targets(TOOL, [timing_path], manifest_of(timing_path), overwrite or not whole)
+    whole = timing_path.suffix == ".json"  # a partial run's owned.record is appended, never replaced
+    adopt_earlier([timing_path], owned.manifest_of(timing_path))
+    owned.check_targets(TOOL, copies, copies_manifest, overwrite)
+    owned.check_targets(TOOL, [timing_path], owned.manifest_of(timing_path), overwrite or not whole)
     os.environ["HUMANIZER_PRESET"] = preset
     os.environ["HUMANIZER_EXPERIMENT"] = experiment
     timing = {}
@@ -202,13 +195,13 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
             execute(book, out_dir / book.name, parameters, kernel)
         finally:
             if (out_dir / book.name).exists():
-                record(TOOL, [out_dir / book.name], copies_manifest)
+                owned.record(TOOL, [out_dir / book.name], copies_manifest)
         timing[book.name] = round(time.perf_counter() - start_time, 1)
         print(f"   {timing[book.name]:.0f} s", flush=True)
     timing["total"] = round(time.perf_counter() - total, 1)
     if overrides:
         timing["overrides"] = overrides
-    # other work on the machine slows the series down: record how much of it there was
+    # other work on the machine slows the series down: owned.record how much of it there was
     timing["machine"] = {"date": dt.date.today().isoformat(), "cpus": os.cpu_count(),
                          "platform": platform.platform(),
                          "load_average_15min": round(os.getloadavg()[2], 1),
@@ -219,7 +212,7 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
     else:
         with open(timing_path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"notebooks": [b.name for b in books], **timing}) + "\n")
-    record(TOOL, [timing_path], manifest_of(timing_path), stamped=whole)
+    owned.record(TOOL, [timing_path], owned.manifest_of(timing_path), stamped=whole)
     print(f"== done in {timing['total'] / 60:.1f} min; executed notebooks in {out_dir}")
     return timing
 
@@ -236,19 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE[,...]",
                         help="Config overrides for every notebook (needs --experiment)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace this command's own executed copies and timing record")
+                        help="replace this command's own executed copies and timing owned.record")
     args = parser.parse_args(argv)
     try:
         overrides = {k: v for text in args.set for k, v in parse_overrides(text).items()}
         require_experiment(overrides, args.experiment)
     except ValueError as error:
         parser.error(f"--set: {error}")
-    try:
-        run(args.preset, args.start, args.only, args.experiment, overrides, args.overwrite)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    return 0
+    return owned.exit_code_of(
+        lambda: run(args.preset, args.start, args.only, args.experiment, overrides, args.overwrite))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import sys
 from helpers.core import config
 from helpers.core.config import PRESETS, REPO_ROOT, get_config
 from helpers.core.io import atomic_write_text, read_json
-from helpers.core.owned import UserError, check_plain_file
+from helpers.core.owned import UserError, check_plain_file, exit_code_of
 from helpers.core.statistics import format_ci
 from helpers.evaluate.scoring import ITEM_SCORES, load_rewrites
 from helpers.evaluate.tables import SYSTEMS, column_name, markdown_table
@@ -233,12 +233,8 @@ def main(argv: list[str] | None = None, docs=DOCS) -> int:
                         help="copy only these sections (say, everything but 'timing' after a "
                              "partial run, whose times are not a series')")
     args = parser.parse_args(argv)
-    try:
-        update_docs(args.preset, docs, [n for n in args.only.split(",") if n] or None)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    return 0
+    return exit_code_of(
+        lambda: update_docs(args.preset, docs, [n for n in args.only.split(",") if n] or None))
 
 
 if __name__ == "__main__":

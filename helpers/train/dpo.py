@@ -9,12 +9,7 @@ import mlx.core as mx
 from helpers.core.cache import content_key, load_arrays, save_arrays
 from helpers.train.adapters import save_dpo_adapter
 from helpers.train.base import base_fingerprint
-from helpers.train.batches import (
-    batch_order,
-    dpo_answer_position,
-    dpo_batch,
-    dpo_dataset,
-)
+from helpers.train.batches import batch_order, dpo_answer_position, dpo_batch, dpo_dataset
 from helpers.train.lora import lora_config
 from helpers.train.losses import make_dpo_batch_loss, reference_logprobs
 from helpers.train.stacked import set_adapters, stacked_layers

@@ -15,12 +15,7 @@ from mlx_lm.models import llama
 from tqdm.auto import tqdm
 
 from helpers.core.fast_cpu import cross_entropy
-from helpers.train.batches import (
-    dpo_answer_position,
-    dpo_batch,
-    first_answer_position,
-    pad_batch,
-)
+from helpers.train.batches import dpo_answer_position, dpo_batch, first_answer_position, pad_batch
 from helpers.train.stacked import set_adapters
 
 

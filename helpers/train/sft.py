@@ -5,12 +5,7 @@ from __future__ import annotations
 
 from helpers.train.adapters import save_sft_adapter
 from helpers.train.base import base_fingerprint
-from helpers.train.batches import (
-    batch_order,
-    first_answer_position,
-    pad_batch,
-    sft_dataset,
-)
+from helpers.train.batches import batch_order, first_answer_position, pad_batch, sft_dataset
 from helpers.train.lora import lora_config
 from helpers.train.losses import evaluate_sft, sft_loss
 from helpers.train.trainer import RunSettings, ids_digest, train

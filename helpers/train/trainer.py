@@ -18,13 +18,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
-from helpers.core.cache import (
-    bytes_digest,
-    content_key,
-    file_digest,
-    load_json,
-    save_json,
-)
+from helpers.core.cache import bytes_digest, content_key, file_digest, load_json, save_json
 from helpers.core.io import atomic_write_text
 
 CHECKPOINT_VERSION = 1  # bump when a checkpoint of the same settings could no longer be resumed
