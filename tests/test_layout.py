@@ -89,3 +89,17 @@ def test_the_cycle_check_catches_a_cycle():
     except AssertionError:
         return
     raise AssertionError("a two-module cycle went unnoticed")
+
+
+def test_the_readme_tree_lists_every_module():
+    """helpers/README.md gives each module's one-line job: no module may be missing or extra."""
+    import re
+
+    listed, folder = set(), None
+    for line in (HELPERS / "README.md").read_text(encoding="utf-8").splitlines():
+        if m := re.match(r"^  (\w+)/\s", line):
+            folder = m.group(1)
+        elif (m := re.match(r"^    (\w+\.py)\b", line)) and folder:
+            listed.add(f"{folder}/{m.group(1)}")
+    actual = {str(p.relative_to(HELPERS)) for p in HELPERS.rglob("*.py") if p.name != "__init__.py"}
+    assert listed == actual, {"missing": sorted(actual - listed), "extra": sorted(listed - actual)}
