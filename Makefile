@@ -2,6 +2,8 @@
 #               it replaces its own earlier executed notebooks, never a file it did not write;
 #               EXPERIMENT=name puts everything under runs/<preset>/name/; with it,
 #               SET=field=value,... overrides Config fields in every notebook)
+# make html   — the executed series as HTML pages to read without running: runs/<preset>/html/
+#               (a page per notebook, plots embedded, and index.html; replaces only its own pages)
 # make readme — copy the measured results and time tables from runs/ into README.md
 # make test   — set up .venv, then under the smoke preset: every notebook top to bottom in series
 #               order (pytest --nbmake), the unit tests, and every code cell run again
@@ -29,7 +31,7 @@ export HUMANIZER_ASSETS ?= $(abspath ../shared/assets)
 endif
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run readme test lab serve bench clean blas assets kit unkit
+.PHONY: setup run html readme test lab serve bench clean blas assets kit unkit
 # The kernel's stamp names its environment, so installing OpenBLAS later re-registers the kernel.
 KERNEL_STAMP := $(VENV)/.kernel-$(if $(LD_PRELOAD),openblas,plain)
 setup: $(VENV)/.installed $(KERNEL_STAMP) blas
@@ -60,6 +62,9 @@ endif
 
 run: setup
 	$(PY) -m helpers.tools.series --overwrite --preset $(PRESET) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(SET),--set $(SET))
+
+html: setup   # UPTO=NN renders notebooks 00..NN only (a run that stopped early)
+	$(PY) -m helpers.tools.render_html --overwrite --preset $(PRESET) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(UPTO),--upto $(UPTO))
 
 readme: setup
 	$(PY) -m helpers.tools.update_docs --preset workshop
