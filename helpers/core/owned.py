@@ -12,6 +12,7 @@ lock of a killed process, so a stale lock never blocks.
 """
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -35,6 +36,14 @@ class UserError(Exception):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
+
+
+def command_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A command's parser: its docstring's first line as the description, and its "Exit status:"
+    section (every command documents its exit codes) as the epilog."""
+    return argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0],
+                                   epilog=doc[doc.index("Exit status:"):],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def exit_code_of(action) -> int:

@@ -37,6 +37,7 @@ from helpers.core.owned import (
     UserError,
     check_folder,
     check_targets,
+    command_parser,
     install_folder,
     manifest_of,
     staging_folder,
@@ -146,6 +147,7 @@ def duration(seconds: float) -> str:
 def exporter():
     """nbconvert's HTML exporter with images embedded: the lab template, or the default one
     where this nbconvert has no lab template."""
+    # deferred: nbconvert is slow to import, and only this path needs it
     from nbconvert import HTMLExporter
 
     try:
@@ -195,6 +197,7 @@ def render(run_dir: Path, names: list[str], run_label: str, how_to_run: str,
            overwrite: bool = False) -> tuple[Path, list[CellError]]:
     """Write run_dir/html/ (a page per notebook in `names`, and index.html); return the folder
     and the error outputs found. Everything is checked before anything is rendered."""
+    # deferred: nbformat is slow to import, and only this path needs it
     import nbformat
 
     out_dir = run_dir / "html"
@@ -229,10 +232,7 @@ def two_digits(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.tools.render_html",
-                                     description=__doc__.splitlines()[0],
-                                     epilog=__doc__[__doc__.index("Exit status:"):],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("python -m helpers.tools.render_html", __doc__)
     parser.add_argument("--preset", default="workshop", choices=sorted(PRESETS))
     parser.add_argument("--experiment", default="", help="render runs/<preset>/NAME/ instead")
     parser.add_argument("--upto", default="99", metavar="NN", type=two_digits,

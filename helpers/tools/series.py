@@ -25,7 +25,6 @@ Exit status:
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -218,10 +217,7 @@ def run(preset: str, start: str = "00", only: str | None = None, experiment: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.tools.series",
-                                     description=__doc__.splitlines()[0],
-                                     epilog=__doc__[__doc__.index("Exit status:"):],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = owned.command_parser("python -m helpers.tools.series", __doc__)
     parser.add_argument("--preset", default="workshop", choices=sorted(PRESETS))
     parser.add_argument("--from", dest="start", default="00", help="first notebook number")
     parser.add_argument("--only", default=None, help="run just this notebook number")
