@@ -14,6 +14,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from helpers.course.exercises import with_solutions
 from helpers.tools.series import kernel_name, series
 
 
@@ -24,9 +25,10 @@ class RerunError(AssertionError):
 
 def run_twice(path: Path, timeout: int = 900) -> dict:
     """{'first_s', 'second_s', 'cell_s': {cell index: [first, second]}}; RerunError on the first
-    failing cell. Every code cell runs, hidden solution cells included; the kernel inherits
-    os.environ (preset)."""
-    nb = nbformat.read(path, as_version=4)
+    failing cell. Every code cell runs, and every exercise's solution too, right after its fold
+    (course.exercises.with_solutions: `make run` never runs them); the kernel inherits os.environ
+    (preset)."""
+    nb = with_solutions(nbformat.read(path, as_version=4))
     code = [(i, cell) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
     client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name(),
                             resources={"metadata": {"path": str(path.parent)}})

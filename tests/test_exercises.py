@@ -1,0 +1,50 @@
+"""Exercises: the learner's open cell first, the answer in a markdown fold after it that no Run All
+executes, and every answer still run by the tests."""
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from helpers.course.exercises import (
+    TAG,
+    is_solution,
+    solution_code,
+    solution_markdown,
+    with_solutions,
+)
+from helpers.tools.notebook_check import run_twice
+
+
+def fold(code: str, note: str = "") -> nbformat.NotebookNode:
+    return new_markdown_cell(solution_markdown(code, note), metadata={"tags": [TAG]})
+
+
+def test_a_fold_gives_back_exactly_its_code():
+    text = solution_markdown("x = 2\nprint(x * 3)\n", note="Doubling, then tripling.")
+    assert text.startswith("<details><summary>Solution") and text.endswith("</details>")
+    assert "Doubling, then tripling." in text
+    assert solution_code(text) == "x = 2\nprint(x * 3)\n"
+
+
+@pytest.mark.parametrize("text", ["no code here", "```python\na\n```\n```python\nb\n```"])
+def test_a_fold_without_exactly_one_block_is_refused(text):
+    with pytest.raises(ValueError, match="exactly one"):
+        solution_code(text)
+
+
+def test_with_solutions_puts_each_answer_right_after_its_fold():
+    nb = new_notebook(cells=[new_code_cell("n = 1  # TODO: try 2"), fold("n = 2\nprint(n)"),
+                             new_markdown_cell("next"), new_code_cell("m = n")])
+    run = with_solutions(nb)
+    assert [c.cell_type for c in run.cells] == ["code", "markdown", "code", "markdown", "code"]
+    assert run.cells[2].source == "n = 2\nprint(n)\n" and is_solution(run.cells[2])
+    assert len(nb.cells) == 4  # the notebook itself is left as it was
+    nbformat.validate(run)
+
+
+def test_the_rerun_check_executes_the_answers(tmp_path, monkeypatch):
+    monkeypatch.setenv("HUMANIZER_PRESET", "smoke")
+    nb = new_notebook(cells=[new_code_cell("n = 1  # TODO"), fold("assert n == 2, 'wrong answer'")])
+    path = tmp_path / "99_t.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(AssertionError, match="wrong answer"):
+        run_twice(path, timeout=60)
