@@ -68,6 +68,7 @@ html: setup   # UPTO=NN renders notebooks 00..NN only (a run that stopped early)
 
 readme: setup
 	$(PY) -m helpers.tools.update_docs --preset workshop
+	$(PY) -m helpers.tools.notebook_times
 
 test: setup
 	HUMANIZER_PRESET=smoke $(PY) -m pytest --nbmake --nbmake-timeout=900 notebooks tests -p no:cacheprovider
