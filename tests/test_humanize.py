@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,7 +191,7 @@ def test_a_missing_model_is_exit_3(tmp_path, monkeypatch, capsys):
         def load(cls, cfg, adapter="sft+dpo"):
             raise ModelNotAvailable("Cannot load 'some/model': no copy of it")
 
-    monkeypatch.setitem(sys.modules, "helpers.infer.humanizer", types.SimpleNamespace(Humanizer=Missing))
+    monkeypatch.setattr("helpers.tools.rewrite_files.Humanizer", Missing)
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": "a"}])
     assert rewrite_files.main(["--input", str(src), "--output", str(tmp_path / "o.jsonl")]) == 3
     assert "Cannot load 'some/model'" in capsys.readouterr().err

@@ -3,8 +3,12 @@ import json
 
 import pytest
 
-from helpers.tools.notebook_times import (recorded_times, time_sentence, update_notebook_times,
-                                          with_time)
+from helpers.tools.notebook_times import (
+    recorded_times,
+    time_sentence,
+    update_notebook_times,
+    with_time,
+)
 from helpers.tools.series import series
 
 README = """intro

@@ -65,7 +65,7 @@ def runs(tmp_path, monkeypatch):
         nbformat.write(nb, run_dir / "notebooks" / name)
         nbformat.write(new_notebook(), series / name)
     (run_dir / "series_timing.json").write_text('{"00_plots.ipynb": 75.0, "total": 80.0}')
-    monkeypatch.setattr(render_html, "RUNS_ROOT", tmp_path / "runs")
+    monkeypatch.setattr("helpers.core.config.RUNS_ROOT", tmp_path / "runs")
     monkeypatch.setattr(render_html, "NOTEBOOKS", series)
     return run_dir
 

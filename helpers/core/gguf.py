@@ -11,7 +11,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from helpers.core.config import RUNS_ROOT
+from helpers.core import config
 from helpers.core.precision import dequantize_exactly
 
 # GGUF tensor names -> mlx-lm Llama parameter names
@@ -138,7 +138,7 @@ def gguf_tokenizer(path: str, meta: dict):
 
 
     stat = Path(path).stat()
-    cached = RUNS_ROOT / "cache" / f"tokenizer-{Path(path).stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    cached = config.RUNS_ROOT / "cache" / f"tokenizer-{Path(path).stem}-{stat.st_size}-{stat.st_mtime_ns}"
     if (cached / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(str(cached))
     hf_tok = AutoTokenizer.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers.core.config import RUNS_ROOT
+from helpers.core import config
 from helpers.core.io import DataError, atomic_write_json, atomic_write_text, read_json
 from helpers.evaluate.verdicts import counted_detectors, target_rows
 
@@ -27,7 +27,7 @@ def save_experiment(out: Path, name: str, result: dict, render) -> str:
 def experiment_results_path(preset: str, name: str, runs_root: Path | None = None) -> Path:
     """runs/<preset>/results.json for the default experiment (""), else
     runs/<preset>/<name>/results.json."""
-    folder = Path(runs_root or RUNS_ROOT) / preset
+    folder = Path(runs_root or config.RUNS_ROOT) / preset
     return (folder / name if name else folder) / "results.json"
 
 

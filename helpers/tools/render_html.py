@@ -30,7 +30,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers.core.config import PRESETS, RUNS_ROOT
+from helpers.core import config
+from helpers.core.config import PRESETS
 from helpers.core.io import current_umask
 from helpers.core.owned import (
     EXIT_MISSING,
@@ -243,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     names = series_names(args.upto)
     if not names:
         parser.error(f"--upto {args.upto}: no notebook numbered that low in {NOTEBOOKS}")
-    run_dir = RUNS_ROOT / args.preset / args.experiment if args.experiment \
-        else RUNS_ROOT / args.preset
+    run_dir = config.RUNS_ROOT / args.preset / args.experiment if args.experiment \
+        else config.RUNS_ROOT / args.preset
     label = f"{args.preset}/{args.experiment}" if args.experiment else args.preset
     try:
         out_dir, errors = render(run_dir, names, label, run_command(args.preset, args.experiment),
