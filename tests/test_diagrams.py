@@ -93,3 +93,10 @@ def test_threshold_follows_fpr_and_labels(fpr, threshold, human_share):
     found = set(texts(fig))
     assert f"people (n=20): {human_share} flagged" in found
     assert any(t.startswith("sft+dpo (n=3): ") for t in found)
+
+
+@pytest.mark.parametrize("draw", [diagrams.pipeline_figure, diagrams.dpo_figure,
+                                  lambda: diagrams.threshold_figure(HUMAN, AI)])
+def test_a_diagram_shows_itself_as_png_without_pyplot(draw):
+    """The cell's value is the picture even before pyplot has drawn anything (notebook 00)."""
+    assert draw()._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -12,6 +12,7 @@ import nbformat
 import pytest
 
 from helpers.core.config import get_config
+from helpers.course.exercises import is_solution
 from helpers.infer.rewrite import Rewrite, rewrite, rewrite_eval_set
 from helpers.train.lora import add_lora, lora_config
 from helpers.train.stacked import add_dpo_adapter, stacked_layers
@@ -22,11 +23,12 @@ TOUR = Path(__file__).resolve().parent.parent / "notebooks" / "00_tour.ipynb"
 
 
 def tour_code() -> ast.Module:
-    """The notebook's code cells, solutions left out (they try other settings on purpose)."""
-    nb = nbformat.read(TOUR, as_version=4)
-    cells = [c.source for c in nb.cells
-             if c.cell_type == "code" and "solution" not in c.metadata.get("tags", [])]
-    return ast.parse("\n".join(cells))
+    """The notebook's code cells, exercises left out (they try other settings on purpose): the
+    learner's open cell before each solution fold (the folds are markdown, never code)."""
+    cells = nbformat.read(TOUR, as_version=4).cells
+    exercises = {i - 1 for i, c in enumerate(cells) if c.cell_type == "markdown" and is_solution(c)}
+    return ast.parse("\n".join(c.source for i, c in enumerate(cells)
+                               if c.cell_type == "code" and i not in exercises))
 
 
 def calls(tree: ast.AST, name: str) -> list[ast.Call]:

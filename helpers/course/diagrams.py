@@ -12,6 +12,8 @@ pyplot, so it works under any backend (Agg included) and shows inline when it is
 """
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Patch, Rectangle
@@ -32,9 +34,22 @@ EDGES = {FROZEN: FROZEN_EDGE, TRAINABLE: TRAINABLE_EDGE, NEUTRAL: NEUTRAL_EDGE}
 # --- drawing helpers ------------------------------------------------------------------------------
 
 
+class ShownFigure(Figure):
+    """A Figure that a notebook shows as a PNG when it is a cell's value, under any backend.
+
+    A pyplot-free Figure has no picture of its own for IPython: the inline backend registers one
+    only once pyplot has drawn something, so a notebook that starts with a diagram (00) would
+    print "<Figure size ...>". Where the inline backend is active its printer is used instead."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+        return buffer.getvalue()
+
+
 def _canvas(width: float, height: float):
     """A figure whose single, axis-free axes counts in inches, so boxes are placed by size."""
-    fig = Figure(figsize=(width, height))
+    fig = ShownFigure(figsize=(width, height))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, width)
     ax.set_ylim(0, height)
@@ -267,7 +282,7 @@ def threshold_figure(human_scores, ai_scores, fpr: float = 0.05, labels=("human"
     groups = [(labels[0], human_scores, HUMAN), (labels[1], ai_scores, AI)]
     if system_scores is not None:
         groups.append((system_label or "system", system_scores, SYSTEM))
-    fig = Figure(figsize=(10, 5.2), layout="constrained")
+    fig = ShownFigure(figsize=(10, 5.2), layout="constrained")
     ax = fig.add_subplot()
     bins = np.linspace(0, 1, 21)
     for label, scores, colour in groups:
