@@ -12,6 +12,10 @@ from helpers.course.exercises import (
     with_solutions,
 )
 from helpers.tools.notebook_check import run_twice
+from helpers.tools.series import series
+
+# the notebooks whose exercises follow the open-cell-then-fold form
+FOLDED = ("04",)
 
 
 def fold(code: str, note: str = "") -> nbformat.NotebookNode:
@@ -48,3 +52,16 @@ def test_the_rerun_check_executes_the_answers(tmp_path, monkeypatch):
     nbformat.write(nb, path)
     with pytest.raises(AssertionError, match="wrong answer"):
         run_twice(path, timeout=60)
+
+
+@pytest.mark.parametrize("path", [p for p in series() if p.name[:2] in FOLDED], ids=lambda p: p.name)
+def test_no_answer_is_a_code_cell_and_each_follows_an_open_cell(path):
+    """`make run` and Run All execute code cells: an answer in one would print before the learner
+    predicts. Each fold follows the learner's open cell (a code cell with a # TODO)."""
+    cells = nbformat.read(path, as_version=4).cells
+    assert not [i for i, c in enumerate(cells) if c.cell_type == "code" and is_solution(c)]
+    for i, cell in enumerate(cells):
+        if cell.cell_type == "markdown" and is_solution(cell):
+            solution_code(cell.source)
+            assert i > 0 and cells[i - 1].cell_type == "code" and "# TODO" in cells[i - 1].source, \
+                f"{path.name}: the fold at cell {i} does not follow an open # TODO cell"

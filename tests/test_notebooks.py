@@ -96,3 +96,17 @@ def test_one_kernel_for_jupyterlab_papermill_nbmake_and_the_tests():
     assert f"ipykernel install --sys-prefix --name {KERNEL} " in makefile
     for path in NOTEBOOKS:
         assert nbformat.read(path, as_version=4).metadata.kernelspec.name == KERNEL, path.name
+
+
+CLOSED = ("04", "05", "06", "07")  # notebooks whose closing cells were checked to compute their numbers
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] in CLOSED],
+                         ids=lambda p: p.name)
+def test_closing_cells_compute_what_they_print(path):
+    """Expected results come from the run's own files under runs/: no code cell quotes README,
+    leaves a `None` placeholder or waits to be filled from someone's note."""
+    nb = nbformat.read(path, as_version=4)
+    found = {i: s for i, c in enumerate(nb.cells) if c.cell_type == "code"
+             for s in ("README", "None  #", "filled from") if s in c.source}
+    assert not found, f"{path.name}: code cells quoting instead of computing (cell: string): {found}"
