@@ -15,7 +15,7 @@ from helpers.tools.notebook_check import run_twice
 from helpers.tools.series import series
 
 # the notebooks whose exercises follow the open-cell-then-fold form
-FOLDED = ("04", "05", "06")
+FOLDED = ("04", "05", "06", "07")
 
 
 def fold(code: str, note: str = "") -> nbformat.NotebookNode:
