@@ -54,7 +54,8 @@ def test_the_rerun_check_executes_the_answers(tmp_path, monkeypatch):
         run_twice(path, timeout=60)
 
 
-@pytest.mark.parametrize("path", [p for p in series() if p.name[:2] in FOLDED], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in series() if p.name[:2] in FOLDED],
+                         ids=lambda p: p.name)
 def test_no_answer_is_a_code_cell_and_each_follows_an_open_cell(path):
     """`make run` and Run All execute code cells: an answer in one would print before the learner
     predicts. Each fold follows the learner's open cell (a code cell with a # TODO)."""

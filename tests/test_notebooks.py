@@ -98,7 +98,7 @@ def test_one_kernel_for_jupyterlab_papermill_nbmake_and_the_tests():
         assert nbformat.read(path, as_version=4).metadata.kernelspec.name == KERNEL, path.name
 
 
-CLOSED = ("04", "05", "06", "07")  # notebooks whose closing cells were checked to compute their numbers
+CLOSED = ("04", "05", "06", "07")  # notebooks whose closing cells compute what they print
 
 
 @pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] in CLOSED],
@@ -109,4 +109,4 @@ def test_closing_cells_compute_what_they_print(path):
     nb = nbformat.read(path, as_version=4)
     found = {i: s for i, c in enumerate(nb.cells) if c.cell_type == "code"
              for s in ("README", "None  #", "filled from") if s in c.source}
-    assert not found, f"{path.name}: code cells quoting instead of computing (cell: string): {found}"
+    assert not found, f"{path.name}: code cells quoting, not computing (cell: string): {found}"
