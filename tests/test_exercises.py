@@ -14,8 +14,6 @@ from helpers.course.exercises import (
 from helpers.tools.notebook_check import run_twice
 from helpers.tools.series import series
 
-CONVERTED = ("00", "01", "02", "03")  # notebooks whose exercises follow this format
-
 
 def fold(code: str, note: str = "") -> nbformat.NotebookNode:
     return new_markdown_cell(solution_markdown(code, note), metadata={"tags": [TAG]})
@@ -53,7 +51,7 @@ def test_the_rerun_check_executes_the_answers(tmp_path, monkeypatch):
         run_twice(path, timeout=60)
 
 
-@pytest.mark.parametrize("path", [p for p in series() if p.name[:2] in CONVERTED], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", series(), ids=lambda p: p.name)
 def test_no_answer_is_a_code_cell_and_each_follows_an_open_cell(path):
     """`make run` and Run All execute code cells: an answer in one would print before the learner
     predicts. Each fold follows the learner's open cell (a code cell with a # TODO)."""

@@ -98,12 +98,10 @@ def test_one_kernel_for_jupyterlab_papermill_nbmake_and_the_tests():
         assert nbformat.read(path, as_version=4).metadata.kernelspec.name == KERNEL, path.name
 
 
-CLOSING_READS_RUNS = ("00", "01", "02", "03")  # notebooks whose closing cells read runs/ JSON
 NOT_IN_CODE = ("README", "None  #", "filled from")  # a number copied from docs, or a placeholder
 
 
-@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] in CLOSING_READS_RUNS],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_expected_results_are_read_from_the_runs_json_not_copied(path):
     """A closing cell prints what a run measured (runs/.../*.json), never a README number or a
     placeholder to fill by hand: those go stale, the runs' own files do not."""
