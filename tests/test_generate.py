@@ -235,6 +235,44 @@ def test_verify_and_resample_keeps_the_candidate_with_the_most_facts():
     assert chosen[0].hit_cap and chosen[0].n_tokens == 6
 
 
+def test_resample_loops_keeps_the_first_fluent_candidate():
+    from helpers.infer.rewrite import Rewrite, resample_loops
+
+    loop = "one two three four five six one two three four five six"
+    drafts = ["a", "b", "c", "d"]
+    first = [Rewrite(loop, 12, False), Rewrite("fine text", 2, False),
+             Rewrite("cut short by the", 4, True), Rewrite(loop, 12, True)]
+    asked = []
+
+    def sample(texts):
+        asked.append(texts)
+        return [Rewrite(loop + " again", 13, False), Rewrite("fixed a", 2, False),  # draft a
+                Rewrite("fixed c", 2, False), Rewrite("not this one", 3, False),  # draft c
+                Rewrite(loop, 12, True), Rewrite("", 0, False)]  # draft d: none fluent
+
+    chosen = resample_loops(drafts, first, 2, sample)
+    assert asked == [["a", "a", "c", "c", "d", "d"]]  # only the stuck rewrites, n times each
+    assert [c.text for c in chosen] == ["fixed a", "fine text", "fixed c", loop]
+    assert chosen[3] is first[3]  # nothing fluent: the plain rewrite stays
+
+
+def test_loop_switch_off_changes_nothing_and_on_never_adds_a_loop(tokenizer):
+    from helpers.core.text_measures import has_loop
+    from helpers.infer.rewrite import LOOP_CHECK_N
+
+    model, _ = make_tiny_model()
+    drafts = ["Berlin hosted 120 delegates on 4 May 2021.", "Ada Lovelace wrote in 1843."]
+    plain = get_config("smoke", temperature=0.0, gen_max_tokens=24, repetition_penalty=1.0)
+    switched = get_config("smoke", temperature=0.0, gen_max_tokens=24, repetition_penalty=1.0,
+                          loop_check_samples=3)
+    before = rewrite_detailed(model, tokenizer, drafts, plain, progress=False)
+    after = rewrite_detailed(model, tokenizer, drafts, switched, progress=False)
+    for b, a in zip(before, after):
+        stuck = b.hit_cap or has_loop(b.text, LOOP_CHECK_N)
+        assert a == b or stuck  # a fluent plain rewrite is never replaced
+        assert not (has_loop(a.text, LOOP_CHECK_N) and not has_loop(b.text, LOOP_CHECK_N))
+
+
 def test_fact_switch_never_keeps_fewer_facts(tokenizer):
     from helpers.core.text_measures import fact_preservation
 

@@ -113,3 +113,15 @@ def test_unknown_chosen_is_named():
     cfg = get_config("smoke", dpo_chosen="worst")
     with pytest.raises(ValueError, match="dpo_chosen='worst'"):
         preferences.training_pairs(cfg, None, None, {"dpo": []})
+
+
+def test_loops_only_keeps_the_looping_on_policy_samples(monkeypatch):
+    loop = "one two three four five six seven eight and one two three four five six seven eight"
+    cfg = get_config("smoke", on_policy_rejected=True, n_on_policy=3, on_policy_loops_only=True)
+    pairs = [{"id": i, "prompt": f"draft {i}", "chosen": f"human {i}", "rejected": f"ai {i}"}
+             for i in "xyz"]
+    monkeypatch.setattr(preferences, "on_policy_samples",
+                        lambda cfg, m, t, drafts: ["fine x", loop, "fine z"])
+    got = preferences.training_pairs(cfg, None, None, {"dpo": pairs})
+    assert [(p["id"], p["rejected"]) for p in got] == [
+        ("x", "ai x"), ("y:on-policy", loop), ("y", "ai y"), ("z", "ai z")]

@@ -127,6 +127,8 @@ class DPOSettings:
     dpo_batch_size: int = 2  # pairs per step (each pair is two sequences)
     n_on_policy: int = 16  # on-policy rejected samples from the SFT model (if on_policy_rejected)
     on_policy_temperature: float = 0.7  # sampled, as the SFT model writes when not greedy
+    # keep only the on-policy samples that loop: DPO's rejected side is then the failure to unlearn
+    on_policy_loops_only: bool = False
     # "human": the offline pairs (human text over another model's rewrite); "ranked": pairs from
     # dpo_samples_k SFT samples per draft, ranked by helpers/train/preferences.py's combined score
     dpo_pair_source: str = "human"
@@ -150,6 +152,11 @@ class DecodeSettings:
     max_len_ratio: float = 1.5
     gen_max_tokens: int = 384  # hard cap on new tokens per rewrite
     gen_batch_size: int = 32  # drafts decoded together (batched decoding is much faster on CPU)
+    # the loop switch (stop and resample): a rewrite that repeats itself or runs into the token
+    # cap is sampled this many more times at loop_check_temperature; the first candidate that
+    # does neither is kept (helpers/infer/rewrite.py, resample_loops)
+    loop_check_samples: int = 0  # 0 = off
+    loop_check_temperature: float = 0.7
     # the fact switch (verify and resample): a rewrite that loses any of the draft's numbers,
     # dates, names or URLs is sampled this many more times, and the candidate keeping the most wins
     fact_check_samples: int = 0  # 0 = off

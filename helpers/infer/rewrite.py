@@ -9,7 +9,7 @@ from pathlib import Path
 
 from helpers.core.cache import content_key, load_json, save_json
 from helpers.core.io import atomic_write_jsonl, iter_jsonl
-from helpers.core.text_measures import fact_preservation
+from helpers.core.text_measures import fact_preservation, has_loop
 from helpers.infer.clean import clean_output, cut_loop
 from helpers.infer.decode import generate_tokens
 from helpers.infer.fact_repair import repair_facts, sentence_candidates
@@ -29,11 +29,13 @@ class Rewrite:
 def rewrite_detailed(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
                      clean: bool = True, seed: int | None = None,
                      desc: str = "rewriting", plain: list[Rewrite] | None = None) -> list[Rewrite]:
-    """Rewrite every draft (batched, sampled, length-capped), in input order; with
-    cfg.fact_check_samples > 0 a rewrite that lost facts is resampled (verify_and_resample, unless
-    cfg.fact_resample is off), then, with cfg.fact_repair, what is still lost is put back sentence
-    by sentence (fact_repair). `plain`: these drafts' rewrites with the switch off, when the caller
-    already decoded them with the same model and settings; the switch starts from them."""
+    """Rewrite every draft (batched, sampled, length-capped), in input order. With
+    cfg.loop_check_samples > 0 a rewrite that loops or hits the cap is resampled (resample_loops).
+    With cfg.fact_check_samples > 0 a rewrite that lost facts is resampled (verify_and_resample,
+    unless cfg.fact_resample is off), then, with cfg.fact_repair, what is still lost is put back
+    sentence by sentence (fact_repair). `plain`: these drafts' rewrites with the fact switch off
+    (the loop switch as cfg has it), when the caller already decoded them with the same model and
+    settings; the fact switch starts from them."""
     def decode(texts, run_cfg, run_seed, label):
         reasons = []
         tokens = generate_tokens(model, tokenizer, texts, run_cfg, progress, run_seed, label,
@@ -45,10 +47,15 @@ def rewrite_detailed(model, tokenizer, drafts: list[str], cfg, progress: bool = 
 
     if plain is not None and len(plain) != len(drafts):
         raise ValueError(f"rewrite_detailed: {len(plain)} plain rewrites for {len(drafts)} drafts")
+    base_seed = cfg.seed if seed is None else seed
     first = decode(drafts, cfg, seed, desc) if plain is None else list(plain)
+    if cfg.loop_check_samples > 0 and plain is None:
+        loop_sampling = dataclasses.replace(cfg, temperature=cfg.loop_check_temperature)
+        first = resample_loops(drafts, first, cfg.loop_check_samples, lambda texts: decode(
+            texts, loop_sampling, base_seed + 4, "loop check"))
     if cfg.fact_check_samples <= 0:
         return first
-    n, base_seed = cfg.fact_check_samples, cfg.seed if seed is None else seed
+    n = cfg.fact_check_samples
     sampling = dataclasses.replace(cfg, temperature=cfg.fact_check_temperature)
     chosen = verify_and_resample(drafts, first, n, lambda texts: decode(
         texts, sampling, base_seed + 1, "fact check")) if cfg.fact_resample else first
@@ -62,6 +69,32 @@ def rewrite_detailed(model, tokenizer, drafts: list[str], cfg, progress: bool = 
 
     repaired = repair_facts(drafts, [r.text for r in chosen], rewrite_sentences)
     return [dataclasses.replace(r, text=t) for r, t in zip(chosen, repaired)]
+
+
+# The loop switch checks for a repeated 6-word sequence, stricter than the 8 words the loop rate
+# counts: a rewrite on its way into a loop is caught early, and the measure is not what is selected
+LOOP_CHECK_N = 6
+
+
+def fluent(rewrite: Rewrite) -> bool:
+    """Not empty, no repeated LOOP_CHECK_N-word sequence, ended by the model and not by the cap."""
+    return bool(rewrite.text.strip()) and not rewrite.hit_cap and \
+        not has_loop(rewrite.text, LOOP_CHECK_N)
+
+
+def resample_loops(drafts: list[str], first: list[Rewrite], n: int, sample) -> list[Rewrite]:
+    """The loop switch: for each rewrite that is not `fluent`, n more candidates from
+    `sample(texts) -> rewrites` (all such drafts at once, each repeated n times); keep the first
+    fluent candidate, the plain rewrite when none is (so a draft the model cannot rewrite without
+    looping keeps the same text as with the switch off)."""
+    stuck = [i for i, r in enumerate(first) if not fluent(r)]
+    if not stuck:
+        return first
+    extra = sample([drafts[i] for i in stuck for _ in range(n)])
+    chosen = list(first)
+    for k, i in enumerate(stuck):
+        chosen[i] = next((c for c in extra[k * n:(k + 1) * n] if fluent(c)), first[i])
+    return chosen
 
 
 def verify_and_resample(drafts: list[str], first: list[Rewrite], n: int, sample) -> list[Rewrite]:
@@ -90,7 +123,8 @@ def rewrite(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
 # every Config field that changes what `rewrite` writes for a given model and draft
 DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty",
                    "repetition_context", "no_repeat_ngram", "cut_loops", "max_len_ratio",
-                   "gen_max_tokens", "gen_batch_size",
+                   "gen_max_tokens", "gen_batch_size", "loop_check_samples",
+                   "loop_check_temperature",
                    "seed", "fact_check_samples", "fact_check_temperature", "fact_resample",
                    "fact_repair", "compute_dtype")
 # bump when the rewrites would change for the same key: old cache entries are then ignored

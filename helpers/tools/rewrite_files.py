@@ -12,8 +12,8 @@ or one .txt/.md document; or a folder of them (the id is the file's path inside 
 Output (--output, default "-" is stdout): JSONL rows {"id", "source", "output", "preset",
 "adapter", "hit_cap", "settings"} followed by the input row's other fields (one whose name is
 already taken is kept as "input_<name>", e.g. "input_source"); a .txt/.md output is the rewritten
-document itself. "settings" records the fact switch that made the row. --adapter is a system of
-helpers/infer/systems.py: base, sft, dpo-only, sft+dpo (notebooks 04-06).
+document itself. "settings" records the fact and loop switches that made the row. --adapter is a
+system of helpers/infer/systems.py: base, sft, dpo-only, sft+dpo (notebooks 04-06).
 
 Long documents are cut at blank lines and rewritten paragraph by paragraph (a paragraph too long
 for the model between sentences), then put back together in order; headings, code blocks, lists
@@ -21,11 +21,11 @@ and tables pass through unchanged (helpers/infer/chunking.py).
 
 JSONL rows are appended, and flushed, as each document is done: rerunning the same command resumes,
 skipping the ids already in the output (rows repeated in it are reported). Resuming with other
---fact-check settings is refused unless --allow-mixed is given. Nothing is overwritten: an input
-with nothing new leaves the output as it was; a file that humanize did not write (it marks its own
-with a .<name>.outputs.json beside them) is never changed; its own earlier output is replaced only
-with --overwrite. A second run on an output in use is refused at once. Bad lines (and duplicate
-ids: the first one is kept) are reported on stderr as file:line and skipped.
+--fact-check or --loop-check settings is refused unless --allow-mixed is given. Nothing is
+overwritten: an input with nothing new leaves the output as it was; a file that humanize did not
+write (it marks its own with a .<name>.outputs.json beside them) is never changed; its own earlier
+output is replaced only with --overwrite. A second run on an output in use is refused at once. Bad
+lines (and duplicate ids: the first one is kept) are reported on stderr as file:line and skipped.
 
 Exit status:
   0    every document rewritten, or already in the output
@@ -306,8 +306,8 @@ def check_settings(spec: str, done: dict, settings: dict) -> None:
         raise OutputError(
             f"{spec}: the row for id {other['id']!r} was made with settings "
             f"{json.dumps(other.get('settings'))}, this run's are {json.dumps(settings)}; rerun "
-            f"with the same --fact-check options, add --allow-mixed to keep both (each row "
-            f"records its own), or choose another --output")
+            f"with the same --fact-check and --loop-check options, add --allow-mixed to keep "
+            f"both (each row records its own), or choose another --output")
 
 
 def report_repeated(spec: str, repeated: list) -> str:
@@ -463,6 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "numbers, dates, names or URLs N times and keep the candidate that "
                              "keeps the most, then rewrite each draft sentence still missing "
                              "a fact alone and splice it in, or copy it back (default 0: off)")
+    parser.add_argument("--loop-check", type=int, default=None, metavar="N",
+                        help="the loop switch: resample a rewrite that repeats itself or stops at "
+                             "the token cap N times and keep the first sample that does neither "
+                             "(default: the preset's loop_check_samples; 0: off)")
     parser.add_argument("--no-fact-repair", action="store_true",
                         help="with --fact-check: resample only, no sentence repair")
     parser.add_argument("--no-resample", action="store_true",
@@ -527,11 +531,15 @@ def run(args, humanizer) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.fact_check < 0:
         raise UsageError(f"--fact-check must be 0 or more, got {args.fact_check}")
+    if args.loop_check is not None and args.loop_check < 0:
+        raise UsageError(f"--loop-check must be 0 or more, got {args.loop_check}")
     if args.no_resample and args.no_fact_repair:
         raise UsageError("--no-resample with --no-fact-repair leaves the fact check nothing to do")
+    loop_check = {} if args.loop_check is None else {"loop_check_samples": args.loop_check}
     try:
         cfg = get_config(args.preset, fact_check_samples=args.fact_check,
-                         fact_resample=not args.no_resample, fact_repair=not args.no_fact_repair)
+                         fact_resample=not args.no_resample, fact_repair=not args.no_fact_repair,
+                         **loop_check)
     except ValueError as err:
         raise UsageError(str(err)) from None
     drafts, skipped, kind, input_files = read_inputs(args.input, args.format)
@@ -545,9 +553,13 @@ def run(args, humanizer) -> int:
 
 
 def run_settings(cfg) -> dict:
-    """The settings a row records: the fact switch (preset and adapter have their own fields)."""
-    return {"fact_check_samples": cfg.fact_check_samples, "fact_resample": cfg.fact_resample,
-            "fact_repair": cfg.fact_repair}
+    """The settings a row records: the fact switch, and the loop switch when it is on (rows made
+    before it existed match a run with it off); preset and adapter have their own fields."""
+    settings = {"fact_check_samples": cfg.fact_check_samples, "fact_resample": cfg.fact_resample,
+                "fact_repair": cfg.fact_repair}
+    if cfg.loop_check_samples > 0:
+        settings["loop_check_samples"] = cfg.loop_check_samples
+    return settings
 
 
 def rewrite(args, cfg, drafts: list[Draft], skipped: list[str], out_kind: str, humanizer) -> int:

@@ -22,7 +22,7 @@ import mlx.core as mx
 import numpy as np
 
 from helpers.core.cache import content_key, load_json, save_json
-from helpers.core.text_measures import fact_preservation
+from helpers.core.text_measures import fact_preservation, has_loop
 from helpers.evaluate.embedding import Embedder
 from helpers.evaluate.meaning import meaning_similarity
 from helpers.evaluate.trained_detectors import training_judge
@@ -186,8 +186,8 @@ def with_ranked(cfg, model, tokenizer, pairs: list[dict], judge, embedder) -> li
 
 def training_pairs(cfg, model, tokenizer, splits: dict) -> list[dict]:
     """The pairs notebook 05 trains on, per cfg.dpo_pair_source: "human" = the offline pairs (plus
-    on-policy rejected samples with cfg.on_policy_rejected), "ranked" = with_ranked (already
-    on-policy, so it replaces them)."""
+    on-policy rejected samples with cfg.on_policy_rejected, only the looping ones with
+    cfg.on_policy_loops_only), "ranked" = with_ranked (already on-policy, so it replaces them)."""
     pairs = splits["dpo"]
     if cfg.dpo_chosen not in ("best", "human"):
         raise ValueError(f"Config.dpo_chosen={cfg.dpo_chosen!r}; use 'best' or 'human'")
@@ -199,4 +199,6 @@ def training_pairs(cfg, model, tokenizer, splits: dict) -> list[dict]:
     if not cfg.on_policy_rejected:
         return pairs
     samples = on_policy_samples(cfg, model, tokenizer, [p["prompt"] for p in pairs[:cfg.n_on_policy]])
+    if cfg.on_policy_loops_only:  # with_on_policy skips the emptied ones
+        samples = [s if has_loop(s) else "" for s in samples]
     return with_on_policy(pairs, samples)
