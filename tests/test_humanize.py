@@ -138,6 +138,18 @@ def test_usage_errors_are_exit_2(tmp_path, capsys):
     capsys.readouterr()
     assert run("--input", src, "--fact-check", "2", "--no-resample", "--no-fact-repair") == 2
     assert "leaves the fact check nothing to do" in capsys.readouterr().err
+    assert run("--input", src, "--loop-check", "-1") == 2
+    assert "--loop-check must be 0 or more, got -1" in capsys.readouterr().err
+
+
+def test_the_loop_switch_is_recorded_and_resuming_without_it_is_refused(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": 0, "text": "draft 0"}, {"id": 1, "text": "b"}])
+    out = tmp_path / "out.jsonl"
+    assert run("--input", src, "--output", out, "--batch-size", 1, "--loop-check", "2",
+               humanizer=FakeHumanizer(crash_on_call=2)) == 5
+    assert read_rows(out)[0]["settings"]["loop_check_samples"] == 2
+    assert run("--input", src, "--output", out, "--loop-check", "0") == 4
+    assert "--loop-check" in capsys.readouterr().err
 
 
 def test_the_output_may_not_be_the_input(tmp_path, monkeypatch, capsys):

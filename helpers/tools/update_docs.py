@@ -47,7 +47,8 @@ TOOL = "helpers.tools.update_docs"
 # runs/<preset>/experiments/<name>.md, written by experiments/<name>.py and by bench/quant.py
 EXPERIMENT_TABLES = ("decoding", "fact_switch", "fact_switch_eval", "quant_downstream", "bench_quant",
                      "compare_runs", "compare_ranked_pairs", "compare_dpo_steps",
-                     "compare_decoding", "compare_cut_loops", "long_documents")
+                     "compare_decoding", "compare_cut_loops", "compare_loop_switch",
+                     "compare_dpo_loops", "long_documents")
 SECTIONS = ("timing", "example", "results", "quantization", *EXPERIMENT_TABLES)  # all it writes
 
 
