@@ -82,35 +82,40 @@ def fluent(rewrite: Rewrite) -> bool:
         not has_loop(rewrite.text, LOOP_CHECK_N)
 
 
-def resample_loops(drafts: list[str], first: list[Rewrite], n: int, sample) -> list[Rewrite]:
-    """The loop switch: for each rewrite that is not `fluent`, n more candidates from
-    `sample(texts) -> rewrites` (all such drafts at once, each repeated n times); keep the first
-    fluent candidate, the plain rewrite when none is (so a draft the model cannot rewrite without
-    looping keeps the same text as with the switch off)."""
-    stuck = [i for i, r in enumerate(first) if not fluent(r)]
-    if not stuck:
-        return first
-    extra = sample([drafts[i] for i in stuck for _ in range(n)])
+def resample_where(drafts: list[str], first: list[Rewrite], n: int, sample, needs,
+                   choose) -> list[Rewrite]:
+    """What both switches do: for each rewrite i with needs(i), n more candidates from
+    `sample(texts) -> rewrites` (all such drafts in one call, each repeated n times), and
+    choose(i, candidates) with the plain rewrite first among them; the others stay as they are."""
     chosen = list(first)
-    for k, i in enumerate(stuck):
-        chosen[i] = next((c for c in extra[k * n:(k + 1) * n] if fluent(c)), first[i])
+    todo = [i for i in range(len(first)) if needs(i)]
+    if not todo:
+        return chosen
+    extra = sample([drafts[i] for i in todo for _ in range(n)])
+    for k, i in enumerate(todo):
+        chosen[i] = choose(i, [first[i]] + extra[k * n:(k + 1) * n])
     return chosen
+
+
+def resample_loops(drafts: list[str], first: list[Rewrite], n: int, sample) -> list[Rewrite]:
+    """The loop switch: for each rewrite that is not `fluent`, n more candidates
+    (resample_where); keep the first fluent one, the plain rewrite when none is (so a draft the
+    model cannot rewrite without looping keeps the same text as with the switch off)."""
+    return resample_where(drafts, first, n, sample, lambda i: not fluent(first[i]),
+                          lambda i, cands: next((c for c in cands[1:] if fluent(c)), cands[0]))
 
 
 def verify_and_resample(drafts: list[str], first: list[Rewrite], n: int, sample) -> list[Rewrite]:
-    """For each rewrite that lost some of its draft's facts, n more candidates from
-    `sample(texts) -> rewrites` (all drafts at once, each repeated n times); keep the candidate
-    that keeps the most facts (metrics.best_by_facts: ties go to the first, the plain rewrite)."""
-    lossy = [i for i, (d, r) in enumerate(zip(drafts, first))
-             if fact_preservation(d, r.text) < 1.0]  # NaN (no facts) compares False: kept
-    if not lossy:
-        return first
-    extra = sample([drafts[i] for i in lossy for _ in range(n)])
-    chosen = list(first)
-    for k, i in enumerate(lossy):
-        candidates = [first[i]] + extra[k * n:(k + 1) * n]
-        chosen[i] = candidates[best_by_facts(drafts[i], [c.text for c in candidates])]
-    return chosen
+    """The fact switch's resampling: for each rewrite that lost some of its draft's facts, n more
+    candidates (resample_where); keep the one that keeps the most facts (best_by_facts: ties go
+    to the first, the plain rewrite)."""
+    def lossy(i):  # NaN (no facts) compares False: kept
+        return fact_preservation(drafts[i], first[i].text) < 1.0
+
+    def most_facts(i, cands):
+        return cands[best_by_facts(drafts[i], [c.text for c in cands])]
+
+    return resample_where(drafts, first, n, sample, lossy, most_facts)
 
 
 def rewrite(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
