@@ -176,10 +176,12 @@ def other_family_scorer(spec: str) -> tuple[str, object]:
 
 class CachedFastDetectGPT(FastDetectGPT):
     """Fast-DetectGPT that keeps each text's raw score in a JSON cache file (helpers.core.cache;
-    one entry per `key`: the scorer and token limit) and loads its model only for texts not in it: a model that costs seconds
-    per text is paid once per text, not again when notebook 07 reruns."""
+    one entry per `key`: the scorer and token limit) and loads its model only for texts not in it:
+    a model that costs seconds per text is paid once per text, not again when notebook 07 reruns.
+    Batches of 4 (right-padded, so scores equal one-by-one scores to float rounding) save ~18% of
+    Gemma's time on a 2-core CPU: its layers gain from the batch, its 262k-word head does not."""
 
-    def __init__(self, load, cache: Path, key: str, max_tokens: int, batch_size: int = 1):
+    def __init__(self, load, cache: Path, key: str, max_tokens: int, batch_size: int = 4):
         super().__init__(None, None, max_tokens, batch_size)
         self.load, self.cache = load, cache
         self.key = content_key("fast-detectgpt-scores", DETECTORS_VERSION, scorer=key)
