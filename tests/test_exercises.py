@@ -62,3 +62,16 @@ def test_no_answer_is_a_code_cell_and_each_follows_an_open_cell(path):
             solution_code(cell.source)
             assert i > 0 and cells[i - 1].cell_type == "code" and "# TODO" in cells[i - 1].source, \
                 f"{path.name}: the fold at cell {i} does not follow an open # TODO cell"
+
+
+@pytest.mark.parametrize("path", series(), ids=lambda p: p.name)
+def test_each_open_ended_exercise_comes_with_an_open_starter_cell(path):
+    """A 🦁 exercise has no single answer, so no fold; the learner still gets a runnable first step."""
+    cells = nbformat.read(path, as_version=4).cells
+    lions = [i for i, c in enumerate(cells)
+             if c.cell_type == "markdown" and c.source.lstrip("* ").startswith("🦁")]
+    assert lions, f"{path.name} has no 🦁 exercise"
+    for i in lions:
+        starter = cells[i + 1] if i + 1 < len(cells) else None
+        assert starter is not None and starter.cell_type == "code" and "# TODO" in starter.source, \
+            f"{path.name}: the 🦁 exercise at cell {i} is not followed by an open # TODO cell"
