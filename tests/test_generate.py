@@ -256,6 +256,26 @@ def test_resample_loops_keeps_the_first_fluent_candidate():
     assert chosen[3] is first[3]  # nothing fluent: the plain rewrite stays
 
 
+def test_the_facts_choice_keeps_the_fluent_sample_that_keeps_most_and_invents_least():
+    from helpers.infer.rewrite import Rewrite, resample_loops
+
+    loop = "one two three four five six one two three four five six"
+    drafts = ["Berlin hosted 120 delegates in 2021."]
+    samples = [Rewrite("The delegates met.", 4, False),  # fluent, keeps no fact
+               Rewrite(loop, 12, False),  # keeps nothing and loops: never chosen
+               Rewrite("Berlin hosted 120 delegates in 2021 at the Kessler Institute.", 12, False),
+               Rewrite("In 2021 Berlin hosted 120 delegates.", 8, False)]
+
+    def pick(choice):
+        return resample_loops(drafts, [Rewrite(loop, 12, True)], 4, lambda texts: samples,
+                              choice)[0].text
+
+    assert pick("first") == "The delegates met."
+    assert pick("facts") == "In 2021 Berlin hosted 120 delegates."  # all facts, none invented
+    with pytest.raises(ValueError, match="loop_check_choice"):
+        pick("best")
+
+
 def test_loop_switch_off_changes_nothing_and_on_never_adds_a_loop(tokenizer):
     from helpers.core.text_measures import has_loop
     from helpers.infer.rewrite import LOOP_CHECK_N

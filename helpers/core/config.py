@@ -157,6 +157,9 @@ class DecodeSettings:
     # does neither is kept (helpers/infer/rewrite.py, resample_loops)
     loop_check_samples: int = 0  # 0 = off
     loop_check_temperature: float = 0.7
+    # "first": the first fluent candidate; "facts": the fluent one that keeps the most of the
+    # draft's facts, then invents the fewest (a fluent sample can still say something else)
+    loop_check_choice: str = "first"
     # the fact switch (verify and resample): a rewrite that loses any of the draft's numbers,
     # dates, names or URLs is sampled this many more times, and the candidate keeping the most wins
     fact_check_samples: int = 0  # 0 = off

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from helpers.core.cache import content_key, load_json, save_json
 from helpers.core.io import atomic_write_jsonl, iter_jsonl
-from helpers.core.text_measures import fact_preservation, has_loop
+from helpers.core.text_measures import fact_preservation, has_loop, invented_facts
 from helpers.infer.clean import clean_output, cut_loop
 from helpers.infer.decode import generate_tokens
 from helpers.infer.fact_repair import repair_facts, sentence_candidates
@@ -52,7 +52,7 @@ def rewrite_detailed(model, tokenizer, drafts: list[str], cfg, progress: bool = 
     if cfg.loop_check_samples > 0 and plain is None:
         loop_sampling = dataclasses.replace(cfg, temperature=cfg.loop_check_temperature)
         first = resample_loops(drafts, first, cfg.loop_check_samples, lambda texts: decode(
-            texts, loop_sampling, base_seed + 4, "loop check"))
+            texts, loop_sampling, base_seed + 4, "loop check"), cfg.loop_check_choice)
     if cfg.fact_check_samples <= 0:
         return first
     n = cfg.fact_check_samples
@@ -97,12 +97,30 @@ def resample_where(drafts: list[str], first: list[Rewrite], n: int, sample, need
     return chosen
 
 
-def resample_loops(drafts: list[str], first: list[Rewrite], n: int, sample) -> list[Rewrite]:
+LOOP_CHOICES = ("first", "facts")
+
+
+def resample_loops(drafts: list[str], first: list[Rewrite], n: int, sample,
+                   choice: str = "first") -> list[Rewrite]:
     """The loop switch: for each rewrite that is not `fluent`, n more candidates
-    (resample_where); keep the first fluent one, the plain rewrite when none is (so a draft the
-    model cannot rewrite without looping keeps the same text as with the switch off)."""
-    return resample_where(drafts, first, n, sample, lambda i: not fluent(first[i]),
-                          lambda i, cands: next((c for c in cands[1:] if fluent(c)), cands[0]))
+    (resample_where); keep a fluent one, the plain rewrite when none is (so a draft the model
+    cannot rewrite without looping keeps the same text as with the switch off). `choice`
+    "first": the first fluent candidate; "facts": the fluent candidate keeping the most of the
+    draft's facts, then inventing the fewest, then the first."""
+    if choice not in LOOP_CHOICES:
+        raise ValueError(f"loop_check_choice must be one of {LOOP_CHOICES}, got {choice!r}")
+
+    def rank(i, candidate):  # higher is better; NaN facts kept (no facts in the draft) ties at 0
+        kept = fact_preservation(drafts[i], candidate.text)
+        return (0.0 if kept != kept else kept, -len(invented_facts(drafts[i], candidate.text)))
+
+    def keep(i, cands):
+        ok = [c for c in cands[1:] if fluent(c)]
+        if not ok:
+            return cands[0]
+        return ok[0] if choice == "first" else max(ok, key=lambda c: rank(i, c))  # max: first of ties
+
+    return resample_where(drafts, first, n, sample, lambda i: not fluent(first[i]), keep)
 
 
 def verify_and_resample(drafts: list[str], first: list[Rewrite], n: int, sample) -> list[Rewrite]:
@@ -129,7 +147,7 @@ def rewrite(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
 DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty",
                    "repetition_context", "no_repeat_ngram", "cut_loops", "max_len_ratio",
                    "gen_max_tokens", "gen_batch_size", "loop_check_samples",
-                   "loop_check_temperature",
+                   "loop_check_temperature", "loop_check_choice",
                    "seed", "fact_check_samples", "fact_check_temperature", "fact_resample",
                    "fact_repair", "compute_dtype")
 # bump when the rewrites would change for the same key: old cache entries are then ignored
