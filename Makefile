@@ -97,6 +97,7 @@ bench: setup
 	$(PY) bench/fast_cpu.py
 	$(PY) bench/train_step.py
 	$(PY) bench/runtimes.py
+	$(PY) bench/torch_threads.py
 
 clean:
 	rm -rf runs/$(PRESET)

@@ -22,3 +22,20 @@ def test_busy_openblas_is_not_blamed_on_blas():
 
 def test_matmul_gflops_is_positive():
     assert env.matmul_gflops(n=128, repeats=2) > 0
+
+
+def test_torch_gets_one_thread_beside_openblas_and_its_own_count_back(monkeypatch):
+    import torch
+    before = torch.get_num_threads()
+    monkeypatch.setattr(env, "blas_in_use", lambda: "openblas")
+    with env.torch_threads_beside_openblas():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_torch_threads_are_left_alone_without_openblas(monkeypatch):
+    import torch
+    before = torch.get_num_threads()
+    monkeypatch.setattr(env, "blas_in_use", lambda: "accelerate")
+    with env.torch_threads_beside_openblas():
+        assert torch.get_num_threads() == before

@@ -10,6 +10,7 @@ import os
 import platform
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlx.core as mx
@@ -52,6 +53,25 @@ def blas_in_use() -> str:
     if any("mlx_cpu.libs" in lib for lib in libs):
         return "reference"
     return "unknown"
+
+
+@contextmanager
+def torch_threads_beside_openblas():
+    """Run torch's model forwards (MiniLM, RADAR) with one torch thread where OpenBLAS is
+    preloaded. There torch's batched matmuls call OpenBLAS from each of torch's threads, and
+    OpenBLAS starts its own threads inside each call: MiniLM embedded 5x slower with both pools
+    on 2 cores (bench/torch_threads.py). Elsewhere (macOS, no preload) nothing changes."""
+    if blas_in_use() != "openblas":
+        yield
+        return
+    # deferred: torch is slow to import, and only the callers' paths need it
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 5, dtype: str = "float32") -> float:

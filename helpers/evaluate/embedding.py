@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from helpers.core.cache import content_key, load_arrays, load_json, save_arrays, save_json
+from helpers.core.env import torch_threads_beside_openblas
 from helpers.evaluate.hub import locate
 from helpers.evaluate.platt import DETECTORS_VERSION, _sigmoid, calibration_pairs, fit_platt
 from helpers.evaluate.trained_detectors import choose_c, detector_rows, training_texts
@@ -26,8 +27,9 @@ class Embedder:
     def __call__(self, texts: list[str]) -> np.ndarray:
         missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
         if missing:
-            vectors = self.model.encode(missing, batch_size=self.batch_size,
-                                        normalize_embeddings=True, convert_to_numpy=True)
+            with torch_threads_beside_openblas():
+                vectors = self.model.encode(missing, batch_size=self.batch_size,
+                                            normalize_embeddings=True, convert_to_numpy=True)
             self.cache.update(zip(missing, vectors.astype(np.float32)))
         dim = self.model.get_embedding_dimension()
         return np.stack([self.cache[t] for t in texts]) if texts else np.zeros((0, dim))

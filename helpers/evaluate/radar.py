@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from helpers.core.env import torch_threads_beside_openblas
 from helpers.core.models import HUB_REVISIONS
 from helpers.evaluate.hub import locate
 
@@ -33,7 +34,7 @@ class Radar:
         import torch
         out = np.zeros(len(texts))
         order = np.argsort([len(t) for t in texts])  # similar lengths together: less padding
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads_beside_openblas():
             for i in range(0, len(texts), self.batch_size):
                 idx = order[i:i + self.batch_size]
                 enc = self.tokenizer([texts[j] for j in idx], padding=True, truncation=True,
