@@ -159,7 +159,7 @@ def main() -> None:
 
     reference = {name: measure_texts(texts, drafts, judge, embedder, phrases)
                  for name, texts in (("source draft", drafts), ("human reference", humans))}
-    per_item, seconds, examples = {}, {}, {}
+    per_item, seconds, examples, rewritten = {}, {}, {}, []
     for run in runs:
         name, decoding = run_spec(run)
         run_cfg = get_config(cfg.preset, experiment="" if name == DEFAULT_RUN else name)
@@ -172,6 +172,7 @@ def main() -> None:
             per_item[(run, system)] = measure_texts(outputs, drafts, judge, embedder, phrases,
                                                     [r.hit_cap for r in rewrites])
             examples[(run, system)] = outputs[0]
+            rewritten.append({"run": run, "system": system, "texts": outputs})
             print(run, system, {m: round(sum(v) / len(v), 3) for m, v in
                                 per_item[(run, system)].items() if m != "facts kept"})
 
@@ -183,7 +184,9 @@ def main() -> None:
                       for name, v in reference.items()]
     result = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
               "preset": cfg.preset, "judge": judge.name, "n": len(items), "runs": runs,
-              "reference_rows": reference_rows, "rows": rows}
+              "reference_rows": reference_rows, "rows": rows,
+              # every rewrite, so that the numbers can be read beside the texts behind them
+              "drafts": drafts, "rewrites": rewritten}
     save_experiment(out, args.name, result, markdown)
 
 
