@@ -45,7 +45,7 @@ from helpers.evaluate.verdicts import (
     verdict,
 )
 from helpers.infer.humanizer import Humanizer
-from helpers.infer.rewrite import DECODING_FIELDS
+from helpers.infer.rewrite import decoding_settings
 from helpers.train.adapters import adapter_digest
 
 NAME = "fact_switch_eval"
@@ -144,7 +144,7 @@ def check_plain_rewrites(cfg, humanizer, system: str) -> list[dict]:
     key = read_json(path.with_name(path.name + ".key.json"))
     if key["adapters"] != adapter_digest(humanizer.model):
         raise SystemExit(f"{path} was written by other adapters: run notebook 06 again")
-    if key["decoding"] != {f: getattr(cfg, f) for f in DECODING_FIELDS}:
+    if key["decoding"] != decoding_settings(cfg):
         raise SystemExit(f"{path} was decoded with other settings than the preset's: run "
                          "notebook 06 again without overrides")
     if system not in rows[0]["outputs"]:

@@ -293,6 +293,18 @@ def test_loop_switch_off_changes_nothing_and_on_never_adds_a_loop(tokenizer):
         assert not (has_loop(a.text, LOOP_CHECK_N) and not has_loop(b.text, LOOP_CHECK_N))
 
 
+def test_the_loop_switch_settings_key_the_rewrites_only_while_it_is_on():
+    from helpers.infer.rewrite import decoding_settings
+
+    off = decoding_settings(get_config("smoke"))
+    assert off == decoding_settings(get_config("smoke", loop_check_choice="first",
+                                               loop_check_temperature=0.3))
+    on = decoding_settings(get_config("smoke", loop_check_samples=2))
+    assert on["loop_check_choice"] == "facts" and on["loop_check_samples"] == 2
+    assert on != decoding_settings(get_config("smoke", loop_check_samples=2,
+                                              loop_check_choice="first"))
+
+
 def test_fact_switch_never_keeps_fewer_facts(tokenizer):
     from helpers.core.text_measures import fact_preservation
 

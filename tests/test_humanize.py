@@ -147,7 +147,8 @@ def test_the_loop_switch_is_recorded_and_resuming_without_it_is_refused(tmp_path
     out = tmp_path / "out.jsonl"
     assert run("--input", src, "--output", out, "--batch-size", 1, "--loop-check", "2",
                humanizer=FakeHumanizer(crash_on_call=2)) == 5
-    assert read_rows(out)[0]["settings"]["loop_check_samples"] == 2
+    settings = read_rows(out)[0]["settings"]
+    assert settings["loop_check_samples"] == 2 and settings["loop_check_choice"] == "facts"
     assert run("--input", src, "--output", out, "--loop-check", "0") == 4
     assert "--loop-check" in capsys.readouterr().err
 

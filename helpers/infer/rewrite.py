@@ -150,6 +150,15 @@ DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty"
                    "loop_check_temperature", "loop_check_choice",
                    "seed", "fact_check_samples", "fact_check_temperature", "fact_resample",
                    "fact_repair", "compute_dtype")
+
+
+def decoding_settings(cfg) -> dict:
+    """The DECODING_FIELDS that can change a rewrite: the loop switch's temperature and choice
+    only while it is on, so that changing them with the switch off reuses the cached rewrites."""
+    off = ("loop_check_temperature", "loop_check_choice") if cfg.loop_check_samples == 0 else ()
+    return {f: getattr(cfg, f) for f in DECODING_FIELDS if f not in off}
+
+
 # bump when the rewrites would change for the same key: old cache entries are then ignored
 EVAL_REWRITES_VERSION = 1
 ON_POLICY_VERSION = 1
@@ -168,7 +177,7 @@ def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "
                       adapters=adapter_digest(model),
                       drafts=ids_digest([f"{r['id']}\t{r['ai']}" for r in rows]),
                       systems=list(systems),
-                      decoding={f: getattr(cfg, f) for f in DECODING_FIELDS},
+                      decoding=decoding_settings(cfg),
                       fields=["outputs", "hit_cap"])
     if out_path.exists() and load_json(key_path, key) is not None:
         print(f"{out_path} was written for these adapters, drafts and decoding: read back")

@@ -465,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "a fact alone and splice it in, or copy it back (default 0: off)")
     parser.add_argument("--loop-check", type=int, default=None, metavar="N",
                         help="the loop switch: resample a rewrite that repeats itself or stops at "
-                             "the token cap N times and keep the first sample that does neither "
+                             "the token cap N times and keep the sample that does neither and keeps "
+                             "the most of the draft's facts "
                              "(default: the preset's loop_check_samples; 0: off)")
     parser.add_argument("--no-fact-repair", action="store_true",
                         help="with --fact-check: resample only, no sentence repair")
@@ -559,6 +560,7 @@ def run_settings(cfg) -> dict:
                 "fact_repair": cfg.fact_repair}
     if cfg.loop_check_samples > 0:
         settings["loop_check_samples"] = cfg.loop_check_samples
+        settings["loop_check_choice"] = cfg.loop_check_choice
     return settings
 
 
