@@ -17,6 +17,17 @@ def test_section_replaced_between_markers_only():
     assert update_docs.replace_section(new, section) == new
 
 
+def test_the_headline_is_the_first_two_tables_with_what_introduces_and_explains_them():
+    results = ("Preset x.\n\nWhat a reader sees first.\n\n| loops |\n|---|\n| 34% |\n\nLoops: legend."
+               "\n\n| P(AI) | gap closed |\n|---|---|\n| 0.32 | 85% |\n\nP(AI): legend.\n\n| third |\n")
+    body = update_docs.headline_body(results, "workshop")
+    assert body.split("\n\n", 1)[1] == ("What a reader sees first.\n\n| loops |\n|---|\n| 34% |\n\n"
+                                        "Loops: legend.\n\n| P(AI) | gap closed |\n|---|---|\n"
+                                        "| 0.32 | 85% |\n\nP(AI): legend.\n")
+    assert "runs/workshop/results.md" in body
+    assert update_docs.headline_body("Preset x.\n\n| one table |\n", "workshop") is None
+
+
 def test_missing_markers_are_reported():
     with pytest.raises(ValueError, match="results markers"):
         update_docs.replace_section("# no markers\n", "x", "README.md")
@@ -169,7 +180,7 @@ def test_closing_cells_read_a_finished_run_or_say_how_to_make_it(tmp_path):
 
 def test_readme_is_a_front_door_and_every_generated_section_has_one_home():
     assert len(update_docs.README.read_text(encoding="utf-8").splitlines()) <= 250
-    names = ["timing", "example", "results", "quantization", *update_docs.EXPERIMENT_TABLES]
+    names = ["timing", "headline", "example", "results", "quantization", *update_docs.EXPERIMENT_TABLES]
     for name in names:
         homes = [doc.name for doc in update_docs.DOCS if update_docs.markers(name)[0] in doc.read_text()]
         assert len(homes) == 1, f"{name}: in {homes}"

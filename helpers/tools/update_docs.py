@@ -49,7 +49,7 @@ EXPERIMENT_TABLES = ("decoding", "fact_switch", "fact_switch_eval", "quant_downs
                      "compare_runs", "compare_ranked_pairs", "compare_dpo_steps",
                      "compare_decoding", "compare_cut_loops", "compare_loop_switch",
                      "compare_loop_choice", "compare_dpo_loops", "long_documents")
-SECTIONS = ("timing", "example", "results", "quantization", *EXPERIMENT_TABLES)  # all it writes
+SECTIONS = ("timing", "headline", "example", "results", "quantization", *EXPERIMENT_TABLES)  # all it writes
 
 
 def results_body(results_md: str, preset: str, timing: dict | None) -> str:
@@ -59,6 +59,22 @@ def results_body(results_md: str, preset: str, timing: dict | None) -> str:
     head = (f"Generated on {stamp} by `make readme` from `runs/{preset}/results.md` (notebook 07 "
             f"of `PRESET={preset} make run`{minutes}). Do not edit by hand.\n\n")
     return head + results_md
+
+
+def headline_body(results_md: str, preset: str) -> str | None:
+    """README's lead: the first two tables of notebook 07's results.md (what a reader sees in the
+    rewrites, then every detector's P(AI) and gap closed), each with its legend, so that a gap
+    closed is never shown without the loops and invented facts beside it. None when results.md
+    has fewer than two tables."""
+    blocks = results_md.strip().split("\n\n")
+    tables = [i for i, b in enumerate(blocks) if b.startswith("|")]
+    if len(tables) < 2:
+        return None
+    start = max(tables[0] - 1, 0)  # the paragraph that introduces the first table
+    head = (f"Generated on {dt.date.today().isoformat()} by `make readme` from "
+            f"`runs/{preset}/results.md` (notebook 07 of `PRESET={preset} make run`): the first two "
+            "of its tables; docs/RESULTS.md has all of them, with the verdicts. Do not edit by hand.\n\n")
+    return head + "\n\n".join(blocks[start:tables[1] + 2]) + "\n"
 
 
 def replace_section(text: str, section: str, where="README.md", name: str = "results") -> str:
@@ -188,6 +204,8 @@ def generated_sections(preset: str) -> dict[str, str]:
         timing_path = cfg.runs_dir / "series_timing.json"
         timing = read_json(timing_path) if timing_path.exists() else None
         sections["results"] = results_body(results.read_text(encoding="utf-8"), preset, timing)
+        if headline := headline_body(results.read_text(encoding="utf-8"), preset):
+            sections["headline"] = headline
     for name, body in (("quantization", quant_table(cfg.runs_dir, preset)),
                        ("example", example_section(cfg.runs_dir, preset))):
         if body:
