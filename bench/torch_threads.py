@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from helpers.core import fast_cpu
 from helpers.core.config import get_config
 from helpers.core.env import blas_in_use
 from helpers.data.prepare import load_prepared
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    fast_cpu.install()  # as every entry point: the same process state the notebooks measure in
     import torch
     cfg = get_config(args.preset)
     texts = texts_of(cfg, args.texts)
