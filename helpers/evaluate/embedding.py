@@ -24,12 +24,16 @@ class Embedder:
         self.model = SentenceTransformer(locate(spec), device="cpu")
         self.cache: dict[str, np.ndarray] = {}
 
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """One forward pass over `texts`, uncached, on torch's current threads."""
+        return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True)
+
     def __call__(self, texts: list[str]) -> np.ndarray:
         missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
         if missing:
             with torch_threads_beside_openblas():
-                vectors = self.model.encode(missing, batch_size=self.batch_size,
-                                            normalize_embeddings=True, convert_to_numpy=True)
+                vectors = self.encode(missing)
             self.cache.update(zip(missing, vectors.astype(np.float32)))
         dim = self.model.get_embedding_dimension()
         return np.stack([self.cache[t] for t in texts]) if texts else np.zeros((0, dim))
