@@ -49,7 +49,8 @@ EXPERIMENT_TABLES = ("decoding", "fact_switch", "fact_switch_eval", "quant_downs
                      "compare_runs", "compare_ranked_pairs", "compare_dpo_steps",
                      "compare_decoding", "compare_cut_loops", "compare_loop_switch",
                      "compare_loop_choice", "compare_dpo_loops", "long_documents")
-SECTIONS = ("timing", "headline", "example", "results", "quantization", *EXPERIMENT_TABLES)  # all it writes
+# all it writes
+SECTIONS = ("timing", "headline", "example", "results", "quantization", *EXPERIMENT_TABLES)
 
 
 def results_body(results_md: str, preset: str, timing: dict | None) -> str:
@@ -203,8 +204,9 @@ def generated_sections(preset: str) -> dict[str, str]:
     if results.exists():
         timing_path = cfg.runs_dir / "series_timing.json"
         timing = read_json(timing_path) if timing_path.exists() else None
-        sections["results"] = results_body(results.read_text(encoding="utf-8"), preset, timing)
-        if headline := headline_body(results.read_text(encoding="utf-8"), preset):
+        results_md = results.read_text(encoding="utf-8")
+        sections["results"] = results_body(results_md, preset, timing)
+        if headline := headline_body(results_md, preset):
             sections["headline"] = headline
     for name, body in (("quantization", quant_table(cfg.runs_dir, preset)),
                        ("example", example_section(cfg.runs_dir, preset))):
