@@ -5,9 +5,9 @@
 # make html   — the executed series as HTML pages to read without running: runs/<preset>/html/
 #               (a page per notebook, plots embedded, and index.html; replaces only its own pages)
 # make readme — copy the measured results and time tables from runs/ into README.md
-# make test   — set up .venv, then under the smoke preset: every notebook top to bottom in series
-#               order (pytest --nbmake), the unit tests, and every code cell run again
-#               (tests/test_notebooks_rerun.py)
+# make test   — set up .venv, then under the smoke preset: the unit tests, and every notebook in
+#               series order top to bottom as Run All does, then every code cell again with the
+#               exercises' answers pasted in (tests/test_notebooks_rerun.py)
 # make lab    — JupyterLab (localhost only); the notebooks open in the "Python (humanizer)" kernel
 # make assets DEST=folder — an offline pack of the models and data (README, "Offline classroom")
 # make kit DEST=kit.tar.gz — a catch-up kit: runs/<preset>/ in one file to hand out (UPTO=NN)
@@ -71,7 +71,7 @@ readme: setup
 	$(PY) -m helpers.tools.notebook_times
 
 test: setup
-	HUMANIZER_PRESET=smoke $(PY) -m pytest --nbmake --nbmake-timeout=900 notebooks tests -p no:cacheprovider
+	HUMANIZER_PRESET=smoke $(PY) -m pytest tests -p no:cacheprovider
 
 assets: setup   # on a connected machine: DEST=folder (PRESET=... to pack one preset only)
 	@test -n "$(DEST)" || { echo "usage: make assets DEST=/path/to/folder"; exit 2; }

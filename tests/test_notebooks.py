@@ -87,7 +87,7 @@ def test_fields_a_notebook_names_belong_to_its_declared_stages(path):
                          f"[{path.name[:2]!r}] does not declare")
 
 
-def test_one_kernel_for_jupyterlab_papermill_nbmake_and_the_tests():
+def test_one_kernel_for_jupyterlab_papermill_and_the_tests():
     """The notebooks name the kernel that `make setup` registers (OpenBLAS preloaded), so a learner
     opening one from `make lab` gets it without choosing, and every runner uses the same one."""
     from helpers.tools.series import KERNEL

@@ -48,7 +48,7 @@ MISSING_ERRORS = ("ModelNotAvailable", "FileNotFoundError")
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 # Every notebook's metadata names this kernel; `make setup` registers it (the project's .venv, with
-# OpenBLAS preloaded on Linux), so JupyterLab, papermill, nbmake and the tests all run the same one.
+# OpenBLAS preloaded on Linux), so JupyterLab, papermill and the tests all run the same one.
 KERNEL = "humanizer"
 
 
