@@ -13,6 +13,7 @@ from helpers.infer.clean import clean_output, cut_loop
 from helpers.infer.decode import (
     MIN_SHARED_PREFIX,
     digit_tokens,
+    dry_penalty,
     generate_tokens,
     make_nucleus_sampler,
     max_new_tokens,
@@ -22,7 +23,7 @@ from helpers.infer.decode import (
     repetition_processors,
     shared_prefix,
 )
-from helpers.infer.rewrite import Rewrite, rewrite, rewrite_detailed
+from helpers.infer.rewrite import Rewrite, decoding_settings, rewrite, rewrite_detailed
 from helpers.infer.systems import SWITCHES, use_system
 from helpers.train.lora import add_lora, lora_config
 from helpers.train.stacked import add_dpo_adapter, stacked_layers
@@ -187,6 +188,37 @@ def test_no_repeat_ngram_bans_what_would_complete_an_answer_ngram_seen_before():
     assert np.isfinite(out).all()
 
 
+def dry_after(processor, prompt, answer, vocab=10):
+    """The processor's output at the step after `answer` (it is called once per decode step)."""
+    for k in range(len(answer) + 1):
+        out = np.array(processor(mx.array(prompt + answer[:k]), mx.zeros((1, vocab))))
+    return out[0]
+
+
+def test_dry_penalises_the_token_that_extends_a_repeat_by_its_length():
+    prompt = [9, 8, 5, 6, 7]  # the prompt's (5, 6, 7, 8) is not the answer's: copying is free
+    # answer 5 6 7 8 5 6 7: writing 8 again would extend a repeat of 3 tokens (5 6 7)
+    out = dry_after(dry_penalty(1.0, base=2.0, allowed_length=2), prompt, [5, 6, 7, 8, 5, 6, 7])
+    assert out[8] == -2.0  # 1.0 * 2 ** (3 - 2)
+    assert (np.delete(out, 8) == 0).all()
+    # a 2-token repeat is at the allowed length: penalised by the multiplier alone
+    assert dry_after(dry_penalty(0.5, 2.0, 2), prompt, [5, 6, 7, 5, 6])[7] == -0.5
+    # one repeated token is below it: "the" twice costs nothing
+    assert (dry_after(dry_penalty(0.5, 2.0, 2), prompt, [5, 6, 7, 5]) == 0).all()
+    # the longest match counts, here through a run of one token (3 3 3 -> 3: L = 3)
+    assert dry_after(dry_penalty(1.0, 2.0, 2), prompt, [3, 3, 3, 3])[3] == -2.0
+    # digits are exempt: a number's repeated digits stay writable
+    exempt = mx.array([i == 8 for i in range(10)])
+    assert (dry_after(dry_penalty(1.0, 2.0, 2, exempt), prompt, [5, 6, 7, 8, 5, 6, 7]) == 0).all()
+
+
+def test_dry_settings_key_the_rewrites_only_while_it_is_on():
+    off = get_config("smoke", dry_base=3.0, dry_allowed_length=5)
+    assert decoding_settings(off) == decoding_settings(get_config("smoke"))
+    on = get_config("smoke", dry_multiplier=0.8)
+    assert decoding_settings(on) != decoding_settings(dataclasses.replace(on, dry_base=3.0))
+
+
 @pytest.mark.slow
 def test_digit_tokens_are_the_digits_of_the_tokenizer(tokenizer):
     flags = np.array(digit_tokens(tokenizer))
@@ -213,6 +245,8 @@ def test_no_repeat_ngram_decodes_answers_without_a_repeated_ngram(tokenizer):
     cfg = get_config("smoke", gen_max_tokens=24)
     assert [len(a) for a in blocked] == [max_new_tokens(tokenizer, d, cfg) for d in drafts]
     assert not any(repeats(a, 2) for a in blocked)
+    steered = answers(dry_multiplier=100.0, dry_allowed_length=2)  # penalty above any logit gap
+    assert not any(repeats(a, 3) for a in steered)  # a third repeated token never follows two
 
 
 def test_verify_and_resample_keeps_the_candidate_with_the_most_facts():

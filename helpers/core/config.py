@@ -148,6 +148,11 @@ class DecodeSettings:
     repetition_penalty: float = 1.0  # >1 discourages repeating the last repetition_context tokens
     repetition_context: int = 20
     no_repeat_ngram: int = 0  # > 0: the answer never repeats a token n-gram this long (0 = off)
+    # the DRY penalty (helpers/infer/decode.py): a token extending a repeat of L >= allowed_length
+    # answer tokens loses multiplier * base ** (L - allowed_length) logits (0 = off)
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
     cut_loops: bool = False  # a rewrite that starts to repeat itself is cut before the repeat
     max_len_ratio: float = 1.5
     gen_max_tokens: int = 384  # hard cap on new tokens per rewrite

@@ -87,6 +87,49 @@ def no_repeat_ngram(n: int, exempt: mx.array | None = None):
     return processor
 
 
+def dry_penalty(multiplier: float, base: float = 1.75, allowed_length: int = 2,
+                exempt: mx.array | None = None, max_match: int = 16):
+    """A logits processor for one sequence: the DRY penalty ("don't repeat yourself", as in
+    llama.cpp's sampler) on the answer a_1..a_t. A token x that followed an earlier stretch of the
+    answer equal to its last L tokens would extend a repeat of length L; its logit loses
+
+        multiplier * base ** (L - allowed_length)   when L >= allowed_length,
+
+    L taken as the longest such match (at most max_match tokens). A short repeat ("the FTC" twice)
+    costs little, a loop's tenth repeated token costs more than any logit gap, so a loop is
+    steered away from without banning a name's second mention outright (no_repeat_ngram's
+    failure). Only the answer counts, so copying the draft is free; `exempt` tokens (digits) are
+    never penalised. Unlike llama.cpp there are no sequence breakers: this project's loops repeat
+    whole sentences, and a breaker at each full stop would reset the match inside them.
+
+    Match lengths for all earlier positions j at once: alive_k[j] says a_{j-1..j-k} equals the
+    last k tokens; L_j = sum_k alive_k[j]. MLX operations only, so decoding stays asynchronous."""
+    steps = 0
+
+    def processor(context: mx.array, logits: mx.array) -> mx.array:
+        nonlocal steps
+        answer, steps = context[len(context) - steps:] if steps else context[:0], steps + 1
+        t = answer.shape[0]
+        if t < max(allowed_length, 1) + 1:
+            return logits
+        # candidates: answer[1:t] (each followed answer[:j]); the match runs back from j-1 and t-1
+        alive = mx.ones((t - 1,), dtype=mx.bool_)
+        length = mx.zeros((t - 1,), dtype=mx.float32)
+        for k in range(1, min(max_match, t - 1) + 1):
+            same = answer[:t - k] == answer[t - k]  # answer[j-k] == answer[t-k], for j = k..t-1
+            alive = alive & mx.concatenate([mx.zeros((k - 1,), dtype=mx.bool_), same])
+            length = length + alive
+        penalty = mx.where(length >= allowed_length,
+                           multiplier * mx.power(base, length - allowed_length), 0.0)
+        per_token = mx.zeros((logits.shape[-1],), dtype=mx.float32).at[answer[1:]].maximum(penalty)
+        if exempt is not None:
+            per_token = mx.where(mx.pad(exempt, (0, max(0, per_token.shape[0] - exempt.shape[0]))),
+                                 0.0, per_token)
+        return logits - per_token.astype(logits.dtype)
+
+    return processor
+
+
 def digit_tokens(tokenizer) -> mx.array:
     """True for every vocabulary entry that is digits alone (after the tokenizer's space mark)."""
     vocab = tokenizer.vocab
@@ -101,12 +144,17 @@ def digit_tokens(tokenizer) -> mx.array:
 
 
 def logits_processors(cfg, tokenizer=None) -> list:
-    """One sequence's processors: the repetition penalty, then the n-gram block (a fresh one per
-    sequence: it counts that sequence's steps; digits exempt when the tokenizer is given)."""
-    if cfg.no_repeat_ngram <= 0:
-        return repetition_processors(cfg)
+    """One sequence's processors: the repetition penalty, then the n-gram block and the DRY
+    penalty when set (fresh ones per sequence: they count that sequence's steps; digits exempt
+    when the tokenizer is given)."""
     exempt = digit_tokens(tokenizer) if tokenizer is not None else None
-    return repetition_processors(cfg) + [no_repeat_ngram(cfg.no_repeat_ngram, exempt)]
+    processors = repetition_processors(cfg)
+    if cfg.no_repeat_ngram > 0:
+        processors.append(no_repeat_ngram(cfg.no_repeat_ngram, exempt))
+    if cfg.dry_multiplier > 0:
+        processors.append(dry_penalty(cfg.dry_multiplier, cfg.dry_base, cfg.dry_allowed_length,
+                                      exempt))
+    return processors
 
 
 def prompt_tokens(tokenizer, draft: str, system: str) -> list[int]:

@@ -145,7 +145,8 @@ def rewrite(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
 
 # every Config field that changes what `rewrite` writes for a given model and draft
 DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty",
-                   "repetition_context", "no_repeat_ngram", "cut_loops", "max_len_ratio",
+                   "repetition_context", "no_repeat_ngram", "dry_multiplier", "dry_base",
+                   "dry_allowed_length", "cut_loops", "max_len_ratio",
                    "gen_max_tokens", "gen_batch_size", "loop_check_samples",
                    "loop_check_temperature", "loop_check_choice",
                    "seed", "fact_check_samples", "fact_check_temperature", "fact_resample",
@@ -154,8 +155,10 @@ DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty"
 
 def decoding_settings(cfg) -> dict:
     """The DECODING_FIELDS that can change a rewrite: the loop switch's temperature and choice
-    only while it is on, so that changing them with the switch off reuses the cached rewrites."""
+    only while it is on, the DRY penalty's settings only while it is on, so that changing them
+    with their switch off reuses the cached rewrites."""
     off = ("loop_check_temperature", "loop_check_choice") if cfg.loop_check_samples == 0 else ()
+    off += ("dry_multiplier", "dry_base", "dry_allowed_length") if cfg.dry_multiplier == 0 else ()
     return {f: getattr(cfg, f) for f in DECODING_FIELDS if f not in off}
 
 
