@@ -213,8 +213,8 @@ def test_dry_penalises_the_token_that_extends_a_repeat_by_its_length():
 
 
 def test_dry_settings_key_the_rewrites_only_while_it_is_on():
-    off = get_config("smoke", dry_base=3.0, dry_allowed_length=5)
-    assert decoding_settings(off) == decoding_settings(get_config("smoke"))
+    off = get_config("smoke", dry_multiplier=0.0, dry_base=3.0, dry_allowed_length=5)
+    assert decoding_settings(off) == decoding_settings(get_config("smoke", dry_multiplier=0.0))
     on = get_config("smoke", dry_multiplier=0.8)
     assert decoding_settings(on) != decoding_settings(dataclasses.replace(on, dry_base=3.0))
 

@@ -283,7 +283,8 @@ def write_gguf(path: str | Path, model: nn.Module, config: dict, tokenizer_field
 
 def ollama_modelfile(gguf_name: str, cfg) -> str:
     """An Ollama Modelfile: the ChatML turns of SmolLM2's chat template, the humanizer's system
-    prompt and the preset's decoding (Ollama's repeat_penalty is the same rule as mlx-lm's)."""
+    prompt and the preset's decoding (Ollama's repeat_penalty is the same rule as mlx-lm's; the
+    DRY penalty has no Modelfile parameter, docs/USAGE.md says how to give it to llama.cpp)."""
     template = (
         "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
         "{{- if .Messages }}{{- range .Messages }}{{- if ne .Role \"system\" }}"

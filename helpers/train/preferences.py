@@ -132,11 +132,12 @@ def score_samples(model, tokenizer, drafts: list[str], texts: list[str], judge, 
 
 
 def sample_rewrites(cfg, model, tokenizer, rows: list[dict], k: int, cache: bool = True) -> list[list[str]]:
-    """k samples per draft from base + SFT at cfg.on_policy_temperature, no repetition penalty
-    (as on_policy_samples: the SFT model's own habits), all drafts × k decoded in one batch.
+    """k samples per draft from base + SFT at cfg.on_policy_temperature, no repetition penalty nor
+    DRY (as on_policy_samples: the SFT model's own habits), all drafts × k decoded in one batch.
     Cached in runs/<preset>/dpo_ranked_samples.json (helpers.core.cache) for this SFT adapter,
     these drafts and these sampling settings."""
-    cfg = dataclasses.replace(cfg, temperature=cfg.on_policy_temperature, repetition_penalty=1.0)
+    cfg = dataclasses.replace(cfg, temperature=cfg.on_policy_temperature, repetition_penalty=1.0,
+                              dry_multiplier=0.0)
     key = content_key("ranked-samples", SAMPLES_VERSION, sft=adapter_fingerprint(cfg),
                       drafts=ids_digest([r["id"] for r in rows]), k=k,
                       sampling=[cfg.temperature, cfg.top_p, cfg.max_len_ratio, cfg.gen_max_tokens,
