@@ -51,6 +51,18 @@ def test_the_rerun_check_executes_the_answers(tmp_path, monkeypatch):
         run_twice(path, timeout=60)
 
 
+def test_the_first_run_is_the_learners_notebook_and_the_second_adds_the_answers(tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.setenv("HUMANIZER_PRESET", "smoke")
+    nb = new_notebook(cells=[new_code_cell("n = 1  # TODO"), fold("n = 2"),
+                             new_code_cell("print(n)")])
+    path = tmp_path / "99_t.ipynb"
+    nbformat.write(nb, path)
+    result = run_twice(path, timeout=60)
+    assert sorted(result["cell_s"]) == [("first run", 0), ("first run", 2), ("second run", 0),
+                                        ("second run", 2), ("second run", 3)]
+
+
 @pytest.mark.parametrize("path", series(), ids=lambda p: p.name)
 def test_no_answer_is_a_code_cell_and_each_follows_an_open_cell(path):
     """`make run` and Run All execute code cells: an answer in one would print before the learner

@@ -35,6 +35,7 @@ def run_twice(path: Path, timeout: int = 900) -> dict:
     seconds, cell_seconds, failure = [], {}, None
     with client.setup_kernel():
         for run, nb in runs:
+            client.nb = nb  # execute_cell stores each cell back into client.nb by its index
             code = [(i, cell) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
             began = time.perf_counter()
             for index, cell in code:
