@@ -98,6 +98,7 @@ bench: setup
 	$(PY) bench/train_step.py
 	$(PY) bench/runtimes.py
 	$(PY) bench/torch_threads.py
+	$(PY) bench/dry_penalty.py
 
 clean:
 	rm -rf runs/$(PRESET)

@@ -212,6 +212,25 @@ def test_dry_penalises_the_token_that_extends_a_repeat_by_its_length():
     assert (dry_after(dry_penalty(1.0, 2.0, 2, exempt), prompt, [5, 6, 7, 8, 5, 6, 7]) == 0).all()
 
 
+def test_dry_kept_from_step_to_step_equals_the_definition():
+    """The processor updates match lengths step by step; here each penalty is recomputed from the
+    definition (the longest stretch before the candidate equal to the answer's end)."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        answer = rng.integers(0, 4, 30).tolist()  # 4 tokens: many repeats, runs and overlaps
+        processor = dry_penalty(0.5, base=1.5, allowed_length=2, max_match=6)
+        for t in range(len(answer) + 1):
+            out = np.array(processor(mx.array([9] + answer[:t]), mx.zeros((1, 10))))[0]
+            expected = np.zeros(10)
+            for j in range(1, t):
+                match = 0
+                while match < min(j, 6) and answer[j - 1 - match] == answer[t - 1 - match]:
+                    match += 1
+                if match >= 2:
+                    expected[answer[j]] = max(expected[answer[j]], 0.5 * 1.5 ** (match - 2))
+            np.testing.assert_allclose(out, -expected, rtol=1e-6)
+
+
 def test_dry_settings_key_the_rewrites_only_while_it_is_on():
     off = get_config("smoke", dry_multiplier=0.0, dry_base=3.0, dry_allowed_length=5)
     assert decoding_settings(off) == decoding_settings(get_config("smoke", dry_multiplier=0.0))

@@ -102,23 +102,21 @@ def dry_penalty(multiplier: float, base: float = 1.75, allowed_length: int = 2,
     never penalised. Unlike llama.cpp there are no sequence breakers: this project's loops repeat
     whole sentences, and a breaker at each full stop would reset the match inside them.
 
-    Match lengths for all earlier positions j at once: alive_k[j] says a_{j-1..j-k} equals the
-    last k tokens; L_j = sum_k alive_k[j]. MLX operations only, so decoding stays asynchronous."""
+    The match lengths are kept from step to step: when token a_t arrives, the candidate j (the
+    token that followed a_1..a_{j-1}) matches one token longer than candidate j-1 did if
+    a_{j-1} = a_t, else not at all; a handful of MLX operations a step, and no sync."""
     steps = 0
+    length = mx.zeros((0,), dtype=mx.float32)  # the match length of each candidate a_2..a_t
 
     def processor(context: mx.array, logits: mx.array) -> mx.array:
-        nonlocal steps
+        nonlocal steps, length
         answer, steps = context[len(context) - steps:] if steps else context[:0], steps + 1
         t = answer.shape[0]
+        if t >= 2:
+            grown = mx.concatenate([mx.zeros((1,), dtype=mx.float32), length]) + 1
+            length = mx.minimum(mx.where(answer[:t - 1] == answer[t - 1], grown, 0.0), max_match)
         if t < max(allowed_length, 1) + 1:
             return logits
-        # candidates: answer[1:t] (each followed answer[:j]); the match runs back from j-1 and t-1
-        alive = mx.ones((t - 1,), dtype=mx.bool_)
-        length = mx.zeros((t - 1,), dtype=mx.float32)
-        for k in range(1, min(max_match, t - 1) + 1):
-            same = answer[:t - k] == answer[t - k]  # answer[j-k] == answer[t-k], for j = k..t-1
-            alive = alive & mx.concatenate([mx.zeros((k - 1,), dtype=mx.bool_), same])
-            length = length + alive
         penalty = mx.where(length >= allowed_length,
                            multiplier * mx.power(base, length - allowed_length), 0.0)
         per_token = mx.zeros((logits.shape[-1],), dtype=mx.float32).at[answer[1:]].maximum(penalty)
