@@ -200,15 +200,19 @@ def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "
     return records
 
 
+def on_policy_decoding(cfg):
+    """cfg decoding as the SFT model writes on its own: sampled at cfg.on_policy_temperature, no
+    repetition penalty nor DRY, so that DPO's samples show its failure modes (loops included)."""
+    return dataclasses.replace(cfg, temperature=cfg.on_policy_temperature, repetition_penalty=1.0,
+                               dry_multiplier=0.0)
+
+
 def on_policy_samples(cfg, model, tokenizer, drafts: list[str]) -> list[str]:
     """The SFT model's own rewrites of `drafts`, sampled at cfg.on_policy_temperature: DPO's
     on-policy rejected texts. Cached in
     runs/<preset>/dpo_on_policy.json (helpers.core.cache) for this SFT adapter and these sampling
     settings."""
-    # plain sampling, no repetition penalty nor DRY: the rejected texts should show the SFT
-    # model's own failure modes (loops included), so that DPO learns to move away from them
-    cfg = dataclasses.replace(cfg, temperature=cfg.on_policy_temperature, repetition_penalty=1.0,
-                              dry_multiplier=0.0)
+    cfg = on_policy_decoding(cfg)
     key = content_key("on-policy-samples", ON_POLICY_VERSION, sft=adapter_fingerprint(cfg),
                       drafts=ids_digest(drafts),
                       sampling=[cfg.temperature, cfg.top_p, cfg.max_len_ratio, cfg.gen_max_tokens,

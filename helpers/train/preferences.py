@@ -16,7 +16,6 @@ dpo_chosen="human"), rejected = the worst; an empty sample always ranks last.
 """
 from __future__ import annotations
 
-import dataclasses
 
 import mlx.core as mx
 import numpy as np
@@ -26,7 +25,7 @@ from helpers.core.text_measures import fact_preservation, has_loop
 from helpers.evaluate.embedding import Embedder
 from helpers.evaluate.meaning import meaning_similarity
 from helpers.evaluate.trained_detectors import training_judge
-from helpers.infer.rewrite import on_policy_samples, rewrite
+from helpers.infer.rewrite import on_policy_decoding, on_policy_samples, rewrite
 from helpers.infer.systems import use_system
 from helpers.train.batches import pad_batch
 from helpers.train.dpo import with_on_policy
@@ -136,8 +135,7 @@ def sample_rewrites(cfg, model, tokenizer, rows: list[dict], k: int, cache: bool
     DRY (as on_policy_samples: the SFT model's own habits), all drafts × k decoded in one batch.
     Cached in runs/<preset>/dpo_ranked_samples.json (helpers.core.cache) for this SFT adapter,
     these drafts and these sampling settings."""
-    cfg = dataclasses.replace(cfg, temperature=cfg.on_policy_temperature, repetition_penalty=1.0,
-                              dry_multiplier=0.0)
+    cfg = on_policy_decoding(cfg)
     key = content_key("ranked-samples", SAMPLES_VERSION, sft=adapter_fingerprint(cfg),
                       drafts=ids_digest([r["id"] for r in rows]), k=k,
                       sampling=[cfg.temperature, cfg.top_p, cfg.max_len_ratio, cfg.gen_max_tokens,
