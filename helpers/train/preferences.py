@@ -16,7 +16,6 @@ dpo_chosen="human"), rejected = the worst; an empty sample always ranks last.
 """
 from __future__ import annotations
 
-
 import mlx.core as mx
 import numpy as np
 
