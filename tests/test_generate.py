@@ -14,6 +14,8 @@ from helpers.infer.decode import (
     MIN_SHARED_PREFIX,
     digit_tokens,
     dry_penalty,
+    eos_ramp,
+    eos_ramp_start,
     generate_tokens,
     make_nucleus_sampler,
     max_new_tokens,
@@ -236,6 +238,40 @@ def test_dry_settings_key_the_rewrites_only_while_it_is_on():
     assert decoding_settings(off) == decoding_settings(get_config("smoke", dry_multiplier=0.0))
     on = get_config("smoke", dry_multiplier=0.8)
     assert decoding_settings(on) != decoding_settings(dataclasses.replace(on, dry_base=3.0))
+
+
+def test_eos_ramp_adds_its_slope_to_eos_for_each_token_past_its_start():
+    ramp = eos_ramp([3, 7], start=2, per_token=0.5)
+    bonus = [np.array(ramp(mx.array([9] * (5 + k)), mx.zeros((1, 10))))[0] for k in range(5)]
+    assert (bonus[0] == 0).all() and (bonus[1] == 0).all()  # tokens 1 and 2: before the start
+    for k, expected in ((2, 0.5), (3, 1.0), (4, 1.5)):  # token 3 gains one slope, 4 two, ...
+        assert bonus[k][3] == bonus[k][7] == expected
+        assert (np.delete(bonus[k], [3, 7]) == 0).all()
+
+
+def test_eos_ramp_settings_key_the_rewrites_only_while_it_is_on():
+    off = get_config("smoke", eos_ramp=0.0, eos_ramp_from=2.0)
+    assert decoding_settings(off) == decoding_settings(get_config("smoke", eos_ramp=0.0))
+    on = get_config("smoke", eos_ramp=0.5)
+    assert decoding_settings(on) != decoding_settings(dataclasses.replace(on, eos_ramp_from=2.0))
+
+
+@pytest.mark.slow
+def test_eos_ramp_ends_answers_soon_after_the_draft_length(tokenizer):
+    model, _ = make_tiny_model()
+    drafts = ["The mill closed in 1931 and the town shrank, and then the school closed too.",
+              "Rain fell for nine days."]
+    cfg = get_config("smoke", gen_max_tokens=48, temperature=0.0, max_len_ratio=3.0)
+    reasons = []
+    free = generate_tokens(model, tokenizer, drafts, cfg, progress=False, finish_reasons=reasons)
+    assert reasons == ["length", "length"]  # this random model never ends on its own
+    ramped = generate_tokens(model, tokenizer, drafts, dataclasses.replace(
+        cfg, eos_ramp=100.0, eos_ramp_from=0.5), progress=False, finish_reasons=reasons)
+    # a slope above any logit gap ends each answer at the first token past its start
+    assert [len(a) for a in ramped] == [eos_ramp_start(tokenizer, d, dataclasses.replace(
+        cfg, eos_ramp_from=0.5)) for d in drafts]
+    assert reasons == ["stop", "stop"]
+    assert all(r[:len(a)] == a for r, a in zip(free, ramped))  # the same answer until then
 
 
 @pytest.mark.slow

@@ -156,6 +156,10 @@ class DecodeSettings:
     dry_allowed_length: int = 2
     cut_loops: bool = False  # a rewrite that starts to repeat itself is cut before the repeat
     max_len_ratio: float = 1.5
+    # a length-aware end (helpers/infer/decode.py, eos_ramp): past eos_ramp_from times the draft's
+    # tokens, EOS gains eos_ramp logits more every token (0 = off)
+    eos_ramp: float = 0.0
+    eos_ramp_from: float = 1.0
     gen_max_tokens: int = 384  # hard cap on new tokens per rewrite
     gen_batch_size: int = 32  # drafts decoded together (batched decoding is much faster on CPU)
     # the loop switch (stop and resample): a rewrite that repeats itself or runs into the token

@@ -128,6 +128,33 @@ def dry_penalty(multiplier: float, base: float = 1.75, allowed_length: int = 2,
     return processor
 
 
+def eos_ramp(eos_ids: list[int], start: int, per_token: float):
+    """A logits processor for one sequence: a length-aware end. From answer token `start` on
+    (the draft's length times eos_ramp_from), every end-of-sequence token gains `per_token` logits
+    more each step, so at step t >= start
+
+        logit(EOS) += per_token * (t - start + 1).
+
+    A rewrite that has said what the draft says and runs on (the drift or restatement that would
+    otherwise stop at the token cap, cut mid-sentence) finds ending ever more likely, most of all
+    where ending is already plausible, after a full stop. Before `start` nothing changes. It is a
+    linear version of transformers' `exponential_decay_length_penalty`, in logits, so that its
+    size does not depend on the sign or scale of the EOS logit."""
+    steps = 0
+    eos = mx.array(eos_ids)
+
+    def processor(context: mx.array, logits: mx.array) -> mx.array:
+        nonlocal steps
+        steps += 1  # this call chooses answer token number `steps`
+        if steps <= start:
+            return logits
+        bonus = mx.zeros((logits.shape[-1],), dtype=logits.dtype).at[eos].add(
+            per_token * (steps - start))
+        return logits + bonus
+
+    return processor
+
+
 def digit_tokens(tokenizer) -> mx.array:
     """True for every vocabulary entry that is digits alone (after the tokenizer's space mark)."""
     vocab = tokenizer.vocab
@@ -141,10 +168,10 @@ def digit_tokens(tokenizer) -> mx.array:
     return _DIGITS[key]
 
 
-def logits_processors(cfg, tokenizer=None) -> list:
-    """One sequence's processors: the repetition penalty, then the n-gram block and the DRY
-    penalty when set (fresh ones per sequence: they count that sequence's steps; digits exempt
-    when the tokenizer is given)."""
+def logits_processors(cfg, tokenizer=None, ramp_start: int | None = None) -> list:
+    """One sequence's processors: the repetition penalty, then the n-gram block, the DRY penalty
+    and the EOS ramp (from answer token `ramp_start`) when set (fresh ones per sequence: they
+    count that sequence's steps; digits exempt when the tokenizer is given)."""
     exempt = digit_tokens(tokenizer) if tokenizer is not None else None
     processors = repetition_processors(cfg)
     if cfg.no_repeat_ngram > 0:
@@ -152,6 +179,8 @@ def logits_processors(cfg, tokenizer=None) -> list:
     if cfg.dry_multiplier > 0:
         processors.append(dry_penalty(cfg.dry_multiplier, cfg.dry_base, cfg.dry_allowed_length,
                                       exempt))
+    if cfg.eos_ramp > 0 and ramp_start is not None and tokenizer is not None:
+        processors.append(eos_ramp(sorted(tokenizer.eos_token_ids), ramp_start, cfg.eos_ramp))
     return processors
 
 
@@ -161,9 +190,19 @@ def prompt_tokens(tokenizer, draft: str, system: str) -> list[int]:
                                          return_dict=False)
 
 
+def source_length(tokenizer, draft: str) -> int:
+    return len(tokenizer.encode(draft, add_special_tokens=False))
+
+
 def max_new_tokens(tokenizer, draft: str, cfg) -> int:
-    n_source = len(tokenizer.encode(draft, add_special_tokens=False))
-    return min(cfg.gen_max_tokens, max(16, math.ceil(cfg.max_len_ratio * n_source)))
+    return min(cfg.gen_max_tokens, max(16, math.ceil(cfg.max_len_ratio *
+                                                      source_length(tokenizer, draft))))
+
+
+def eos_ramp_start(tokenizer, draft: str, cfg) -> int:
+    """The answer token from which the EOS ramp pushes towards an end: the draft's length times
+    cfg.eos_ramp_from (a rewrite about as long as its draft has room to finish its sentence)."""
+    return math.ceil(cfg.eos_ramp_from * source_length(tokenizer, draft))
 
 MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth a separate prefill
 
@@ -186,10 +225,12 @@ def prefix_cache(model, prefix: list[int]) -> list:
 
 
 def decode_steps(model, tokenizer, prompts: list[list[int]], budgets: list[int], cfg,
-                 seed: int | None = None):
+                 seed: int | None = None, ramp_starts: list[int] | None = None):
     """Decode the prompts together, step by step: yields (index, token, finish_reason) as mlx-lm's
     BatchGenerator makes them (token None for the EOS step; finish_reason "stop", "length" or
-    None). Both batch rewriting and streaming go through here, so they decode alike."""
+    None). `ramp_starts`: where each prompt's EOS ramp starts (`eos_ramp_start`; None: no ramp).
+    Both batch rewriting and streaming go through here, so they decode alike."""
+    ramp_starts = ramp_starts or [None] * len(prompts)
     model.eval()
     with fused_view(model):
         # seeded after fusing: building the fused linears draws random numbers, and the samples
@@ -211,8 +252,9 @@ def decode_steps(model, tokenizer, prompts: list[list[int]], budgets: list[int],
         try:
             uids = generator.insert([prompts[i][len(prefix):] for i in order],
                                     [budgets[i] for i in order],
-                                    logits_processors=[logits_processors(cfg, tokenizer)
-                                                       for _ in order],
+                                    logits_processors=[
+                                        logits_processors(cfg, tokenizer, ramp_starts[i])
+                                        for i in order],
                                     **shared)
             index = {uid: i for uid, i in zip(uids, order)}
             while responses := generator.next_generated():
@@ -232,9 +274,11 @@ def generate_tokens(model, tokenizer, drafts: list[str], cfg, progress: bool = T
         return []
     prompts = [prompt_tokens(tokenizer, d, cfg.system_prompt) for d in drafts]
     budgets = [max_new_tokens(tokenizer, d, cfg) for d in drafts]
+    starts = [eos_ramp_start(tokenizer, d, cfg) for d in drafts]
     tokens, reasons = [[] for _ in drafts], [None] * len(drafts)
     with tqdm(total=len(drafts), disable=not progress, desc=desc) as bar:
-        for i, token, reason in decode_steps(model, tokenizer, prompts, budgets, cfg, seed):
+        for i, token, reason in decode_steps(model, tokenizer, prompts, budgets, cfg, seed,
+                                             starts):
             if token is not None:
                 tokens[i].append(token)
             if reason is not None:

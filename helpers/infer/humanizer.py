@@ -21,7 +21,7 @@ from typing import Iterator
 
 from helpers.core.config import PRESETS, Config, get_config
 from helpers.infer.clean import clean_output
-from helpers.infer.decode import decode_steps, max_new_tokens, prompt_tokens
+from helpers.infer.decode import decode_steps, eos_ramp_start, max_new_tokens, prompt_tokens
 from helpers.infer.rewrite import Rewrite, rewrite_detailed, rewrite_eval_set
 from helpers.infer.systems import check_system, load_system, trained_systems, use_system
 
@@ -113,7 +113,8 @@ class Humanizer:
         prompt = prompt_tokens(self.tokenizer, text, cfg.system_prompt)
         tokens, shown = [], ""
         steps = decode_steps(self.model, self.tokenizer, [prompt],
-                             [max_new_tokens(self.tokenizer, text, cfg)], cfg)
+                             [max_new_tokens(self.tokenizer, text, cfg)], cfg,
+                             ramp_starts=[eos_ramp_start(self.tokenizer, text, cfg)])
         for _, token, _reason in steps:
             if token is not None:
                 tokens.append(token)

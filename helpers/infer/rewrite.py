@@ -146,7 +146,7 @@ def rewrite(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
 # every Config field that changes what `rewrite` writes for a given model and draft
 DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty",
                    "repetition_context", "no_repeat_ngram", "dry_multiplier", "dry_base",
-                   "dry_allowed_length", "cut_loops", "max_len_ratio",
+                   "dry_allowed_length", "cut_loops", "max_len_ratio", "eos_ramp", "eos_ramp_from",
                    "gen_max_tokens", "gen_batch_size", "loop_check_samples",
                    "loop_check_temperature", "loop_check_choice",
                    "seed", "fact_check_samples", "fact_check_temperature", "fact_resample",
@@ -155,10 +155,11 @@ DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty"
 
 def decoding_settings(cfg) -> dict:
     """The DECODING_FIELDS that can change a rewrite: the loop switch's temperature and choice
-    only while it is on, the DRY penalty's settings only while it is on, so that changing them
-    with their switch off reuses the cached rewrites."""
+    only while it is on, the DRY penalty's and the EOS ramp's settings only while each is on, so
+    that changing them with their switch off reuses the cached rewrites."""
     off = ("loop_check_temperature", "loop_check_choice") if cfg.loop_check_samples == 0 else ()
     off += ("dry_multiplier", "dry_base", "dry_allowed_length") if cfg.dry_multiplier == 0 else ()
+    off += ("eos_ramp", "eos_ramp_from") if cfg.eos_ramp == 0 else ()
     return {f: getattr(cfg, f) for f in DECODING_FIELDS if f not in off}
 
 
