@@ -37,9 +37,9 @@ def test_empty_and_identical():
     assert not tm.is_identical("One draft!", "One draft.")
 
 
-RESTATED = ("This high-energy dance sport combines urban and hip hop culture with physical acrobatic "
-            "feats, which is a high-energy dance that combines the rhythmic flair of urban and hip "
-            "hop with physical athleticism.")
+RESTATED = ("This high-energy dance sport combines urban and hip hop culture with physical "
+            "acrobatic feats, which is a high-energy dance that combines the rhythmic flair of "
+            "urban and hip hop with physical athleticism.")
 
 
 def test_a_clause_said_again_in_other_words_is_a_restatement_the_loop_measure_misses():

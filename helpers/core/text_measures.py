@@ -215,7 +215,7 @@ def invented_facts(source: str, output: str) -> list[tuple[str, str]]:
     return missing_facts(output, source)
 
 
-# --- restated clauses ------------------------------------------------------------------------------
+# --- restated clauses -----------------------------------------------------------------------------
 
 # A clause ends at sentence punctuation (.!?;:) or a comma followed by white space or the text's
 # end (so 3.5 and 1,000 stay whole), or at a line break. Simple on purpose: a clause cut too short
@@ -268,7 +268,7 @@ def has_restatement(text: str, k: int = RESTATE_MIN_WORDS, t: float = RESTATE_OV
     return restated_clauses(text, k, t) is not None
 
 
-# --- unfinished endings -----------------------------------------------------------------------------
+# --- unfinished endings ---------------------------------------------------------------------------
 
 # By experiments/calibrate_restatement.py, 36 of 1,654 L2R dev AI drafts (2.2%) end without one of
 # these: a URL, code without a fence, a sign-off (XOXO), a citation the data cuts. Human paragraphs
