@@ -101,14 +101,14 @@ def text_measures_table(results: dict) -> str:
                              ("source", "human") else "—")
                             for key, _, percent in TEXT_COLUMNS] for r in results["systems"]]
     return (markdown_table(["System"] + [name for _, name, _ in TEXT_COLUMNS], body) +
-            f"\n\nLoops: share of texts in which some {LOOP_N}-word sequence occurs twice. Restated "
-            f"clause: share in which two clauses say the same in other words (each with at least "
-            f"{RESTATE_MIN_WORDS} content words, {100 * RESTATE_OVERLAP:.0f}% of the smaller one's "
-            "shared), the repeat a ban on verbatim ones leaves. Hit token cap: share of rewrites "
-            "stopped by the generation cap, not by the model (cut short). Ends mid-sentence: share "
-            "whose last character, closing quotes and brackets aside, is no . ! ? or …, cap or no "
-            "cap (a closing code fence or a list item ends a text too; the L2R human paragraphs "
-            "often lack their last full stop, so compare with the drafts). "
+            f"\n\nLoops: share of texts in which some {LOOP_N}-word sequence occurs twice. "
+            f"Restated clause: share in which two clauses say the same in other words (each with "
+            f"at least {RESTATE_MIN_WORDS} content words, {100 * RESTATE_OVERLAP:.0f}% of the "
+            "smaller one's shared), the repeat a ban on verbatim ones leaves. Hit token cap: share "
+            "of rewrites stopped by the generation cap, not by the model (cut short). Ends "
+            "mid-sentence: share whose last character, closing quotes and brackets aside, is no "
+            ". ! ? or …, cap or no cap (a closing code fence or a list item ends a text too; the "
+            "L2R human paragraphs often lack their last full stop, so compare with the drafts). "
             "Invented facts: numbers, dates, URLs and names in the text that the draft does not "
             "have (the human reference's count is what a person adds)."
             + restated_difference(results.get("paired_differences", {})) + "\n\n")
