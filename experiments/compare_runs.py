@@ -11,7 +11,8 @@ training judge's P(AI) (never an evaluation detector: what is chosen here must n
 detectors that judge it), meaning similarity, facts kept and slop, and for every run after the
 first the paired difference to the first run's same system, with a 95% bootstrap CI and its
 reading. Beside them it reads the text: the share of rewrites that loop (a repeated 8-word
-sequence), that stop at the token cap, and the facts each invents. A run may carry decoding
+sequence), that restate a clause in other words, that stop at the token cap, that end
+mid-sentence, and the facts each invents. A run may carry decoding
 settings after a colon (`default:no_repeat_ngram=6`): the same adapters, decoded otherwise.
 Writes runs/<preset>/experiments/compare_runs.json and .md, or NAME.json and .md with
 `--name NAME` (`make readme` copies each table into docs/RESULTS.md).
@@ -32,8 +33,10 @@ from helpers.core import fast_cpu
 from helpers.core.config import get_config, parse_overrides
 from helpers.core.statistics import bootstrap_ci, format_ci
 from helpers.core.text_measures import (
+    ends_mid_sentence,
     fact_preservation,
     has_loop,
+    has_restatement,
     invented_facts,
     load_slop_phrases,
     slop_per_1k,
@@ -48,8 +51,9 @@ from helpers.evaluate.verdicts import paired_difference, reading
 from helpers.infer.humanizer import Humanizer
 
 DEFAULT_RUN = "default"  # the run without an experiment name, runs/<preset>/
-MEASURES = ("P(AI)", "meaning", "facts kept", "slop/1K", "loops", "cap hits", "invented facts")
-PERCENT = ("loops", "cap hits")
+MEASURES = ("P(AI)", "meaning", "facts kept", "slop/1K", "loops", "restated", "cap hits",
+            "unfinished", "invented facts")
+PERCENT = ("loops", "restated", "cap hits", "unfinished")
 
 
 def measure_texts(texts: list[str], drafts: list[str], judge, embedder, phrases,
@@ -61,7 +65,9 @@ def measure_texts(texts: list[str], drafts: list[str], judge, embedder, phrases,
             "facts kept": [fact_preservation(d, t) for d, t in zip(drafts, texts)],
             "slop/1K": [float(s) for s in slop_per_1k(texts, phrases)],
             "loops": [float(has_loop(t)) for t in texts],
+            "restated": [float(has_restatement(t)) for t in texts],
             "cap hits": [float(c) for c in capped] if capped else [float("nan")] * len(texts),
+            "unfinished": [float(ends_mid_sentence(t)) for t in texts],
             "invented facts": [float(len(invented_facts(d, t))) for d, t in zip(drafts, texts)]}
 
 
@@ -112,7 +118,7 @@ def markdown(result: dict) -> str:
         cells = [r.get("run", "—"), r["system"]]
         for m in MEASURES:
             digits = 1 if m == "slop/1K" else 2
-            cell = format_ci(r[m], digits, percent=m in PERCENT)
+            cell = format_ci(r.get(m), digits, percent=m in PERCENT)  # "—": not measured then
             diff = r.get("difference", {}).get(m)
             if diff is not None:
                 cell += (f"; − {first}: {format_ci(diff, digits, percent=m in PERCENT)}, "

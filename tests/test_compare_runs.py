@@ -15,7 +15,8 @@ spec.loader.exec_module(compare_runs)
 def values(p_ai, facts):
     n = len(p_ai)
     return {"P(AI)": p_ai, "meaning": [0.9] * n, "facts kept": facts, "slop/1K": [0.0] * n,
-            "loops": [0.0] * n, "cap hits": [0.0] * n, "invented facts": [0.0] * n}
+            "loops": [0.0] * n, "restated": [0.0] * n, "cap hits": [0.0] * n,
+            "unfinished": [0.0] * n, "invented facts": [0.0] * n}
 
 
 def test_later_runs_are_differenced_against_the_first_on_the_same_system():
@@ -65,6 +66,15 @@ def test_the_table_names_the_difference_and_its_reading():
     assert text.rstrip().endswith("| 12 |")
 
 
+def test_a_result_saved_before_restated_and_unfinished_were_measured_shows_them_as_dashes():
+    ci = {"mean": 0.5, "lo": 0.4, "hi": 0.6, "n": 3}
+    old = [m for m in compare_runs.MEASURES if m not in ("restated", "unfinished")]
+    result = {"preset": "workshop", "n": 3, "date": "2026-12-04", "command": "python x",
+              "judge": "n-gram judge", "runs": ["default"], "reference_rows": [],
+              "rows": [{"run": "default", "system": "sft", **{m: ci for m in old}}]}
+    assert "| 50% [40, 60] | — | 50% [40, 60] | — |" in compare_runs.markdown(result)
+
+
 def test_an_experiment_saves_its_measurements_and_rebuilds_its_table_from_them(tmp_path, capsys):
     from helpers.evaluate.experiments import save_experiment
 
@@ -86,7 +96,7 @@ def test_runs_may_carry_decoding_settings_after_a_colon():
         compare_runs.run_spec("default:nope=1")
 
 
-def test_the_text_is_read_loops_cap_hits_and_invented_facts():
+def test_the_text_is_read_loops_restatements_cap_hits_endings_and_invented_facts():
     class Judge:
         def score(self, texts):
             return [0.5] * len(texts)
@@ -96,11 +106,14 @@ def test_the_text_is_read_loops_cap_hits_and_invented_facts():
             import numpy as np
             return np.ones((len(texts), 2))
 
-    drafts = ["In 2019 the mill closed.", "Rain fell."]
-    loop = "the mill closed in that year and then " * 2
-    got = compare_runs.measure_texts([loop, "Rain fell in 1990."], drafts, Judge(), Embedder(), [],
-                                     capped=[True, False])
-    assert got["loops"] == [1.0, 0.0] and got["cap hits"] == [1.0, 0.0]
-    assert got["invented facts"] == [0.0, 1.0]  # 1990 is not in the draft
+    drafts = ["In 2019 the mill closed.", "Rain fell.", "In 2019 the old mill by the river closed."]
+    loop = "the mill closed in that year and then " * 2  # and stops mid-sentence
+    restated = "The old mill by the river closed its doors in 2019, so the old mill was closed " \
+               "by the river in 2019."
+    got = compare_runs.measure_texts([loop, "Rain fell in 1990.", restated], drafts, Judge(),
+                                     Embedder(), [], capped=[True, False, False])
+    assert got["loops"] == [1.0, 0.0, 0.0] and got["cap hits"] == [1.0, 0.0, 0.0]
+    assert got["restated"] == [0.0, 0.0, 1.0] and got["unfinished"] == [1.0, 0.0, 0.0]
+    assert got["invented facts"] == [0.0, 1.0, 0.0]  # 1990 is not in the draft
     refs = compare_runs.measure_texts(drafts, drafts, Judge(), Embedder(), [])
     assert all(math.isnan(c) for c in refs["cap hits"])  # not generated: no cap to hit

@@ -174,6 +174,9 @@ def test_closing_cells_read_a_finished_run_or_say_how_to_make_it(tmp_path):
         "| human reference | 0.5 [0.4, 0.6] |")
     assert update_docs.recorded_rows(("sft",), ("loops", "slop_per_1k"), runs_root=tmp_path) == (
         "| System | Loops | Slop /1K |\n|---|---|---|\n| SFT | 20% [10, 30] | 1.0 [0.9, 1.1] |")
+    # a results.json from before restated clauses and unfinished endings were measured
+    assert update_docs.recorded_rows(("sft",), ("restated", "unfinished"), runs_root=tmp_path) == (
+        "| System | Restated clause | Ends mid-sentence |\n|---|---|---|\n| SFT | — | — |")
     assert update_docs.recorded_rows(("sft",), runs_root=tmp_path / "none").startswith(
         "no workshop results yet: `PRESET=workshop make run` writes")
 

@@ -77,7 +77,8 @@ def test_summary_and_markdown(tmp_path):
     # tables: scores, what was kept, what the texts show, detectors (header + 5/5/5/3 rows),
     # targets (header + 5 + 2 for Flat + 10 for the texts)
     assert md.count("\n| ") == 6 + 6 + 6 + 4 + 18
-    assert "| SFT+DPO stacked | 0% [0, 0] | not recorded |" in md  # no hit_cap in these rows
+    # loops, restated, cap (no hit_cap in these rows), ends mid-sentence
+    assert "| SFT+DPO stacked | 0% [0, 0] | 0% [0, 0] | not recorded | 0% [0, 0] |" in md
     length = summary["differences"]["Length"]
     assert length["sft - base"]["mean"] < 0 and length["sft+dpo - human"]["mean"] < 0
     checks = {row[0]: row[2] for row in target_rows(summary)}
@@ -95,19 +96,32 @@ def test_summary_and_markdown(tmp_path):
 
 
 LOOP = "the river ran past the mill and the town"  # 10 words
+RESTATED = ("In 1990 the council spent the town's money on a new bridge, so the money of the town "
+            "was spent by the council on the new bridge.")  # no 8 words twice
+
+
+def looping_rewrite(i: int) -> str:
+    """SFT+DPO's rewrite of row i: two loop (and so restate), two restate in other words, one
+    stops mid-sentence, one is fine; each invents the year 1990."""
+    return [f"In 1990 {LOOP}, and {LOOP}.", f"In 1990 {LOOP}, and {LOOP}.", RESTATED, RESTATED,
+            f"In 1990 the council spent {i + 1}00 pounds on",
+            f"In 1990 the council spent {i + 1}00 pounds."][i]
 
 
 def test_text_targets_read_loops_the_cap_and_invented_facts(tmp_path):
-    """SFT+DPO loops in 2 of 6 rewrites (SFT in none), stopped at the cap in 3 and invents a
-    year in each; the human texts invent nothing."""
-    rows = [{**r, "outputs": {**r["outputs"],
-                              "sft+dpo": f"In 1990 {LOOP}, and {LOOP}." if i < 2 else
-                              f"In 1990 the council spent {i + 1}00 pounds."},
+    """SFT+DPO loops in 2 of 6 rewrites (SFT in none), restates a clause in 4, ends mid-sentence
+    in 1, stopped at the cap in 3 and invents a year in each; the human texts invent nothing."""
+    rows = [{**r, "outputs": {**r["outputs"], "sft+dpo": looping_rewrite(i)},
              "hit_cap": {"base": False, "sft": False, "sft+dpo": i % 2 == 0}}
             for i, r in enumerate(ROWS)]
     _, summary = summary_of(tmp_path, rows)
     final = {r["system"]: r for r in summary["systems"]}["sft+dpo"]
     assert final["loops"]["mean"] == pytest.approx(2 / 6)
+    assert final["restated"]["mean"] == pytest.approx(4 / 6)
+    assert final["unfinished"]["mean"] == pytest.approx(1 / 6)
+    assert summary["paired_differences"]["restated sft+dpo - sft"]["mean"] == pytest.approx(4 / 6)
+    md = render_markdown(json.loads(json.dumps(summary)))
+    assert "Restated clause, SFT+DPO − SFT on the same drafts (paired): 0.667 [" in md
     assert final["hit_cap"]["mean"] == 0.5 and final["invented_facts"]["mean"] == 1.0
     assert final["any_invented"]["mean"] == 1.0 and final["identical"]["mean"] == 0.0
     assert summary["paired_differences"]["loops sft+dpo - sft"]["mean"] == pytest.approx(2 / 6)
@@ -119,6 +133,16 @@ def test_text_targets_read_loops_the_cap_and_invented_facts(tmp_path):
     assert checks["invented facts per rewrite ≤ human reference (paired difference ≤ 0)"] \
         == "**not met**"
     assert checks["identical to the draft ≤ 1%"] == "met"
+
+
+def test_results_from_before_the_restated_and_unfinished_measures_still_render(tmp_path):
+    _, summary = summary_of(tmp_path)
+    for row in summary["systems"]:
+        del row["restated"], row["unfinished"]
+    del summary["paired_differences"]["restated sft+dpo - sft"]
+    md = render_markdown(json.loads(json.dumps(summary)))
+    assert "| SFT+DPO stacked | 0% [0, 0] | — | not recorded | — |" in md
+    assert "Restated clause, SFT+DPO − SFT" not in md
 
 
 def test_rewrites_without_hit_cap_load_and_a_bad_one_is_named(tmp_path):

@@ -35,3 +35,50 @@ def test_empty_and_identical():
     assert tm.is_empty(" \n ") and not tm.is_empty(" a ")
     assert tm.is_identical("One  draft.\n", "One draft.")
     assert not tm.is_identical("One draft!", "One draft.")
+
+
+RESTATED = ("This high-energy dance sport combines urban and hip hop culture with physical "
+            "acrobatic feats, which is a high-energy dance that combines the rhythmic flair of "
+            "urban and hip hop with physical athleticism.")
+
+
+def test_a_clause_said_again_in_other_words_is_a_restatement_the_loop_measure_misses():
+    assert not tm.has_loop(RESTATED)
+    assert tm.restated_clauses(RESTATED) == (
+        "This high-energy dance sport combines urban and hip hop culture with physical acrobatic "
+        "feats",
+        "which is a high-energy dance that combines the rhythmic flair of urban and hip hop with "
+        "physical athleticism")
+    assert tm.has_restatement(LOOPED)  # a verbatim repeat of a long clause is one too
+
+
+def test_a_name_repeated_across_sentences_is_not_a_restatement():
+    paragraph = ("Marie Curie moved to Paris in 1891 to study physics at the Sorbonne. Marie Curie "
+                 "later shared the Nobel Prize with Pierre Curie for their work on radioactivity. "
+                 "Pierre Curie died in a street accident in Paris in 1906.")
+    assert tm.restated_clauses(paragraph) is None
+
+
+def test_clauses_below_the_minimum_of_content_words_never_count():
+    short = "Prices rose sharply, prices rose sharply again."  # 3 content words each
+    assert tm.content_words("prices rose sharply again") == {"prices", "rose", "sharply"}
+    assert not tm.has_restatement(short)
+    assert tm.has_restatement(short, k=3)
+
+
+def test_an_ending_without_sentence_punctuation_is_unfinished():
+    assert not tm.ends_mid_sentence("It works.")
+    assert tm.ends_mid_sentence("It works")
+    assert not tm.ends_mid_sentence('He said "yes."')
+    assert not tm.ends_mid_sentence("")  # empty is counted by is_empty
+    assert tm.ends_mid_sentence("The results are shown in")
+    assert tm.ends_mid_sentence("It works, and then,")
+    assert not tm.ends_mid_sentence("See you then! 😊")
+
+
+def test_a_closed_code_block_or_a_list_item_is_finished_an_open_code_block_is_not():
+    assert not tm.ends_mid_sentence("Run it:\n```python\nprint(1)\n```")
+    assert tm.ends_mid_sentence("Run it:\n```python\nprint(1)")
+    assert not tm.ends_mid_sentence("You need:\n- flour\n- two eggs")
+    assert not tm.ends_mid_sentence("Steps:\n1. Mix\n2. Bake")
+    assert tm.ends_mid_sentence("You need:\n- flour,")

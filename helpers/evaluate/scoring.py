@@ -22,9 +22,11 @@ from helpers.core.statistics import (
     threshold_at_fpr,
 )
 from helpers.core.text_measures import (
+    ends_mid_sentence,
     fact_preservation,
     has_chat_artefact,
     has_loop,
+    has_restatement,
     invented_facts,
     is_empty,
     is_identical,
@@ -128,14 +130,19 @@ def plot_scores(scores: dict):
 
 def text_measures_of(texts: dict) -> dict:
     """{measure: {system: per-text values}} read off the texts alone (text_measures.py): loops,
-    invented facts (count, and whether any), identical to the draft, empty, chat artefacts.
-    Identical and invented are against the draft, so the draft itself has none."""
+    clauses restated in other words, endings cut mid-sentence, invented facts (count, and whether
+    any), identical to the draft, empty, chat artefacts. Identical and invented are against the
+    draft, so the draft itself has none."""
     source = texts["source"]
     against = {key: outputs for key, outputs in texts.items() if key != "source"}
     invented = {key: np.array([len(invented_facts(s, o)) for s, o in zip(source, outputs)],
                               dtype=float) for key, outputs in against.items()}
     return {
         "loops": {k: np.array([float(has_loop(t)) for t in v]) for k, v in texts.items()},
+        "restated": {k: np.array([float(has_restatement(t)) for t in v])
+                     for k, v in texts.items()},
+        "unfinished": {k: np.array([float(ends_mid_sentence(t)) for t in v])
+                       for k, v in texts.items()},
         "invented_facts": invented,
         "any_invented": {k: (v > 0).astype(float) for k, v in invented.items()},
         "identical": {k: np.array([float(is_identical(o, s)) for s, o in zip(source, v)])
@@ -210,9 +217,10 @@ def summarize(cfg, texts: dict, scores: dict, embedder, phrases: list[str],
               for measure, values in (("facts", facts), ("slop", slop),
                                       ("invented", measured["invented_facts"]))
               for key in texts if key not in ("source", "human")}
-    if "sft" in texts and "sft+dpo" in texts:  # does DPO loop more than the model it started from?
-        paired["loops sft+dpo - sft"] = paired_bootstrap_ci(
-            _mean_difference, measured["loops"]["sft+dpo"], measured["loops"]["sft"], **boot)
+    if "sft" in texts and "sft+dpo" in texts:  # does DPO repeat more than the model it began from?
+        for measure in ("loops", "restated"):  # verbatim, and in other words
+            paired[f"{measure} sft+dpo - sft"] = paired_bootstrap_ci(
+                _mean_difference, measured[measure]["sft+dpo"], measured[measure]["sft"], **boot)
     return {
         "preset": cfg.preset, "experiment": cfg.experiment, "model": cfg.model,
         "date": dt.date.today().isoformat(), "n_items": len(human), "target_fpr": cfg.target_fpr,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from helpers.core.statistics import format_ci
-from helpers.core.text_measures import LOOP_N
+from helpers.core.text_measures import LOOP_N, RESTATE_MIN_WORDS, RESTATE_OVERLAP
 from helpers.evaluate.verdicts import (
     NOT_COUNTED,
     VERDICT_RULE,
     counted_detectors,
+    reading,
     separates,
     target_rows,
 )
@@ -83,7 +84,8 @@ def render_markdown(results: dict) -> str:
         "calibrated on training-split and validation paragraphs only, never on these drafts.\n"
         f"{missing}\n{targets}")
 
-TEXT_COLUMNS = (("loops", "Loops", True), ("hit_cap", "Hit token cap", True),
+TEXT_COLUMNS = (("loops", "Loops", True), ("restated", "Restated clause", True),
+                ("hit_cap", "Hit token cap", True), ("unfinished", "Ends mid-sentence", True),
                 ("invented_facts", "Invented facts /rewrite", False),
                 ("any_invented", "≥ 1 invented fact", True), ("identical", "Identical to draft", True),
                 ("empty_rate", "Empty", True))
@@ -99,10 +101,27 @@ def text_measures_table(results: dict) -> str:
                              ("source", "human") else "—")
                             for key, _, percent in TEXT_COLUMNS] for r in results["systems"]]
     return (markdown_table(["System"] + [name for _, name, _ in TEXT_COLUMNS], body) +
-            f"\n\nLoops: share of texts in which some {LOOP_N}-word sequence occurs twice. Hit token "
-            "cap: share of rewrites stopped by the generation cap, not by the model (cut short). "
+            f"\n\nLoops: share of texts in which some {LOOP_N}-word sequence occurs twice. "
+            f"Restated clause: share in which two clauses say the same in other words (each with "
+            f"at least {RESTATE_MIN_WORDS} content words, {100 * RESTATE_OVERLAP:.0f}% of the "
+            "smaller one's shared), the repeat a ban on verbatim ones leaves. Hit token cap: share "
+            "of rewrites stopped by the generation cap, not by the model (cut short). Ends "
+            "mid-sentence: share whose last character, closing quotes and brackets aside, is no "
+            ". ! ? or …, cap or no cap (a closing code fence or a list item ends a text too; the "
+            "L2R human paragraphs often lack their last full stop, so compare with the drafts). "
             "Invented facts: numbers, dates, URLs and names in the text that the draft does not "
-            "have (the human reference's count is what a person adds).\n\n")
+            "have (the human reference's count is what a person adds)."
+            + restated_difference(results.get("paired_differences", {})) + "\n\n")
+
+
+def restated_difference(paired: dict) -> str:
+    """The restated-clause rate of SFT+DPO minus SFT's on the same drafts, as a sentence: loops
+    have theirs among the targets, restatements none."""
+    diff = paired.get("restated sft+dpo - sft")
+    if not diff:
+        return ""
+    return (f" Restated clause, SFT+DPO − SFT on the same drafts (paired): {format_ci(diff, 3)}, "
+            f"{reading('restated', diff)}.")
 
 
 def detectors_frame(results: dict):

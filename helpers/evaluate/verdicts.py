@@ -60,7 +60,8 @@ def paired_difference(a, b, n_boot: int = 1000, seed: int = 0) -> dict:
 
 # which side of a paired difference is better, by the measure's name
 BETTER_SIDE = {"validation loss": "<", "P(AI)": "<", "meaning": ">", "facts": ">", "slop": "<",
-               "chat artefacts": "<", "loops": "<", "cap hits": "<", "invented facts": "<"}
+               "chat artefacts": "<", "loops": "<", "restated": "<", "cap hits": "<",
+               "unfinished": "<", "invented facts": "<"}
 
 
 def reading(measure: str, diff: dict | None, better: str = "better", worse: str = "worse") -> str:

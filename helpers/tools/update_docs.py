@@ -265,8 +265,9 @@ if __name__ == "__main__":
 # --- what a finished run recorded, for the notebooks' closing cells --------------------------------
 
 RECORDED_MEASURES = {"p_ai": "P(AI)", "slop_per_1k": "Slop /1K", "loops": "Loops",
-                     "hit_cap": "Hit token cap", "invented_facts": "Invented facts /rewrite"}
-PERCENT_MEASURES = ("loops", "hit_cap")
+                     "restated": "Restated clause", "hit_cap": "Hit token cap",
+                     "unfinished": "Ends mid-sentence", "invented_facts": "Invented facts /rewrite"}
+PERCENT_MEASURES = ("loops", "restated", "hit_cap", "unfinished")
 
 
 def recorded_rows(systems: tuple[str, ...], measure: str | tuple[str, ...] = "p_ai",
