@@ -9,6 +9,7 @@ import pytest
 
 from helpers.core import text_measures
 from helpers.core.config import get_config
+from helpers.infer import decode
 from helpers.infer.clean import clean_output, cut_loop
 from helpers.infer.decode import (
     MIN_SHARED_PREFIX,
@@ -16,6 +17,7 @@ from helpers.infer.decode import (
     dry_penalty,
     eos_ramp,
     eos_ramp_start,
+    sentence_end_tokens,
     generate_tokens,
     make_nucleus_sampler,
     max_new_tokens,
@@ -249,6 +251,15 @@ def test_eos_ramp_adds_its_slope_to_eos_for_each_token_past_its_start():
         assert (np.delete(bonus[k], [3, 7]) == 0).all()
 
 
+def test_eos_ramp_ends_only_after_a_sentence_end():
+    full_stop = mx.array([i == 5 for i in range(8)])  # token 5 is "."; the model has 10 logits
+    ramp = eos_ramp([3], start=1, per_token=1.0, sentence_end=full_stop)
+    answer = [2, 5, 2, 9]  # "x . x y": only the step after "." may end
+    bonus = [np.array(ramp(mx.array([9] + answer[:k]), mx.zeros((1, 10))))[0][3]
+             for k in range(len(answer) + 1)]
+    assert bonus == [0.0, 0.0, 2.0, 0.0, 0.0]  # answer token 3 follows ".": two past the start
+
+
 def test_eos_ramp_settings_key_the_rewrites_only_while_it_is_on():
     off = get_config("smoke", eos_ramp=0.0, eos_ramp_from=2.0)
     assert decoding_settings(off) == decoding_settings(get_config("smoke", eos_ramp=0.0))
@@ -257,7 +268,7 @@ def test_eos_ramp_settings_key_the_rewrites_only_while_it_is_on():
 
 
 @pytest.mark.slow
-def test_eos_ramp_ends_answers_soon_after_the_draft_length(tokenizer):
+def test_eos_ramp_ends_answers_soon_after_the_draft_length(tokenizer, monkeypatch):
     model, _ = make_tiny_model()
     drafts = ["The mill closed in 1931 and the town shrank, and then the school closed too.",
               "Rain fell for nine days."]
@@ -265,13 +276,22 @@ def test_eos_ramp_ends_answers_soon_after_the_draft_length(tokenizer):
     reasons = []
     free = generate_tokens(model, tokenizer, drafts, cfg, progress=False, finish_reasons=reasons)
     assert reasons == ["length", "length"]  # this random model never ends on its own
-    ramped = generate_tokens(model, tokenizer, drafts, dataclasses.replace(
-        cfg, eos_ramp=100.0, eos_ramp_from=0.5), progress=False, finish_reasons=reasons)
-    # a slope above any logit gap ends each answer at the first token past its start
-    assert [len(a) for a in ramped] == [eos_ramp_start(tokenizer, d, dataclasses.replace(
-        cfg, eos_ramp_from=0.5)) for d in drafts]
-    assert reasons == ["stop", "stop"]
-    assert all(r[:len(a)] == a for r, a in zip(free, ramped))  # the same answer until then
+    assert not np.array(sentence_end_tokens(tokenizer))[free[0] + free[1]].any()
+    # this random model writes no full stop: let a token it writes late in answer 0 end sentences
+    ends = np.zeros(len(np.array(sentence_end_tokens(tokenizer))), dtype=bool)
+    ends[free[0][-3]] = True
+    monkeypatch.setattr(decode, "sentence_end_tokens", lambda _: mx.array(ends))
+    ramped_cfg = dataclasses.replace(cfg, eos_ramp=100.0, eos_ramp_from=0.2)
+    ramped = generate_tokens(model, tokenizer, drafts, ramped_cfg, progress=False,
+                             finish_reasons=reasons)
+    # a slope above any logit gap ends each answer at its first sentence end past the start,
+    # the same answer until then; one that never ends a sentence runs to the cap
+    for draft, answer, ramped_answer, reason in zip(drafts, free, ramped, reasons):
+        start = eos_ramp_start(tokenizer, draft, ramped_cfg)
+        cut = next((k for k in range(max(start, 1), len(answer)) if ends[answer[k - 1]]), None)
+        assert ramped_answer == answer[:cut]
+        assert reason == ("length" if cut is None else "stop")
+    assert "stop" in reasons  # the ramp ended at least one answer
 
 
 @pytest.mark.slow

@@ -228,6 +228,7 @@ into onto about over under up down out off again once both few any such only own
 another nor its it's that's there's which whose whom who's upon via like unlike within without
 between through across along among around against toward towards""".split())
 
+
 def content_words(clause: str) -> set[str]:
     """A clause's distinct `tokens` of 3 or more letters, function words left out."""
     return {w for w in tokens(clause) if len(w) >= 3 and w not in _FUNCTION_WORDS}
@@ -274,6 +275,7 @@ def has_restatement(text: str, k: int = RESTATE_MIN_WORDS, t: float = RESTATE_OV
 # these: a URL, code without a fence, a sign-off (XOXO), a citation the data cuts. Human paragraphs
 # are no baseline here: 107 of 421 (25.4%), as the data keeps many without their last full stop
 # or cut mid-citation (all 15 Code, 17 of 17 Environmental, 16 of 17 LegalDocument); the draft is
+# the reference a rewrite is compared with
 _SENTENCE_END = ".!?…"
 # what may follow the full stop: a closing quote, bracket or emphasis, and emoji (symbols, with
 # their variation selectors and joiners)

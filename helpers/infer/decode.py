@@ -128,44 +128,68 @@ def dry_penalty(multiplier: float, base: float = 1.75, allowed_length: int = 2,
     return processor
 
 
-def eos_ramp(eos_ids: list[int], start: int, per_token: float):
+def eos_ramp(eos_ids: list[int], start: int, per_token: float,
+             sentence_end: mx.array | None = None):
     """A logits processor for one sequence: a length-aware end. From answer token `start` on
     (the draft's length times eos_ramp_from), every end-of-sequence token gains `per_token` logits
-    more each step, so at step t >= start
+    more each step, but only right after a token that ends a sentence (`sentence_end`, a boolean
+    per vocabulary entry; None: after any token). At step t >= start, after a full stop,
 
         logit(EOS) += per_token * (t - start + 1).
 
     A rewrite that has said what the draft says and runs on (the drift or restatement that would
-    otherwise stop at the token cap, cut mid-sentence) finds ending ever more likely, most of all
-    where ending is already plausible, after a full stop. Before `start` nothing changes. It is a
-    linear version of transformers' `exponential_decay_length_penalty`, in logits, so that its
-    size does not depend on the sign or scale of the EOS logit."""
+    otherwise stop at the token cap, cut mid-sentence) finds ending ever more likely at its next
+    full stop. Before `start` nothing changes, and it never ends a sentence early: a bonus on EOS
+    anywhere made the model stop where its full stop would have come. A linear version of
+    transformers' `exponential_decay_length_penalty`, in logits, so that its size does not depend
+    on the sign or scale of the EOS logit."""
     steps = 0
     eos = mx.array(eos_ids)
+    ends = sentence_end
 
     def processor(context: mx.array, logits: mx.array) -> mx.array:
-        nonlocal steps
+        nonlocal steps, ends
         steps += 1  # this call chooses answer token number `steps`
         if steps <= start:
             return logits
-        bonus = mx.zeros((logits.shape[-1],), dtype=logits.dtype).at[eos].add(
-            per_token * (steps - start))
-        return logits + bonus
+        bonus = mx.array(per_token * (steps - start), dtype=logits.dtype)
+        if ends is not None:
+            if ends.shape[0] < logits.shape[-1]:  # a model may have more logits than tokens
+                ends = mx.pad(ends, (0, logits.shape[-1] - ends.shape[0]))
+            bonus = mx.where(ends[context[-1]], bonus, 0.0)
+        return logits + mx.zeros((logits.shape[-1],), dtype=logits.dtype).at[eos].add(bonus)
 
     return processor
+
+
+_CLOSING = "\"'”’)]*"
+
+
+def sentence_end_tokens(tokenizer) -> mx.array:
+    """True for every vocabulary entry after which a sentence may be over: its text ends with
+    . ! ? or … (closing quotes and brackets aside), or holds a line break."""
+    key = ("sentence end", id(tokenizer))
+    if key not in _TOKEN_FLAGS:
+        size = max(tokenizer.vocab.values()) + 1
+        flags = [False] * size
+        for i in range(size):
+            text = tokenizer.decode([i])
+            flags[i] = "\n" in text or text.rstrip().rstrip(_CLOSING)[-1:] in (".", "!", "?", "…")
+        _TOKEN_FLAGS[key] = mx.array(flags)
+    return _TOKEN_FLAGS[key]
 
 
 def digit_tokens(tokenizer) -> mx.array:
     """True for every vocabulary entry that is digits alone (after the tokenizer's space mark)."""
     vocab = tokenizer.vocab
-    key = id(tokenizer)
-    if key not in _DIGITS:
+    key = ("digits", id(tokenizer))
+    if key not in _TOKEN_FLAGS:
         flags = [False] * (max(vocab.values()) + 1)
         for piece, i in vocab.items():
             digits = piece.lstrip("Ġ▁ ")
             flags[i] = bool(digits) and all(c in "0123456789" for c in digits)
-        _DIGITS[key] = mx.array(flags)
-    return _DIGITS[key]
+        _TOKEN_FLAGS[key] = mx.array(flags)
+    return _TOKEN_FLAGS[key]
 
 
 def logits_processors(cfg, tokenizer=None, ramp_start: int | None = None) -> list:
@@ -180,7 +204,8 @@ def logits_processors(cfg, tokenizer=None, ramp_start: int | None = None) -> lis
         processors.append(dry_penalty(cfg.dry_multiplier, cfg.dry_base, cfg.dry_allowed_length,
                                       exempt))
     if cfg.eos_ramp > 0 and ramp_start is not None and tokenizer is not None:
-        processors.append(eos_ramp(sorted(tokenizer.eos_token_ids), ramp_start, cfg.eos_ramp))
+        processors.append(eos_ramp(sorted(tokenizer.eos_token_ids), ramp_start, cfg.eos_ramp,
+                                   sentence_end_tokens(tokenizer)))
     return processors
 
 
@@ -289,4 +314,4 @@ def generate_tokens(model, tokenizer, drafts: list[str], cfg, progress: bool = T
     return tokens
 
 
-_DIGITS: dict[int, mx.array] = {}
+_TOKEN_FLAGS: dict[tuple, mx.array] = {}  # per tokenizer: which entries are digits, sentence ends
