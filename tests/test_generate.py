@@ -480,3 +480,13 @@ def test_given_plain_rewrites_the_fact_switch_starts_from_them(monkeypatch):
     assert chosen[1] is plain[1]
     with pytest.raises(ValueError, match="1 plain rewrites for 2 drafts"):
         rewrite_detailed(None, Decoder(), drafts, cfg, progress=False, plain=plain[:1])
+
+
+def test_on_policy_samples_are_decoded_without_the_loop_and_length_fixes():
+    from helpers.infer.rewrite import on_policy_decoding
+
+    cfg = get_config("workshop")
+    assert cfg.dry_multiplier > 0 and cfg.eos_ramp > 0 and cfg.repetition_penalty > 1
+    sampled = on_policy_decoding(cfg)
+    assert (sampled.dry_multiplier, sampled.eos_ramp, sampled.repetition_penalty) == (0, 0, 1.0)
+    assert sampled.temperature == cfg.on_policy_temperature and sampled.seed == cfg.seed

@@ -203,9 +203,10 @@ def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "
 
 def on_policy_decoding(cfg):
     """cfg decoding as the SFT model writes on its own: sampled at cfg.on_policy_temperature, no
-    repetition penalty nor DRY, so that DPO's samples show its failure modes (loops included)."""
+    repetition penalty, DRY nor EOS ramp, so that DPO's samples show its failure modes (loops and
+    drifts to the token cap included)."""
     return dataclasses.replace(cfg, temperature=cfg.on_policy_temperature, repetition_penalty=1.0,
-                               dry_multiplier=0.0)
+                               dry_multiplier=0.0, eos_ramp=0.0)
 
 
 def on_policy_samples(cfg, model, tokenizer, drafts: list[str]) -> list[str]:
