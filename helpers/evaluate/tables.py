@@ -67,9 +67,10 @@ def render_markdown(results: dict) -> str:
         f"Preset `{results['preset']}`{experiment} ({results['model']}), {results['n_items']} "
         f"held-out drafts from the dev split, {results['date']}. Means with 95% bootstrap CIs "
         f"({results['n_bootstrap']} resamples).\n\n"
-        + (f"What a reader sees first: how often each system's text loops, stops at the token cap "
-           f"or states a fact its draft does not have. Read the detectors' scores below together "
-           f"with it: a text that repeats itself moves a detector, and a reader at once.\n\n"
+        + (f"What a reader sees first: how often each system's text loops, says a clause twice in "
+           f"other words, stops at the token cap or mid-sentence, or states a fact its draft does "
+           f"not have. Read the detectors' scores below together with it: a text that repeats "
+           f"itself moves a detector, and a reader at once.\n\n"
            f"{reading_table}" if reading_table else "")
         + f"{scores}\n\n"
         "P(AI): each detector's probability that the text is AI-written. Gap closed, per "
