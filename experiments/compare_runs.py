@@ -33,12 +33,10 @@ from helpers.core import fast_cpu
 from helpers.core.config import get_config, parse_overrides
 from helpers.core.statistics import bootstrap_ci, format_ci
 from helpers.core.text_measures import (
-    ends_mid_sentence,
     fact_preservation,
-    has_loop,
-    has_restatement,
     invented_facts,
     load_slop_phrases,
+    repeat_and_ending_flags,
     slop_per_1k,
 )
 from helpers.data.prepare import load_prepared, one_per_paragraph
@@ -64,10 +62,8 @@ def measure_texts(texts: list[str], drafts: list[str], judge, embedder, phrases,
             "meaning": [float(m) for m in meaning_similarity(embedder, texts, drafts)],
             "facts kept": [fact_preservation(d, t) for d, t in zip(drafts, texts)],
             "slop/1K": [float(s) for s in slop_per_1k(texts, phrases)],
-            "loops": [float(has_loop(t)) for t in texts],
-            "restated": [float(has_restatement(t)) for t in texts],
+            **repeat_and_ending_flags(texts),
             "cap hits": [float(c) for c in capped] if capped else [float("nan")] * len(texts),
-            "unfinished": [float(ends_mid_sentence(t)) for t in texts],
             "invented facts": [float(len(invented_facts(d, t))) for d, t in zip(drafts, texts)]}
 
 

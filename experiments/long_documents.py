@@ -25,12 +25,10 @@ from helpers.core.config import get_config, parse_overrides
 from helpers.core.io import atomic_write_jsonl, iter_jsonl
 from helpers.core.statistics import bootstrap_ci, format_ci
 from helpers.core.text_measures import (
-    ends_mid_sentence,
     fact_preservation,
-    has_loop,
-    has_restatement,
     invented_facts,
     length_ratio,
+    repeat_and_ending_flags,
     word_count,
 )
 from helpers.data.prepare import one_per_paragraph
@@ -74,9 +72,7 @@ def rewrite_through_cli(humanizer, docs: list[dict], out, adapter: str) -> list[
 def measures(texts: list[str], drafts: list[str], embedder, capped=None, boot=None) -> dict:
     """Loops, restated clauses, cap hits, endings cut mid-sentence, invented facts, facts kept,
     meaning and length, each with its 95% CI."""
-    row = {"loops": [float(has_loop(t)) for t in texts],
-           "restated": [float(has_restatement(t)) for t in texts],
-           "unfinished": [float(ends_mid_sentence(t)) for t in texts],
+    row = {**repeat_and_ending_flags(texts),
            "invented facts": [float(len(invented_facts(d, t))) for d, t in zip(drafts, texts)],
            "facts kept": [fact_preservation(d, t) for d, t in zip(drafts, texts)],
            "meaning": [float(m) for m in meaning_similarity(embedder, texts, drafts)],

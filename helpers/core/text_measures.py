@@ -310,6 +310,15 @@ def ends_mid_sentence(text: str) -> bool:
     return _without_closers(text)[-1:] not in _SENTENCE_END
 
 
+def repeat_and_ending_flags(texts: list[str]) -> dict[str, list[float]]:
+    """Per text, 1.0 or 0.0: `loops` (a repeated LOOP_N-word sequence), `restated` (a clause said
+    again in other words) and `unfinished` (stops mid-sentence), the flags every evaluation table
+    reads beside its scores."""
+    return {"loops": [float(has_loop(t)) for t in texts],
+            "restated": [float(has_restatement(t)) for t in texts],
+            "unfinished": [float(ends_mid_sentence(t)) for t in texts]}
+
+
 # --- what a rewrite should not be ----------------------------------------------------------------
 
 

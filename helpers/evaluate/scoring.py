@@ -22,15 +22,13 @@ from helpers.core.statistics import (
     threshold_at_fpr,
 )
 from helpers.core.text_measures import (
-    ends_mid_sentence,
     fact_preservation,
     has_chat_artefact,
-    has_loop,
-    has_restatement,
     invented_facts,
     is_empty,
     is_identical,
     length_ratio,
+    repeat_and_ending_flags,
     slop_per_1k,
 )
 from helpers.evaluate.meaning import meaning_similarity
@@ -137,12 +135,10 @@ def text_measures_of(texts: dict) -> dict:
     against = {key: outputs for key, outputs in texts.items() if key != "source"}
     invented = {key: np.array([len(invented_facts(s, o)) for s, o in zip(source, outputs)],
                               dtype=float) for key, outputs in against.items()}
+    by_system = {key: repeat_and_ending_flags(outputs) for key, outputs in texts.items()}
     return {
-        "loops": {k: np.array([float(has_loop(t)) for t in v]) for k, v in texts.items()},
-        "restated": {k: np.array([float(has_restatement(t)) for t in v])
-                     for k, v in texts.items()},
-        "unfinished": {k: np.array([float(ends_mid_sentence(t)) for t in v])
-                       for k, v in texts.items()},
+        **{measure: {k: np.array(by_system[k][measure]) for k in texts}
+           for measure in by_system["source"]},
         "invented_facts": invented,
         "any_invented": {k: (v > 0).astype(float) for k, v in invented.items()},
         "identical": {k: np.array([float(is_identical(o, s)) for s, o in zip(source, v)])

@@ -133,9 +133,9 @@ def eos_ramp(eos_ids: list[int], start: int, per_token: float,
     """A logits processor for one sequence: a length-aware end. From answer token `start` on
     (the draft's length times eos_ramp_from), every end-of-sequence token gains `per_token` logits
     more each step, but only right after a token that ends a sentence (`sentence_end`, a boolean
-    per vocabulary entry; None: after any token). At step t >= start, after a full stop,
+    per vocabulary entry; None: after any token). Choosing answer token t > start after a full stop,
 
-        logit(EOS) += per_token * (t - start + 1).
+        logit(EOS) += per_token * (t - start).
 
     A rewrite that has said what the draft says and runs on (the drift or restatement that would
     otherwise stop at the token cap, cut mid-sentence) finds ending ever more likely at its next
