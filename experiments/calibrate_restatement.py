@@ -9,10 +9,11 @@ the 8-word loop measure misses is caught. The figures beside RESTATE_MIN_WORDS, 
 from __future__ import annotations
 
 import argparse
-import json
 
+from helpers.core.io import DataError
 from helpers.core.text_measures import ends_mid_sentence, has_loop, has_restatement
 from helpers.data.sources import l2r_file, read_pairs
+from helpers.evaluate.scoring import load_rewrites
 
 MIN_WORDS = (4, 5, 6, 7)
 OVERLAPS = (0.5, 0.6, 0.7, 0.8)
@@ -45,7 +46,7 @@ def calibration_table(texts: dict[str, list[str]]) -> None:
 
 def rewrites_table(path: str) -> None:
     """Per system of a rewrites.jsonl: restated, loops, unfinished, and restated among loops."""
-    rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+    rows = load_rewrites(path)
     systems = {"source": [r["source"] for r in rows], "human": [r["human"] for r in rows]}
     systems |= {key: [r["outputs"][key] for r in rows] for key in rows[0]["outputs"]}
     print(f"\n{path}\n| system | restated | loops | unfinished | restated among loops |\n"
@@ -63,7 +64,10 @@ def main() -> None:
     args = parser.parse_args()
     calibration_table(dev_texts())
     if args.rewrites:
-        rewrites_table(args.rewrites)
+        try:
+            rewrites_table(args.rewrites)
+        except (FileNotFoundError, DataError) as error:  # exit 1 with the file, line and fix
+            raise SystemExit(str(error)) from None
 
 
 if __name__ == "__main__":
