@@ -13,6 +13,8 @@ from helpers.infer import decode
 from helpers.infer.clean import clean_output, cut_loop
 from helpers.infer.decode import (
     MIN_SHARED_PREFIX,
+    content_word_penalty,
+    content_word_tokens,
     digit_tokens,
     dry_penalty,
     eos_ramp,
@@ -240,6 +242,32 @@ def test_dry_settings_key_the_rewrites_only_while_it_is_on():
     assert decoding_settings(off) == decoding_settings(get_config("smoke", dry_multiplier=0.0))
     on = get_config("smoke", dry_multiplier=0.8)
     assert decoding_settings(on) != decoding_settings(dataclasses.replace(on, dry_base=3.0))
+
+
+def test_content_word_penalty_costs_each_reused_content_word_once():
+    starts = mx.array([i in (4, 5, 6) for i in range(8)])  # 4, 5, 6 start content words
+    prompt = [4, 5, 9]  # the draft's words are free: only the answer counts; 10 logits
+    outs = [dry_after(content_word_penalty(1.5, starts), prompt, answer)
+            for answer in ([], [4, 1], [4, 1, 4, 5, 2])]
+    assert (outs[0] == 0).all()
+    assert outs[1][4] == -1.5 and (np.delete(outs[1], 4) == 0).all()  # 1 is no content word
+    assert outs[2][4] == outs[2][5] == -1.5  # used twice, penalised once
+    assert (np.delete(outs[2], [4, 5]) == 0).all()
+
+
+@pytest.mark.slow
+def test_content_word_tokens_start_words_that_are_not_function_words(tokenizer):
+    flags = np.array(content_word_tokens(tokenizer))
+    assert flags[tokenizer.encode(" court", add_special_tokens=False)[0]]
+    for text in (" the", " which", " 1931", "court", " a", ","):
+        assert not flags[tokenizer.encode(text, add_special_tokens=False)[0]], text
+
+
+def test_content_word_penalty_keys_the_rewrites_only_while_it_is_on():
+    off = get_config("smoke", content_word_penalty=0.0)
+    assert decoding_settings(off) == decoding_settings(get_config("smoke"))
+    assert decoding_settings(get_config("smoke", content_word_penalty=1.0)) != \
+        decoding_settings(off)
 
 
 def test_eos_ramp_adds_its_slope_to_eos_for_each_token_past_its_start():

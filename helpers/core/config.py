@@ -154,6 +154,9 @@ class DecodeSettings:
     dry_multiplier: float = 0.8
     dry_base: float = 1.75
     dry_allowed_length: int = 2
+    # a presence penalty on content words (helpers/infer/decode.py, content_word_penalty): a token
+    # starting a noun, verb or name the answer already used loses this many logits (0 = off)
+    content_word_penalty: float = 0.0
     cut_loops: bool = False  # a rewrite that starts to repeat itself is cut before the repeat
     max_len_ratio: float = 1.5
     # a length-aware end (helpers/infer/decode.py, eos_ramp): past eos_ramp_from times the draft's

@@ -13,6 +13,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from tqdm.auto import tqdm
 
 from helpers.core.prompt import chat_messages
+from helpers.core.text_measures import content_words
 from helpers.train.merge import fused_view
 
 
@@ -128,6 +129,35 @@ def dry_penalty(multiplier: float, base: float = 1.75, allowed_length: int = 2,
     return processor
 
 
+def content_word_penalty(penalty: float, word_starts: mx.array):
+    """A logits processor for one sequence: a presence penalty on content words. A token that
+    begins a content word (`word_starts`, a boolean per vocabulary entry) and already occurs in the
+    answer a_1..a_t loses `penalty` logits, once, however often it occurred:
+
+        logit(x) -= penalty   when word_starts[x] and x is among a_1..a_t.
+
+    A restatement says a clause again with the same nouns and verbs between other function words
+    ("... combines urban and hip hop culture ..., which is a high-energy dance that combines ...
+    urban and hip hop ..."); DRY, keyed on verbatim runs, lets it through. Here every content word
+    it reuses costs `penalty`, so a clause of five reused words pays five times, while a name said
+    twice pays once. Only the answer counts: the draft's words are free the first time."""
+    steps = 0
+    seen = None  # the penalty each vocabulary entry carries now
+
+    def processor(context: mx.array, logits: mx.array) -> mx.array:
+        nonlocal steps, seen
+        if seen is None:
+            starts = mx.pad(word_starts, (0, max(0, logits.shape[-1] - word_starts.shape[0])))
+            seen = (mx.zeros((logits.shape[-1],), dtype=mx.float32), starts)
+        if steps:  # the context's last token is the answer token chosen at the previous step
+            last = context[-1:]
+            seen = (seen[0].at[last].maximum(penalty * seen[1][last].astype(mx.float32)), seen[1])
+        steps += 1
+        return logits - seen[0].astype(logits.dtype)
+
+    return processor
+
+
 def eos_ramp(eos_ids: list[int], start: int, per_token: float,
              sentence_end: mx.array | None = None):
     """A logits processor for one sequence: a length-aware end. From answer token `start` on
@@ -179,6 +209,20 @@ def sentence_end_tokens(tokenizer) -> mx.array:
     return _TOKEN_FLAGS[key]
 
 
+def content_word_tokens(tokenizer) -> mx.array:
+    """True for every vocabulary entry that starts a content word: a space, then letters alone
+    that text_measures.content_words keeps (3 or more, no function word)."""
+    key = ("content words", id(tokenizer))
+    if key not in _TOKEN_FLAGS:
+        size = max(tokenizer.vocab.values()) + 1
+        flags = [False] * size
+        for i in range(size):
+            text = tokenizer.decode([i])
+            flags[i] = text[:1] == " " and text[1:].isalpha() and bool(content_words(text))
+        _TOKEN_FLAGS[key] = mx.array(flags)
+    return _TOKEN_FLAGS[key]
+
+
 def digit_tokens(tokenizer) -> mx.array:
     """True for every vocabulary entry that is digits alone (after the tokenizer's space mark)."""
     vocab = tokenizer.vocab
@@ -193,8 +237,8 @@ def digit_tokens(tokenizer) -> mx.array:
 
 
 def logits_processors(cfg, tokenizer=None, ramp_start: int | None = None) -> list:
-    """One sequence's processors: the repetition penalty, then the n-gram block, the DRY penalty
-    and the EOS ramp (from answer token `ramp_start`) when set (fresh ones per sequence: they
+    """One sequence's processors: the repetition penalty, then the n-gram block, the DRY penalty,
+    the content-word penalty and the EOS ramp (from answer token `ramp_start`) when set (fresh ones per sequence: they
     count that sequence's steps; digits exempt when the tokenizer is given)."""
     exempt = digit_tokens(tokenizer) if tokenizer is not None else None
     processors = repetition_processors(cfg)
@@ -203,6 +247,9 @@ def logits_processors(cfg, tokenizer=None, ramp_start: int | None = None) -> lis
     if cfg.dry_multiplier > 0:
         processors.append(dry_penalty(cfg.dry_multiplier, cfg.dry_base, cfg.dry_allowed_length,
                                       exempt))
+    if cfg.content_word_penalty > 0 and tokenizer is not None:
+        processors.append(content_word_penalty(cfg.content_word_penalty,
+                                               content_word_tokens(tokenizer)))
     if cfg.eos_ramp > 0 and ramp_start is not None and tokenizer is not None:
         processors.append(eos_ramp(sorted(tokenizer.eos_token_ids), ramp_start, cfg.eos_ramp,
                                    sentence_end_tokens(tokenizer)))
