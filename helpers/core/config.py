@@ -155,7 +155,7 @@ class DecodeSettings:
     dry_base: float = 1.75
     dry_allowed_length: int = 2
     # a presence penalty on content words (helpers/infer/decode.py, content_word_penalty): a token
-    # starting a noun, verb or name the answer already used loses this many logits (0 = off)
+    # starting a lower-case noun or verb the answer already used loses this many logits (0 = off)
     content_word_penalty: float = 0.0
     cut_loops: bool = False  # a rewrite that starts to repeat itself is cut before the repeat
     max_len_ratio: float = 1.5

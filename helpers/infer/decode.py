@@ -139,7 +139,7 @@ def content_word_penalty(penalty: float, word_starts: mx.array):
     A restatement says a clause again with the same nouns and verbs between other function words
     ("... combines urban and hip hop culture ..., which is a high-energy dance that combines ...
     urban and hip hop ..."); DRY, keyed on verbatim runs, lets it through. Here every content word
-    it reuses costs `penalty`, so a clause of five reused words pays five times, while a name said
+    it reuses costs `penalty`, so a clause of five reused words pays five times, while a word said
     twice pays once. Only the answer counts: the draft's words are free the first time."""
     steps = 0
     seen = None  # the penalty each vocabulary entry carries now
@@ -210,15 +210,18 @@ def sentence_end_tokens(tokenizer) -> mx.array:
 
 
 def content_word_tokens(tokenizer) -> mx.array:
-    """True for every vocabulary entry that starts a content word: a space, then letters alone
-    that text_measures.content_words keeps (3 or more, no function word)."""
+    """True for every vocabulary entry that starts a content word: a space, then lower-case
+    letters alone that text_measures.content_words keeps (3 or more, no function word). Names are
+    left out: with their first piece penalised the model wrote the rest of the name after another
+    piece ("Frederick" became "Freddie", "Bankruptcy" "Bankruptty" on validation drafts)."""
     key = ("content words", id(tokenizer))
     if key not in _TOKEN_FLAGS:
         size = max(tokenizer.vocab.values()) + 1
         flags = [False] * size
         for i in range(size):
             text = tokenizer.decode([i])
-            flags[i] = text[:1] == " " and text[1:].isalpha() and bool(content_words(text))
+            flags[i] = text[:1] == " " and text[1:].isalpha() and text[1:2].islower() \
+                and bool(content_words(text))
         _TOKEN_FLAGS[key] = mx.array(flags)
     return _TOKEN_FLAGS[key]
 
