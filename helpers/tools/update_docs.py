@@ -49,6 +49,7 @@ EXPERIMENT_TABLES = ("decoding", "fact_switch", "fact_switch_eval", "quant_downs
                      "compare_runs", "compare_ranked_pairs", "compare_dpo_steps",
                      "compare_decoding", "compare_cut_loops", "compare_loop_switch",
                      "compare_loop_choice", "compare_dpo_loops", "compare_dry", "compare_eos_ramp",
+                     "compare_content_words", "compare_content_words_lower",
                      "long_documents", "long_documents_dry", "long_documents_ramp")
 # all it writes
 SECTIONS = ("timing", "headline", "example", "results", "quantization", *EXPERIMENT_TABLES)
