@@ -13,8 +13,10 @@ from helpers.infer import decode
 from helpers.infer.clean import clean_output, cut_loop
 from helpers.infer.decode import (
     MIN_SHARED_PREFIX,
+    clause_end_tokens,
     content_word_penalty,
     content_word_tokens,
+    restatement_penalty,
     digit_tokens,
     dry_penalty,
     eos_ramp,
@@ -260,6 +262,45 @@ def test_content_word_tokens_start_words_that_are_not_function_words(tokenizer):
     flags = np.array(content_word_tokens(tokenizer))
     assert flags[tokenizer.encode(" court", add_special_tokens=False)[0]]
     for text in (" the", " which", " 1931", "court", " a", ",", " Court", " Frederick"):
+        assert not flags[tokenizer.encode(text, add_special_tokens=False)[0]], text
+
+
+def test_restatement_penalty_charges_a_clause_that_reuses_earlier_words():
+    starts = mx.array([i in (4, 5, 6, 7) for i in range(9)])  # 4..7 start content words
+    ends = mx.array([i == 8 for i in range(9)])  # 8 is ","; the model has 10 logits
+    penalty = lambda answer: dry_after(restatement_penalty(1.0, 2, starts, ends), [9], answer)
+    # clause 1 uses 4 5 6; clause 2 has reused 4 and 5: the allowed two, so 6 now costs 1.0
+    out = penalty([4, 5, 6, 8, 4, 1, 5])
+    assert out[4] == out[5] == out[6] == -1.0 and (np.delete(out, [4, 5, 6]) == 0).all()
+    assert (penalty([4, 5, 6, 8, 4, 1]) == 0).all()  # one reused word: free
+    assert penalty([4, 5, 6, 8, 4, 5, 6])[4] == -2.0  # three: 1.0 * 2 ** (3 - 2)
+    assert (penalty([4, 5, 4, 5, 6]) == 0).all()  # reuse within one clause is DRY's business
+    assert (penalty([4, 5, 6, 8, 4, 5, 8, 1]) == 0).all()  # a new clause starts the count again
+
+
+def test_restatement_penalty_kept_from_step_to_step_equals_the_definition():
+    rng = np.random.default_rng(1)
+    starts, ends = np.arange(10) < 5, np.arange(10) == 9  # 0..4 words, 9 ends clauses
+    for _ in range(10):
+        answer = rng.integers(0, 10, 40).tolist()
+        processor = restatement_penalty(0.5, 1, mx.array(starts), mx.array(ends), growth=3.0)
+        for t in range(len(answer) + 1):
+            out = np.array(processor(mx.array([9] + answer[:t]), mx.zeros((1, 10))))[0]
+            cut = max([k + 1 for k in range(t) if ends[answer[k]]], default=0)
+            earlier = {a for a in answer[:cut] if starts[a]}
+            reused = sum(1 for a in answer[cut:t] if starts[a] and a in earlier)
+            expected = np.zeros(10)
+            if reused >= 1:
+                expected[sorted(earlier)] = 0.5 * 3.0 ** (reused - 1)
+            np.testing.assert_allclose(out, -expected, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_clause_end_tokens_end_at_punctuation_and_line_breaks(tokenizer):
+    flags = np.array(clause_end_tokens(tokenizer))
+    for text in (",", ".", ";", "\n"):
+        assert flags[tokenizer.encode(text, add_special_tokens=False)[-1]], text
+    for text in (" court", " the", "-"):
         assert not flags[tokenizer.encode(text, add_special_tokens=False)[0]], text
 
 

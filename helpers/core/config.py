@@ -157,6 +157,11 @@ class DecodeSettings:
     # a presence penalty on content words (helpers/infer/decode.py, content_word_penalty): a token
     # starting a lower-case noun or verb the answer already used loses this many logits (0 = off)
     content_word_penalty: float = 0.0
+    # DRY for clauses (helpers/infer/decode.py, restatement_penalty): once the current clause has
+    # reused restate_allowed content words of earlier clauses, each further one costs
+    # restate_penalty * 2 ** (reused - restate_allowed) logits (0 = off)
+    restate_penalty: float = 0.0
+    restate_allowed: int = 2
     cut_loops: bool = False  # a rewrite that starts to repeat itself is cut before the repeat
     max_len_ratio: float = 1.5
     # a length-aware end (helpers/infer/decode.py, eos_ramp): past eos_ramp_from times the draft's

@@ -158,6 +158,45 @@ def content_word_penalty(penalty: float, word_starts: mx.array):
     return processor
 
 
+def restatement_penalty(multiplier: float, allowed: int, word_starts: mx.array,
+                        clause_ends: mx.array, growth: float = 2.0):
+    """A logits processor for one sequence: DRY for clauses. A restated clause says an earlier
+    clause again in other words: most of its content words were used before. Within the current
+    clause (since the last token in `clause_ends`: , ; : . ! ? or a line break), let c count the
+    tokens written so far that start a content word (`word_starts`) already used in an earlier
+    clause. Once c reaches `allowed`, every such reused word start loses
+
+        multiplier * growth ** (c - allowed)   logits,
+
+    so a clause may pick up a few words of earlier ones (a name, the subject) for free, and a
+    clause that goes on repeating them pays more with each. Words reused within one clause are
+    DRY's business, not this one's. The counts are kept with MLX array operations, no sync."""
+    steps, state = 0, None
+
+    def processor(context: mx.array, logits: mx.array) -> mx.array:
+        nonlocal steps, state
+        size = logits.shape[-1]
+        if state is None:
+            pad = lambda flags: mx.pad(flags, (0, max(0, size - flags.shape[0]))).astype(mx.float32)
+            zeros = mx.zeros((size,), dtype=mx.float32)
+            state = {"starts": pad(word_starts), "ends": pad(clause_ends), "earlier": zeros,
+                     "current": zeros, "reused": mx.array(0.0)}
+        if steps:  # the context's last token is the answer token chosen at the previous step
+            last = context[-1:]
+            st, ended = state, state["ends"][last][0]
+            start = st["starts"][last][0]
+            reused = (st["reused"] + start * st["earlier"][last][0]) * (1 - ended)
+            earlier = mx.where(ended > 0, mx.maximum(st["earlier"], st["current"]), st["earlier"])
+            current = st["current"].at[last].maximum(start) * (1 - ended)
+            state = {**st, "earlier": earlier, "current": current, "reused": reused}
+        steps += 1
+        cost = mx.where(state["reused"] >= allowed,
+                        multiplier * mx.power(growth, state["reused"] - allowed), 0.0)
+        return logits - (cost * state["starts"] * state["earlier"]).astype(logits.dtype)
+
+    return processor
+
+
 def eos_ramp(eos_ids: list[int], start: int, per_token: float,
              sentence_end: mx.array | None = None):
     """A logits processor for one sequence: a length-aware end. From answer token `start` on
@@ -226,6 +265,21 @@ def content_word_tokens(tokenizer) -> mx.array:
     return _TOKEN_FLAGS[key]
 
 
+def clause_end_tokens(tokenizer) -> mx.array:
+    """True for every vocabulary entry after which a clause is over: its text ends with one of
+    , ; : . ! ? or … (closing quotes and brackets aside), or holds a line break (the clause
+    boundaries of text_measures.clauses)."""
+    key = ("clause end", id(tokenizer))
+    if key not in _TOKEN_FLAGS:
+        size = max(tokenizer.vocab.values()) + 1
+        flags = [False] * size
+        for i in range(size):
+            text = tokenizer.decode([i])
+            flags[i] = "\n" in text or text.rstrip().rstrip(_CLOSING)[-1:] in tuple(",;:.!?…")
+        _TOKEN_FLAGS[key] = mx.array(flags)
+    return _TOKEN_FLAGS[key]
+
+
 def digit_tokens(tokenizer) -> mx.array:
     """True for every vocabulary entry that is digits alone (after the tokenizer's space mark)."""
     vocab = tokenizer.vocab
@@ -241,7 +295,7 @@ def digit_tokens(tokenizer) -> mx.array:
 
 def logits_processors(cfg, tokenizer=None, ramp_start: int | None = None) -> list:
     """One sequence's processors: the repetition penalty, then the n-gram block, the DRY penalty,
-    the content-word penalty and the EOS ramp (from answer token `ramp_start`) when set (fresh ones per sequence: they
+    the content-word and restatement penalties and the EOS ramp (from answer token `ramp_start`) when set (fresh ones per sequence: they
     count that sequence's steps; digits exempt when the tokenizer is given)."""
     exempt = digit_tokens(tokenizer) if tokenizer is not None else None
     processors = repetition_processors(cfg)
@@ -253,6 +307,10 @@ def logits_processors(cfg, tokenizer=None, ramp_start: int | None = None) -> lis
     if cfg.content_word_penalty > 0 and tokenizer is not None:
         processors.append(content_word_penalty(cfg.content_word_penalty,
                                                content_word_tokens(tokenizer)))
+    if cfg.restate_penalty > 0 and tokenizer is not None:
+        processors.append(restatement_penalty(cfg.restate_penalty, cfg.restate_allowed,
+                                              content_word_tokens(tokenizer),
+                                              clause_end_tokens(tokenizer)))
     if cfg.eos_ramp > 0 and ramp_start is not None and tokenizer is not None:
         processors.append(eos_ramp(sorted(tokenizer.eos_token_ids), ramp_start, cfg.eos_ramp,
                                    sentence_end_tokens(tokenizer)))

@@ -146,7 +146,8 @@ def rewrite(model, tokenizer, drafts: list[str], cfg, progress: bool = True,
 # every Config field that changes what `rewrite` writes for a given model and draft
 DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty",
                    "repetition_context", "no_repeat_ngram", "dry_multiplier", "dry_base",
-                   "dry_allowed_length", "content_word_penalty", "cut_loops", "max_len_ratio",
+                   "dry_allowed_length", "content_word_penalty", "restate_penalty",
+                   "restate_allowed", "cut_loops", "max_len_ratio",
                    "eos_ramp", "eos_ramp_from",
                    "gen_max_tokens", "gen_batch_size", "loop_check_samples",
                    "loop_check_temperature", "loop_check_choice",
@@ -156,13 +157,14 @@ DECODING_FIELDS = ("system_prompt", "temperature", "top_p", "repetition_penalty"
 
 def decoding_settings(cfg) -> dict:
     """The DECODING_FIELDS that can change a rewrite: the loop switch's temperature and choice
-    only while it is on, the DRY penalty's, the content-word penalty's and the EOS ramp's settings
-    only while each is on, so that changing them with their switch off reuses the cached
+    only while it is on, the settings of DRY, the content-word and restatement penalties and the
+    EOS ramp only while each is on, so that changing them with their switch off reuses the cached
     rewrites."""
     off = ("loop_check_temperature", "loop_check_choice") if cfg.loop_check_samples == 0 else ()
     off += ("dry_multiplier", "dry_base", "dry_allowed_length") if cfg.dry_multiplier == 0 else ()
     off += ("eos_ramp", "eos_ramp_from") if cfg.eos_ramp == 0 else ()
     off += ("content_word_penalty",) if cfg.content_word_penalty == 0 else ()
+    off += ("restate_penalty", "restate_allowed") if cfg.restate_penalty == 0 else ()
     return {f: getattr(cfg, f) for f in DECODING_FIELDS if f not in off}
 
 
@@ -205,11 +207,13 @@ def rewrite_eval_set(cfg, model, tokenizer, rows: list[dict], systems=("base", "
 
 
 def on_policy_decoding(cfg):
-    """cfg decoding as the SFT model writes on its own: sampled at cfg.on_policy_temperature, no
-    repetition penalty, DRY, content-word penalty nor EOS ramp, so that DPO's samples show its failure modes (loops and
-    drifts to the token cap included)."""
+    """cfg decoding as the SFT model writes on its own: sampled at cfg.on_policy_temperature,
+    without the repetition penalty, DRY, the content-word and restatement penalties and the EOS
+    ramp, so that DPO's samples show its failure modes (loops and drifts to the token cap
+    included)."""
     return dataclasses.replace(cfg, temperature=cfg.on_policy_temperature, repetition_penalty=1.0,
-                               dry_multiplier=0.0, eos_ramp=0.0, content_word_penalty=0.0)
+                               dry_multiplier=0.0, eos_ramp=0.0, content_word_penalty=0.0,
+                               restate_penalty=0.0)
 
 
 def on_policy_samples(cfg, model, tokenizer, drafts: list[str]) -> list[str]:
