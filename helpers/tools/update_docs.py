@@ -50,7 +50,8 @@ EXPERIMENT_TABLES = ("decoding", "fact_switch", "fact_switch_eval", "quant_downs
                      "compare_decoding", "compare_cut_loops", "compare_loop_switch",
                      "compare_loop_choice", "compare_dpo_loops", "compare_dry", "compare_eos_ramp",
                      "compare_content_words", "compare_content_words_lower",
-                     "long_documents", "long_documents_dry", "long_documents_ramp")
+                     "compare_restatement", "long_documents", "long_documents_dry",
+                     "long_documents_ramp", "long_documents_restate")
 # all it writes
 SECTIONS = ("timing", "headline", "example", "results", "quantization", *EXPERIMENT_TABLES)
 
