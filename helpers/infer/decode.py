@@ -177,18 +177,20 @@ def restatement_penalty(multiplier: float, allowed: int, word_starts: mx.array,
         nonlocal steps, state
         size = logits.shape[-1]
         if state is None:
-            pad = lambda flags: mx.pad(flags, (0, max(0, size - flags.shape[0]))).astype(mx.float32)
+            def as_floats(flags):  # a model may have more logits than the tokenizer has entries
+                return mx.pad(flags, (0, max(0, size - flags.shape[0]))).astype(mx.float32)
+
             zeros = mx.zeros((size,), dtype=mx.float32)
-            state = {"starts": pad(word_starts), "ends": pad(clause_ends), "earlier": zeros,
-                     "current": zeros, "reused": mx.array(0.0)}
+            state = {"starts": as_floats(word_starts), "ends": as_floats(clause_ends),
+                     "earlier": zeros, "current": zeros, "reused": mx.array(0.0)}
         if steps:  # the context's last token is the answer token chosen at the previous step
-            last = context[-1:]
-            st, ended = state, state["ends"][last][0]
-            start = st["starts"][last][0]
-            reused = (st["reused"] + start * st["earlier"][last][0]) * (1 - ended)
-            earlier = mx.where(ended > 0, mx.maximum(st["earlier"], st["current"]), st["earlier"])
-            current = st["current"].at[last].maximum(start) * (1 - ended)
-            state = {**st, "earlier": earlier, "current": current, "reused": reused}
+            last, s = context[-1:], state
+            ended, start = s["ends"][last][0], s["starts"][last][0]
+            state = {**s,
+                     "reused": (s["reused"] + start * s["earlier"][last][0]) * (1 - ended),
+                     "earlier": mx.where(ended > 0, mx.maximum(s["earlier"], s["current"]),
+                                         s["earlier"]),
+                     "current": s["current"].at[last].maximum(start) * (1 - ended)}
         steps += 1
         cost = mx.where(state["reused"] >= allowed,
                         multiplier * mx.power(growth, state["reused"] - allowed), 0.0)
