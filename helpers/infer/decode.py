@@ -172,29 +172,32 @@ def restatement_penalty(multiplier: float, allowed: int, word_starts: mx.array,
     clause that goes on repeating them pays more with each. Words reused within one clause are
     DRY's business, not this one's. The counts are kept with MLX array operations, no sync."""
     steps, state = 0, None
+    never = float("inf")
 
     def processor(context: mx.array, logits: mx.array) -> mx.array:
         nonlocal steps, state
-        size = logits.shape[-1]
         if state is None:
-            def as_floats(flags):  # a model may have more logits than the tokenizer has entries
-                return mx.pad(flags, (0, max(0, size - flags.shape[0]))).astype(mx.float32)
+            size = logits.shape[-1]
 
-            zeros = mx.zeros((size,), dtype=mx.float32)
-            state = {"starts": as_floats(word_starts), "ends": as_floats(clause_ends),
-                     "earlier": zeros, "current": zeros, "reused": mx.array(0.0)}
+            def padded(flags):  # a model may have more logits than the tokenizer has entries
+                return mx.pad(flags, (0, max(0, size - flags.shape[0])))
+
+            # first[x]: the clause in which word start x was first written (never: not yet);
+            # x was used in an earlier clause when first[x] < clause
+            state = {"starts": padded(word_starts), "ends": padded(clause_ends),
+                     "first": mx.full((size,), never), "clause": mx.array(0.0),
+                     "reused": mx.array(0.0)}
         if steps:  # the context's last token is the answer token chosen at the previous step
-            last, s = context[-1:], state
-            ended, start = s["ends"][last][0], s["starts"][last][0]
-            state = {**s,
-                     "reused": (s["reused"] + start * s["earlier"][last][0]) * (1 - ended),
-                     "earlier": mx.where(ended > 0, mx.maximum(s["earlier"], s["current"]),
-                                         s["earlier"]),
-                     "current": s["current"].at[last].maximum(start) * (1 - ended)}
+            last, s = context[-1], state
+            ended, start = s["ends"][last], s["starts"][last]
+            earlier = start & (s["first"][last] < s["clause"])
+            state = {**s, "reused": mx.where(ended, 0.0, s["reused"] + earlier),
+                     "first": s["first"].at[last].minimum(mx.where(start, s["clause"], never)),
+                     "clause": s["clause"] + ended}
         steps += 1
         cost = mx.where(state["reused"] >= allowed,
                         multiplier * mx.power(growth, state["reused"] - allowed), 0.0)
-        return logits - (cost * state["starts"] * state["earlier"]).astype(logits.dtype)
+        return logits - mx.where(state["first"] < state["clause"], cost, 0.0).astype(logits.dtype)
 
     return processor
 
