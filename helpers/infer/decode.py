@@ -239,50 +239,41 @@ def eos_ramp(eos_ids: list[int], start: int, per_token: float,
 _CLOSING = "\"'”’)]*"
 
 
+def _decoded_token_flags(tokenizer, name: str, test) -> mx.array:
+    """test(text) for the decoded text of every vocabulary entry, computed once per tokenizer."""
+    key = (name, id(tokenizer))
+    if key not in _TOKEN_FLAGS:
+        size = max(tokenizer.vocab.values()) + 1
+        _TOKEN_FLAGS[key] = mx.array([test(tokenizer.decode([i])) for i in range(size)])
+    return _TOKEN_FLAGS[key]
+
+
+def _ends_with(text: str, marks: str) -> bool:
+    return "\n" in text or text.rstrip().rstrip(_CLOSING)[-1:] in tuple(marks)
+
+
 def sentence_end_tokens(tokenizer) -> mx.array:
     """True for every vocabulary entry after which a sentence may be over: its text ends with
     . ! ? or … (closing quotes and brackets aside), or holds a line break."""
-    key = ("sentence end", id(tokenizer))
-    if key not in _TOKEN_FLAGS:
-        size = max(tokenizer.vocab.values()) + 1
-        flags = [False] * size
-        for i in range(size):
-            text = tokenizer.decode([i])
-            flags[i] = "\n" in text or text.rstrip().rstrip(_CLOSING)[-1:] in (".", "!", "?", "…")
-        _TOKEN_FLAGS[key] = mx.array(flags)
-    return _TOKEN_FLAGS[key]
-
-
-def content_word_tokens(tokenizer) -> mx.array:
-    """True for every vocabulary entry that starts a content word: a space, then lower-case
-    letters alone that text_measures.content_words keeps (3 or more, no function word). Names are
-    left out: with their first piece penalised the model wrote the rest of the name after another
-    piece ("Frederick" became "Freddie", "Bankruptcy" "Bankruptty" on validation drafts)."""
-    key = ("content words", id(tokenizer))
-    if key not in _TOKEN_FLAGS:
-        size = max(tokenizer.vocab.values()) + 1
-        flags = [False] * size
-        for i in range(size):
-            text = tokenizer.decode([i])
-            flags[i] = text[:1] == " " and text[1:].isalpha() and text[1:2].islower() \
-                and bool(content_words(text))
-        _TOKEN_FLAGS[key] = mx.array(flags)
-    return _TOKEN_FLAGS[key]
+    return _decoded_token_flags(tokenizer, "sentence end", lambda text: _ends_with(text, ".!?…"))
 
 
 def clause_end_tokens(tokenizer) -> mx.array:
     """True for every vocabulary entry after which a clause is over: its text ends with one of
     , ; : . ! ? or … (closing quotes and brackets aside), or holds a line break (the clause
     boundaries of text_measures.clauses)."""
-    key = ("clause end", id(tokenizer))
-    if key not in _TOKEN_FLAGS:
-        size = max(tokenizer.vocab.values()) + 1
-        flags = [False] * size
-        for i in range(size):
-            text = tokenizer.decode([i])
-            flags[i] = "\n" in text or text.rstrip().rstrip(_CLOSING)[-1:] in tuple(",;:.!?…")
-        _TOKEN_FLAGS[key] = mx.array(flags)
-    return _TOKEN_FLAGS[key]
+    return _decoded_token_flags(tokenizer, "clause end", lambda text: _ends_with(text, ",;:.!?…"))
+
+
+def content_word_tokens(tokenizer) -> mx.array:
+    """True for every vocabulary entry that starts a content word: a space, then lower-case
+    letters alone that text_measures.content_words keeps (3 or more, no function word). Names are
+    left out: with their first piece penalised the model wrote the rest of the name after another
+    piece ("Frederick" became "Freddie", "Santa Monica" "Santa Monico" on validation drafts)."""
+    return _decoded_token_flags(
+        tokenizer, "content words",
+        lambda text: text[:1] == " " and text[1:].isalpha() and text[1:2].islower()
+        and bool(content_words(text)))
 
 
 def digit_tokens(tokenizer) -> mx.array:
