@@ -53,6 +53,12 @@ def repetition_processors(cfg) -> list:
                                   repetition_context_size=cfg.repetition_context)
 
 
+def padded_to(flags: mx.array, size: int) -> mx.array:
+    """Per-vocabulary flags padded with False to `size`: a model may have more logits than its
+    tokenizer has entries."""
+    return mx.pad(flags, (0, max(0, size - flags.shape[0])))
+
+
 def no_repeat_ngram(n: int, exempt: mx.array | None = None):
     """A logits processor for one sequence that never lets its answer repeat an n-gram of tokens
     (fairseq's and transformers' `no_repeat_ngram_size`): with the answer a_1..a_t, every token x
@@ -82,7 +88,7 @@ def no_repeat_ngram(n: int, exempt: mx.array | None = None):
             same.astype(mx.float32))
         banned = hits > 0
         if exempt is not None:  # a model may have more logits than the tokenizer has entries
-            banned = banned & ~mx.pad(exempt, (0, max(0, hits.shape[0] - exempt.shape[0])))
+            banned = banned & ~padded_to(exempt, hits.shape[0])
         return mx.where(banned, -mx.inf, logits)
 
     return processor
@@ -122,7 +128,7 @@ def dry_penalty(multiplier: float, base: float = 1.75, allowed_length: int = 2,
                            multiplier * mx.power(base, length - allowed_length), 0.0)
         per_token = mx.zeros((logits.shape[-1],), dtype=mx.float32).at[answer[1:]].maximum(penalty)
         if exempt is not None:
-            per_token = mx.where(mx.pad(exempt, (0, max(0, per_token.shape[0] - exempt.shape[0]))),
+            per_token = mx.where(padded_to(exempt, per_token.shape[0]),
                                  0.0, per_token)
         return logits - per_token.astype(logits.dtype)
 
@@ -141,19 +147,18 @@ def content_word_penalty(penalty: float, word_starts: mx.array):
     urban and hip hop ..."); DRY, keyed on verbatim runs, lets it through. Here every content word
     it reuses costs `penalty`, so a clause of five reused words pays five times, while a word said
     twice pays once. Only the answer counts: the draft's words are free the first time."""
-    steps = 0
-    seen = None  # the penalty each vocabulary entry carries now
+    steps, starts, seen = 0, None, None  # seen: the penalty each vocabulary entry carries now
 
     def processor(context: mx.array, logits: mx.array) -> mx.array:
-        nonlocal steps, seen
+        nonlocal steps, starts, seen
         if seen is None:
-            starts = mx.pad(word_starts, (0, max(0, logits.shape[-1] - word_starts.shape[0])))
-            seen = (mx.zeros((logits.shape[-1],), dtype=mx.float32), starts)
+            starts = padded_to(word_starts, logits.shape[-1]).astype(mx.float32)
+            seen = mx.zeros((logits.shape[-1],), dtype=mx.float32)
         if steps:  # the context's last token is the answer token chosen at the previous step
             last = context[-1:]
-            seen = (seen[0].at[last].maximum(penalty * seen[1][last].astype(mx.float32)), seen[1])
+            seen = seen.at[last].maximum(penalty * starts[last])
         steps += 1
-        return logits - seen[0].astype(logits.dtype)
+        return logits - seen.astype(logits.dtype)
 
     return processor
 
@@ -178,13 +183,9 @@ def restatement_penalty(multiplier: float, allowed: int, word_starts: mx.array,
         nonlocal steps, state
         if state is None:
             size = logits.shape[-1]
-
-            def padded(flags):  # a model may have more logits than the tokenizer has entries
-                return mx.pad(flags, (0, max(0, size - flags.shape[0])))
-
             # first[x]: the clause in which word start x was first written (never: not yet);
             # x was used in an earlier clause when first[x] < clause
-            state = {"starts": padded(word_starts), "ends": padded(clause_ends),
+            state = {"starts": padded_to(word_starts, size), "ends": padded_to(clause_ends, size),
                      "first": mx.full((size,), never), "clause": mx.array(0.0),
                      "reused": mx.array(0.0)}
         if steps:  # the context's last token is the answer token chosen at the previous step
@@ -228,8 +229,8 @@ def eos_ramp(eos_ids: list[int], start: int, per_token: float,
             return logits
         bonus = mx.array(per_token * (steps - start), dtype=logits.dtype)
         if ends is not None:
-            if ends.shape[0] < logits.shape[-1]:  # a model may have more logits than tokens
-                ends = mx.pad(ends, (0, logits.shape[-1] - ends.shape[0]))
+            if ends.shape[0] < logits.shape[-1]:  # once: `ends` is kept padded
+                ends = padded_to(ends, logits.shape[-1])
             bonus = mx.where(ends[context[-1]], bonus, 0.0)
         return logits + mx.zeros((logits.shape[-1],), dtype=logits.dtype).at[eos].add(bonus)
 
@@ -291,8 +292,9 @@ def digit_tokens(tokenizer) -> mx.array:
 
 def logits_processors(cfg, tokenizer=None, ramp_start: int | None = None) -> list:
     """One sequence's processors: the repetition penalty, then the n-gram block, the DRY penalty,
-    the content-word and restatement penalties and the EOS ramp (from answer token `ramp_start`) when set (fresh ones per sequence: they
-    count that sequence's steps; digits exempt when the tokenizer is given)."""
+    the content-word and restatement penalties and the EOS ramp (from answer token `ramp_start`),
+    each when set (fresh ones per sequence: they count that sequence's steps; digits exempt when
+    the tokenizer is given)."""
     exempt = digit_tokens(tokenizer) if tokenizer is not None else None
     processors = repetition_processors(cfg)
     if cfg.no_repeat_ngram > 0:
