@@ -64,10 +64,12 @@ def pack(levels: np.ndarray, bits: int) -> np.ndarray:
     """MLX's packed layout: each row's integer levels as one little-endian bit stream, read as
     uint32 words (so 3-, 5- and 6-bit values straddle word boundaries)."""
     rows, cols = levels.shape
-    if (cols * bits) % 32:
-        raise ValueError(f"{cols} columns of {bits} bits do not fill whole 32-bit words")
-    stream = ((levels.astype(np.uint32)[..., None] >> np.arange(bits, dtype=np.uint32)) & 1)
-    packed = np.packbits(stream.astype(np.uint8).reshape(rows, -1), axis=1, bitorder="little")
+    if (cols * bits) % 32 or not 1 <= bits <= 8:
+        raise ValueError(f"{cols} columns of {bits} bits do not fill whole 32-bit words, or "
+                         "bits is outside MLX's 1..8")
+    # each level fits a byte: its low `bits` bits, least significant first, are its part
+    stream = np.unpackbits(levels.astype(np.uint8)[..., None], axis=-1, bitorder="little")
+    packed = np.packbits(stream[..., :bits].reshape(rows, -1), axis=1, bitorder="little")
     return packed.view(np.uint32)
 
 
