@@ -37,6 +37,7 @@ from helpers.evaluate.embedding import Embedder
 from helpers.evaluate.experiments import save_experiment
 from helpers.evaluate.meaning import meaning_similarity
 from helpers.evaluate.tables import markdown_table
+from helpers.infer.chunking import split_document
 from helpers.infer.humanizer import Humanizer
 from helpers.tools import rewrite_files
 
@@ -69,9 +70,18 @@ def rewrite_through_cli(humanizer, docs: list[dict], out, adapter: str) -> list[
     return [by_id[d["id"]] for d in docs]
 
 
-def measures(texts: list[str], drafts: list[str], embedder, capped=None, boot=None) -> dict:
+def kept_words(humanizer, draft: str, min_piece_words: int) -> float:
+    """The share of the draft's words that the command line passes through unchanged: markdown
+    structure, and short prose pieces beside longer ones (helpers/infer/chunking.py)."""
+    pieces = split_document(draft, humanizer.count_tokens, humanizer.max_input_tokens,
+                            min_piece_words)
+    return sum(word_count(p.text) for p in pieces if not p.rewrite) / max(1, word_count(draft))
+
+
+def measures(texts: list[str], drafts: list[str], embedder, capped=None, boot=None,
+             kept=None) -> dict:
     """Loops, restated clauses, cap hits, endings cut mid-sentence, invented facts, facts kept,
-    meaning and length, each with its 95% CI."""
+    meaning, length and the words kept as they were, each with its 95% CI."""
     row = {**repeat_and_ending_flags(texts),
            "invented facts": [float(len(invented_facts(d, t))) for d, t in zip(drafts, texts)],
            "facts kept": [fact_preservation(d, t) for d, t in zip(drafts, texts)],
@@ -79,12 +89,14 @@ def measures(texts: list[str], drafts: list[str], embedder, capped=None, boot=No
            "length ratio": [length_ratio(t, d) for d, t in zip(drafts, texts)]}
     if capped is not None:
         row["cap hits"] = [float(c) for c in capped]
+    if kept is not None:
+        row["kept words"] = kept
     return {k: bootstrap_ci(np.asarray(v, dtype=float), **boot) for k, v in row.items()}
 
 
 COLUMNS = ("loops", "restated", "cap hits", "unfinished", "invented facts", "facts kept", "meaning",
-           "length ratio")
-PERCENT = ("loops", "restated", "cap hits", "unfinished")
+           "length ratio", "kept words")
+PERCENT = ("loops", "restated", "cap hits", "unfinished", "kept words")
 DRAFT_MEASURES = ("loops", "restated", "unfinished")  # a draft's own text: nothing to compare
 
 
@@ -98,7 +110,9 @@ def markdown(result: dict) -> str:
                "restated: share with two clauses that say the same in other words; cap hits: share "
                "of documents with a piece that stopped at the token cap; unfinished: share ending "
                "mid-sentence (no . ! ? or … at the end); invented "
-               "facts: numbers, dates, names and citations per text that the draft does not have.\n\n")
+               "facts: numbers, dates, names and citations per text that the draft does not have; "
+               "kept words: share of the draft's words passed through unchanged (markdown "
+               "structure, and prose pieces under min_piece_words words beside longer ones).\n\n")
     return caption + markdown_table(["drafts", "system"] + list(COLUMNS), body) + "\n"
 
 
@@ -120,6 +134,7 @@ def main() -> None:
     embedder, boot = Embedder(cfg.embedder), dict(n_boot=cfg.n_bootstrap, seed=cfg.seed)
     humanizer = Humanizer.load(cfg)
     outputs = {"source draft": None, "human reference": None}
+    kept = [kept_words(humanizer, d["ai"], cfg.min_piece_words) for d in docs]
     for system in args.systems.split(","):
         rows = rewrite_through_cli(humanizer, docs, out / f"{args.name}_{system}.jsonl", system)
         outputs[system] = rows
@@ -133,7 +148,7 @@ def main() -> None:
                 row = measures(texts, drafts, embedder, boot=boot)
             else:
                 row = measures([rows[i]["output"] for i in part], drafts, embedder,
-                               [rows[i]["hit_cap"] for i in part], boot)
+                               [rows[i]["hit_cap"] for i in part], boot, [kept[i] for i in part])
             if system == "source draft":
                 row = {k: v for k, v in row.items() if k in DRAFT_MEASURES}
             result_rows.append({"subset": subset, "system": system, **row})

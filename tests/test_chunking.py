@@ -133,3 +133,20 @@ def test_join_rejects_the_wrong_number_of_rewrites_and_drops_empty_ones():
 def test_max_tokens_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         split_document("text", words, 0)
+
+
+def test_short_pieces_beside_a_long_one_are_kept_as_they_are():
+    text = "**A title**\n\nOne two three four five six.\n\n\"Why?\" he asked."
+    pieces = split_document(text, words, max_tokens=10, min_words=4)
+    assert pieces == [Piece("**A title**", False, "\n\n"),
+                      Piece("One two three four five six.", True, "\n\n"),
+                      Piece('"Why?" he asked.', False, "")]
+    assert identity(pieces) == text
+
+
+def test_a_document_of_short_pieces_alone_is_rewritten():
+    text = "Roses are red.\n\nViolets are blue."
+    assert [p.rewrite for p in split_document(text, words, 10, min_words=4)] == [True, True]
+    assert [p.rewrite for p in split_document(text, words, 10, min_words=0)] == [True, True]
+    mixed = "Roses red.\n\nViolets are blue."  # now one piece is long enough: the short one stays
+    assert [p.rewrite for p in split_document(mixed, words, 10, min_words=3)] == [False, True]

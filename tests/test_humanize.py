@@ -372,6 +372,19 @@ def test_a_long_document_is_rewritten_piece_by_piece_and_reassembled(tmp_path):
     assert run("--input", src, "--output", out) == 4  # a text output is never replaced
 
 
+def test_a_title_beside_a_paragraph_of_min_piece_words_is_kept_as_it_is(tmp_path):
+    paragraph = " ".join(["word"] * 29) + " end."  # 30 words: the smoke preset's min_piece_words
+    src, out = tmp_path / "note.md", tmp_path / "note.human.md"
+    src.write_text(f"**A title in bold**\n\n{paragraph}\n")
+    fake = FakeHumanizer()
+    assert run("--input", src, "--output", out, humanizer=fake) == 0
+    assert fake.texts() == [paragraph]
+    assert out.read_text() == f"**A title in bold**\n\n{paragraph.upper()}\n"
+    everything = tmp_path / "all.human.md"
+    assert run("--input", src, "--output", everything, "--min-piece-words", 0, humanizer=fake) == 0
+    assert everything.read_text() == f"**A TITLE IN BOLD**\n\n{paragraph.upper()}\n"
+
+
 def test_a_folder_of_documents_becomes_jsonl(tmp_path, capsys):
     folder = tmp_path / "notes"
     (folder / "sub").mkdir(parents=True)

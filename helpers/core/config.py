@@ -171,6 +171,10 @@ class DecodeSettings:
     eos_ramp: float = 0.25
     eos_ramp_from: float = 1.0
     gen_max_tokens: int = 384  # hard cap on new tokens per rewrite
+    # the command line keeps a document's prose pieces of fewer words as they are (titles,
+    # one-line dialogue): no training draft was that short (min_words), and on validation
+    # documents the rewrites of such pieces ran on about something else to the token cap
+    min_piece_words: int = 30
     gen_batch_size: int = 32  # drafts decoded together (batched decoding is much faster on CPU)
     # the loop switch (stop and resample): a rewrite that repeats itself or runs into the token
     # cap is sampled this many more times at loop_check_temperature; a candidate that does

@@ -5,6 +5,8 @@ tokens, so a document is cut at its blank lines. Markdown that is not prose pass
 unchanged: headings, fenced code blocks, lists, tables, block quotes, link definitions, rules and
 YAML front matter. A paragraph longer than `max_tokens` is cut between sentences (a sentence
 longer than that between words; one "word" longer than that, such as a long URL, passes through).
+Beside longer prose, pieces shorter than a given number of words (titles, one-line dialogue) pass
+through too.
 
 Every piece keeps the whitespace that followed it in the document (`separator`), so that
     join_pieces(pieces, [p.text for p in pieces if p.rewrite]) == text
@@ -176,9 +178,14 @@ def _split_prose(text: str, separator: str, count_tokens, max_tokens) -> list[Pi
     return pieces
 
 
-def split_document(text: str, count_tokens: Callable[[str], int], max_tokens: int) -> list[Piece]:
+def split_document(text: str, count_tokens: Callable[[str], int], max_tokens: int,
+                   min_words: int = 0) -> list[Piece]:
     """The document as pieces: prose to rewrite (each at most max_tokens tokens) and markdown
-    structure to keep, in order, each with the whitespace that followed it."""
+    structure to keep, in order, each with the whitespace that followed it. Beside a prose piece
+    of at least `min_words` words, shorter ones are kept as they are too: a title, a caption or
+    a line of dialogue gives a model trained on whole paragraphs too little to rewrite, and it
+    writes on about something else until the token cap. A document of short pieces alone (one
+    sentence, a poem) is rewritten as it is: that is what was asked for."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
     leading, blocks = _blocks(text)
@@ -188,7 +195,10 @@ def split_document(text: str, count_tokens: Callable[[str], int], max_tokens: in
             pieces += _split_prose(body, separator, count_tokens, max_tokens)
         else:
             pieces.append(Piece(body, False, separator))
-    return pieces
+    short = [p.rewrite and len(p.text.split()) < min_words for p in pieces]
+    if not any(p.rewrite and not s for p, s in zip(pieces, short)):
+        return pieces
+    return [Piece(p.text, False, p.separator) if s else p for p, s in zip(pieces, short)]
 
 
 def join_pieces(pieces: list[Piece], rewrites: Iterable[str]) -> str:

@@ -17,7 +17,9 @@ system of helpers/infer/systems.py: base, sft, dpo-only, sft+dpo (notebooks 04-0
 
 Long documents are cut at blank lines and rewritten paragraph by paragraph (a paragraph too long
 for the model between sentences), then put back together in order; headings, code blocks, lists
-and tables pass through unchanged (helpers/infer/chunking.py).
+and tables pass through unchanged (helpers/infer/chunking.py). So do prose pieces of fewer than
+min_piece_words words (30: titles, one-line dialogue) beside longer ones: the model does not
+rewrite them well. A document of short pieces alone is rewritten.
 
 JSONL rows are appended, and flushed, as each document is done: rerunning the same command resumes,
 skipping the ids already in the output (rows repeated in it are reported). Resuming with other
@@ -468,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "the token cap N times and keep the sample that does neither and keeps "
                              "the most of the draft's facts "
                              "(default: the preset's loop_check_samples; 0: off)")
+    parser.add_argument("--min-piece-words", type=int, default=None, metavar="N",
+                        help="keep a document's prose pieces of fewer than N words as they are, "
+                             "beside longer ones (default: the preset's min_piece_words; 0: "
+                             "rewrite every piece)")
     parser.add_argument("--no-fact-repair", action="store_true",
                         help="with --fact-check: resample only, no sentence repair")
     parser.add_argument("--no-resample", action="store_true",
@@ -536,11 +542,15 @@ def run(args, humanizer) -> int:
         raise UsageError(f"--loop-check must be 0 or more, got {args.loop_check}")
     if args.no_resample and args.no_fact_repair:
         raise UsageError("--no-resample with --no-fact-repair leaves the fact check nothing to do")
-    loop_check = {} if args.loop_check is None else {"loop_check_samples": args.loop_check}
+    if args.min_piece_words is not None and args.min_piece_words < 0:
+        raise UsageError(f"--min-piece-words must be 0 or more, got {args.min_piece_words}")
+    overrides = {} if args.loop_check is None else {"loop_check_samples": args.loop_check}
+    if args.min_piece_words is not None:
+        overrides["min_piece_words"] = args.min_piece_words
     try:
         cfg = get_config(args.preset, fact_check_samples=args.fact_check,
                          fact_resample=not args.no_resample, fact_repair=not args.no_fact_repair,
-                         **loop_check)
+                         **overrides)
     except ValueError as err:
         raise UsageError(str(err)) from None
     drafts, skipped, kind, input_files = read_inputs(args.input, args.format)
@@ -596,8 +606,8 @@ def rewrite(args, cfg, drafts: list[Draft], skipped: list[str], out_kind: str, h
               file=sys.stderr)
         return EXIT_NO_MODEL
 
-    jobs = [Job(d, split_document(d.text, humanizer.count_tokens, humanizer.max_input_tokens))
-            for d in todo]
+    jobs = [Job(d, split_document(d.text, humanizer.count_tokens, humanizer.max_input_tokens,
+                                  cfg.min_piece_words)) for d in todo]
     stats, text_rows = Stats(), []
     writer = JsonlWriter(args.output, earlier.cut_at, replace=args.overwrite)
 
