@@ -3,11 +3,14 @@ building SFT+DPO computes the same logits, and fails when the training checkpoin
 from __future__ import annotations
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 
 from helpers.core import config as config_module
 from helpers.core.config import get_config
+from helpers.core.precision import set_compute_dtype
 from helpers.infer import exactness
 from helpers.train.adapters import read_adapter_config, save_dpo_adapter, save_sft_adapter
+from helpers.train.base import load_base
 from helpers.train.lora import add_lora, lora_config
 from helpers.train.merge import save_merged_adapter
 from helpers.train.stacked import add_dpo_adapter, stacked_layers
@@ -55,3 +58,15 @@ def test_report_fails_on_a_checkpoint_that_is_not_the_adapter(tmp_path, monkeypa
     table, passed = exactness.exactness_report(cfg, TOKENS, adapters, tmp_path / "checkpoint",
                                                adapters / "merged")
     assert not passed and table["max |Δ logit| fp32"].iloc[0] > 1e-3
+
+
+def test_each_fresh_base_is_its_own_model_on_the_files_weights(tmp_path, monkeypatch):
+    cfg, _, _ = saved_run(tmp_path, monkeypatch)
+    fresh = exactness.fresh_bases(cfg)
+    first, second = fresh(), fresh()
+    set_compute_dtype(first, "float64")
+    add_lora(first, lora_config(cfg, "sft"), seed=0)
+    names = lambda m: [n for n, _ in tree_flatten(m.parameters())]  # noqa: E731
+    assert any("lora_a" in n for n in names(first)) and not any("lora" in n for n in names(second))
+    assert second.model.embed_tokens.weight.dtype == mx.float32
+    assert mx.array_equal(second(TOKENS), load_base(cfg)[0](TOKENS)).item()

@@ -268,6 +268,7 @@ PRESETS: dict[str, dict] = {
         checkpoint_every=3, val_every=3, val_examples=2, gen_max_tokens=24, gen_batch_size=16,
         dpo_rank=4, dpo_steps=4, n_dpo_pairs=8, on_policy_rejected=False,
         binoculars_models=(), detector_calib_pairs=8, detector_train_pairs=64,
+        other_scorer_max_tokens=32,  # Gemma's 262k-word head: the tests' notebook 07 reads less
     ),
     # Sized for a workshop on a 2-core laptop CPU (the series's measured time: README).
     "workshop": dict(

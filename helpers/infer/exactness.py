@@ -11,16 +11,19 @@ way this series builds the SFT+DPO model, compared pairwise (notebook 06).
 "Same computation" pairs must agree to 1e-5. Fused and merged add the same terms in another order,
 so in fp32 they may differ in the last digits; they are compared in float64 as well, where a
 wrong merge would still show and rounding does not. Every model here is built fresh from the
-files: the caller's model is never touched.
+files (the base read once, each model a new one on its weights): the caller's model is never
+touched.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx_lm.tuner.utils import load_adapters
 
 from helpers.core.precision import set_compute_dtype
+from helpers.quant.apply import clone_model
 from helpers.train.adapters import ADAPTER_FILE, load_stacked, read_adapter_config
 from helpers.train.base import load_base
 from helpers.train.merge import fused_view
@@ -32,31 +35,37 @@ COMPARISONS = [("stacked inference", "training graph", "same computation"),
                ("merged (mlx-lm)", "stacked inference", "same sums, other order")]
 
 
-def _stacked(cfg, sft: Path, dpo: Path, dtype: str):
-    model, _ = load_base(cfg)
-    load_stacked(model, sft, dpo)
-    set_compute_dtype(model, dtype)
-    return model
+def fresh_bases(cfg):
+    """A function giving a new base model each call: read (and dequantized) from the files once,
+    each one a new model on those weights (a quantized base, which clone_model cannot rebuild, is
+    read again)."""
+    base, _ = load_base(cfg)
+    if any(isinstance(m, nn.QuantizedLinear) for _, m in base.named_modules()):
+        return lambda: load_base(cfg)[0]
+    return lambda: clone_model(base)
 
 
 def all_logits(cfg, x: mx.array, adapters: Path, checkpoint: Path, merged: Path) -> dict:
     """{name: logits of x} for every model of the module docstring, fp32 and (where the order of
     the sums differs) fp64."""
     sft, dpo = adapters / "sft", adapters / "dpo"
+    fresh = fresh_bases(cfg)
     logits = {}
     for dtype, suffix in (("float32", ""), ("float64", ", fp64")):
-        model = _stacked(cfg, sft, dpo, dtype)
+        model = fresh()
+        load_stacked(model, sft, dpo)
+        set_compute_dtype(model, dtype)
         logits["stacked inference" + suffix] = model(x)
         with fused_view(model):
             logits["fused" + suffix] = model(x)
         set_adapters(model, sft=True, dpo=False)
         logits["stacked, DPO off" + suffix] = model(x)
-        base, _ = load_base(cfg)
+        base = fresh()
         load_adapters(base, str(merged))
         set_compute_dtype(base, dtype)
         logits["merged (mlx-lm)" + suffix] = base(x)
 
-    model, _ = load_base(cfg)
+    model = fresh()
     load_adapters(model, str(sft))
     logits["SFT alone (mlx-lm)"] = model(x)
     add_dpo_adapter(model, read_adapter_config(dpo))
