@@ -70,11 +70,10 @@ def rewrite_through_cli(humanizer, docs: list[dict], out, adapter: str) -> list[
     return [by_id[d["id"]] for d in docs]
 
 
-def kept_words(humanizer, draft: str, min_piece_words: int) -> float:
+def kept_words(count_tokens, max_tokens: int, draft: str, min_piece_words: int) -> float:
     """The share of the draft's words that the command line passes through unchanged: markdown
     structure, and short prose pieces beside longer ones (helpers/infer/chunking.py)."""
-    pieces = split_document(draft, humanizer.count_tokens, humanizer.max_input_tokens,
-                            min_piece_words)
+    pieces = split_document(draft, count_tokens, max_tokens, min_piece_words)
     return sum(word_count(p.text) for p in pieces if not p.rewrite) / max(1, word_count(draft))
 
 
@@ -134,7 +133,8 @@ def main() -> None:
     embedder, boot = Embedder(cfg.embedder), dict(n_boot=cfg.n_bootstrap, seed=cfg.seed)
     humanizer = Humanizer.load(cfg)
     outputs = {"source draft": None, "human reference": None}
-    kept = [kept_words(humanizer, d["ai"], cfg.min_piece_words) for d in docs]
+    kept = [kept_words(humanizer.count_tokens, humanizer.max_input_tokens, d["ai"],
+                       cfg.min_piece_words) for d in docs]
     for system in args.systems.split(","):
         rows = rewrite_through_cli(humanizer, docs, out / f"{args.name}_{system}.jsonl", system)
         outputs[system] = rows

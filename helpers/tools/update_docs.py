@@ -51,7 +51,8 @@ EXPERIMENT_TABLES = ("decoding", "fact_switch", "fact_switch_eval", "quant_downs
                      "compare_loop_choice", "compare_dpo_loops", "compare_dry", "compare_eos_ramp",
                      "compare_content_words", "compare_content_words_lower",
                      "compare_restatement", "long_documents", "long_documents_dry",
-                     "long_documents_ramp", "long_documents_restate")
+                     "long_documents_ramp", "long_documents_restate",
+                     "piece_lengths", "long_documents_short_pieces", "compare_short_pieces")
 # all it writes
 SECTIONS = ("timing", "headline", "example", "results", "quantization", *EXPERIMENT_TABLES)
 
