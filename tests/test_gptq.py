@@ -159,3 +159,12 @@ def test_layers_reading_the_same_input_share_one_hessian():
     hessians = gptq.layer_hessians(model, tokens, attn + ["model.layers.1.self_attn.o_proj"])
     assert hessians[attn[0]] is hessians[attn[1]] is hessians[attn[2]]
     assert not np.allclose(hessians[attn[0]], hessians["model.layers.1.self_attn.o_proj"])
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
+def test_packed_levels_decode_to_themselves_through_mlx(bits):
+    levels = np.random.default_rng(bits).integers(0, 2 ** bits, size=(3, 64))
+    ones, zeros = mx.ones((3, 2), dtype=mx.float16), mx.zeros((3, 2), dtype=mx.float16)
+    decoded = mx.dequantize(mx.array(gptq.pack(levels, bits)), ones, zeros, group_size=32,
+                            bits=bits)
+    assert np.array_equal(np.array(decoded), levels)

@@ -64,13 +64,18 @@ def pack(levels: np.ndarray, bits: int) -> np.ndarray:
     """MLX's packed layout: each row's integer levels as one little-endian bit stream, read as
     uint32 words (so 3-, 5- and 6-bit values straddle word boundaries)."""
     rows, cols = levels.shape
-    if (cols * bits) % 32 or not 1 <= bits <= 8:
-        raise ValueError(f"{cols} columns of {bits} bits do not fill whole 32-bit words, or "
-                         "bits is outside MLX's 1..8")
-    # each level fits a byte: its low `bits` bits, least significant first, are its part
-    stream = np.unpackbits(levels.astype(np.uint8)[..., None], axis=-1, bitorder="little")
-    packed = np.packbits(stream[..., :bits].reshape(rows, -1), axis=1, bitorder="little")
-    return packed.view(np.uint32)
+    if cols % 32 or not 1 <= bits <= 8:
+        raise ValueError(f"{cols} columns of {bits} bits: packing needs a multiple of 32 columns "
+                         "and MLX's 1..8 bits")
+    # 32 levels fill exactly `bits` words, level k of a group starting at bit k * bits
+    groups = levels.astype(np.uint64).reshape(rows, cols // 32, 32)
+    words = np.zeros((rows, cols // 32, bits + 1), dtype=np.uint64)
+    for k in range(32):
+        word, shift = divmod(k * bits, 32)
+        words[:, :, word] += groups[:, :, k] << np.uint64(shift)
+    low = words & np.uint64(0xFFFFFFFF)
+    low[:, :, 1:] += words[:, :, :-1] >> np.uint64(32)  # what straddled into the next word
+    return low[:, :, :bits].astype(np.uint32).reshape(rows, -1)
 
 
 def gptq_quantize(weight, hessian, bits: int, group_size: int, damp: float = 0.01,
