@@ -15,6 +15,7 @@ import datetime as dt
 import re
 import sys
 
+from helpers.core import fast_cpu
 from helpers.core.config import get_config
 from helpers.core.text_measures import word_count
 from helpers.evaluate.experiments import save_experiment
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--name", default="piece_lengths")
     args = parser.parse_args()
+    fast_cpu.install()  # as every entry point: the process state the notebooks run in
     cfg = get_config(args.preset)
     docs = [d for d in long_documents(cfg, args.n) if args.subset in ("all", d["subset"])]
     rows = read_run(cfg, args.run, args.system, [d["id"] for d in docs])
