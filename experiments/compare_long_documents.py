@@ -28,21 +28,23 @@ from helpers.evaluate.tables import markdown_table
 from helpers.infer.humanizer import Humanizer
 from long_documents import kept_words, long_documents
 
-# measure: (per-document values from (drafts, rows, kept), True when higher is better)
-MEASURES = {
-    "cap hits": (lambda drafts, rows, kept: [float(r["hit_cap"]) for r in rows], False),
-    "unfinished": (lambda d, rows, k: repeat_and_ending_flags([r["output"] for r in rows])
-                   ["unfinished"], False),
-    "loops": (lambda d, rows, k: repeat_and_ending_flags([r["output"] for r in rows])["loops"],
-              False),
-    "restated": (lambda d, rows, k: repeat_and_ending_flags([r["output"] for r in rows])
-                 ["restated"], False),
-    "invented facts": (lambda drafts, rows, k: [float(len(invented_facts(d, r["output"])))
-                                                for d, r in zip(drafts, rows)], False),
-    "facts kept": (lambda drafts, rows, k: [fact_preservation(d, r["output"])
-                                            for d, r in zip(drafts, rows)], True),
-    "kept words": (lambda drafts, rows, kept: kept, None),  # a cost, not better or worse
-}
+# measure: True when higher is better (None: a cost, neither better nor worse)
+HIGHER_IS_BETTER = {"cap hits": False, "unfinished": False, "loops": False, "restated": False,
+                    "invented facts": False, "facts kept": True, "kept words": None}
+
+
+def per_document(drafts: list[str], rows: list[dict], kept: list[float]) -> dict:
+    """{measure: one value per document} of one run (facts kept: NaN without facts)."""
+    outputs = [r["output"] for r in rows]
+    flags = repeat_and_ending_flags(outputs)
+    values = {"cap hits": [float(r["hit_cap"]) for r in rows],
+              **{m: flags[m] for m in ("unfinished", "loops", "restated")},
+              "invented facts": [float(len(invented_facts(d, o))) for d, o in zip(drafts, outputs)],
+              "facts kept": [fact_preservation(d, o) for d, o in zip(drafts, outputs)],
+              "kept words": kept}
+    return {m: np.asarray(values[m], dtype=float) for m in HIGHER_IS_BETTER}
+
+
 PERCENT = ("cap hits", "unfinished", "loops", "restated", "kept words")
 
 
@@ -113,13 +115,12 @@ def main() -> None:
         kept = [kept_words(humanizer.count_tokens, humanizer.max_input_tokens, d, min_words)
                 for d in drafts]
         rows = read_run(cfg, name, args.system, [d["id"] for d in docs])
-        per_run.append({m: np.asarray(f(drafts, rows, kept), dtype=float)
-                        for m, (f, _) in MEASURES.items()})
+        per_run.append(per_document(drafts, rows, kept))
     boot = dict(n_boot=cfg.n_bootstrap, seed=cfg.seed)
     rows = []
     for subset in ("validation", "evaluation", "all"):
         part = [i for i, d in enumerate(docs) if subset in ("all", d["subset"])]
-        for measure, (_, higher_is_better) in MEASURES.items():
+        for measure, higher_is_better in HIGHER_IS_BETTER.items():
             a, b = (run[measure][part] for run in per_run)
             difference = paired_bootstrap_ci(mean_difference, b, a, **boot)
             rows.append({"subset": subset, "measure": measure,
